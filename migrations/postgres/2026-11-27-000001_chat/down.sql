@@ -1,0 +1,9 @@
+DROP TABLE stripe_events;
+DROP TABLE notifications;
+DROP TABLE booking_status_history;
+DROP TABLE read_cursors;
+DROP TABLE messages;
+DROP TABLE rooms;
+DROP TABLE booking_participants;
+DROP TABLE bookings;
+DROP TABLE users;

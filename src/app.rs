@@ -1,0 +1,124 @@
+//! Wiring: builds the shared state and actors, serves HTTP and WebSockets,
+//! and shuts down in order on SIGTERM.
+
+use std::io::Write;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_web::{web, App, HttpServer};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::auth::TokenVerifier;
+use crate::config::Settings;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::rooms::hub::{CloseAllSessions, Hub};
+use crate::rooms::sequencer::Sequencer;
+
+/// What every request handler and session shares. Actors are reached by
+/// address; nothing here is behind a lock.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: Db,
+    pub verifier: Arc<TokenVerifier>,
+    pub hub: Addr<Hub>,
+    pub sequencer: Sequencer,
+    /// Frames per user, across all of the user's sockets.
+    pub frame_limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn non_zero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let applied = Db::migrate(&settings.database.url).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "migrations applied");
+    }
+    let db = Db::connect(&settings.database.url, settings.database.pool_size).await?;
+    db.ping().await?;
+    let verifier = Arc::new(TokenVerifier::from_settings(&settings.auth)?);
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(
+        db.clone(),
+        Duration::from_millis(settings.server.room_idle_ms),
+        metrics.clone(),
+    )
+    .start();
+    let sequencer = Sequencer::start(
+        db.clone(),
+        settings.database.max_batch,
+        hub.clone().recipient(),
+        metrics.clone(),
+    );
+    let frame_limiter = Arc::new(RateLimiter::keyed(
+        Quota::per_second(non_zero(settings.limits.frames_per_sec))
+            .allow_burst(non_zero(settings.limits.frames_burst)),
+    ));
+    let state = web::Data::new(AppState {
+        settings: settings.clone(),
+        db: db.clone(),
+        verifier,
+        hub: hub.clone(),
+        sequencer: sequencer.clone(),
+        frame_limiter: frame_limiter.clone(),
+        metrics,
+    });
+
+    let server_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(server_state.clone())
+            .configure(|cfg| crate::http::routes(cfg, &server_state.settings))
+    })
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
+    .bind(settings.server.listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("bound to no address"))?;
+    tracing::info!(%addr, backend = db.backend_name(), "server started");
+    // Operators and tests read this line for the real port.
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+
+    let server = server.run();
+    let handle = server.handle();
+    actix::spawn(async move {
+        let mut evict = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            evict.tick().await;
+            frame_limiter.retain_recent();
+        }
+    });
+    actix::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down");
+        let closed = hub.send(CloseAllSessions).await.unwrap_or(0);
+        tracing::info!(closed, "sessions closed with 1001");
+        // Everything accepted before the signal is committed before exit.
+        sequencer.flush().await;
+        handle.stop(true).await;
+    });
+    server.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

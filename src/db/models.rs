@@ -1,0 +1,94 @@
+//! Rows as stored. Times are unix milliseconds.
+
+use diesel::prelude::*;
+
+use super::schema::{booking_participants, bookings, messages, read_cursors, rooms, users};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, PartialEq, Eq)]
+#[diesel(table_name = messages, treat_none_as_default_value = false)]
+pub struct MessageRow {
+    pub id: String,
+    pub room: String,
+    pub seq: i64,
+    pub sender_id: Option<String>,
+    pub sender_name: String,
+    pub sender_role: String,
+    pub client_id: Option<String>,
+    pub body: String,
+    pub sent_at: i64,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = rooms)]
+pub struct NewRoom<'a> {
+    pub id: &'a str,
+    pub last_seq: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = users, treat_none_as_default_value = false)]
+pub struct UserRow {
+    pub id: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub role: String,
+    pub updated_at: i64,
+    pub erased_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = bookings, treat_none_as_default_value = false)]
+pub struct BookingRow {
+    pub id: String,
+    pub client_id: String,
+    pub status: String,
+    pub title: String,
+    pub starts_at: Option<String>,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = booking_participants)]
+pub struct ParticipantRow {
+    pub booking_id: String,
+    pub user_id: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = read_cursors)]
+pub struct ReadCursorRow {
+    pub room: String,
+    pub user_id: String,
+    pub seq: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = super::schema::booking_status_history, treat_none_as_default_value = false)]
+pub struct StatusChangeRow {
+    pub id: String,
+    pub booking_id: String,
+    pub status: String,
+    pub previous_status: Option<String>,
+    pub reason: Option<String>,
+    pub caused_by: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize)]
+#[diesel(table_name = super::schema::notifications, treat_none_as_default_value = false)]
+pub struct NotificationRow {
+    pub id: String,
+    pub user_id: String,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub link: Option<String>,
+    pub source: Option<String>,
+    pub created_at: i64,
+    pub read_at: Option<i64>,
+}

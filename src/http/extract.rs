@@ -1,0 +1,61 @@
+//! Who is calling: a user with a bearer token, or the Mixroom backend with
+//! the internal key.
+
+use std::future::{ready, Ready};
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+
+use crate::app::AppState;
+use crate::auth::{internal_key_matches, Identity};
+use crate::error::AppError;
+
+fn bearer(req: &HttpRequest) -> Result<&str, AppError> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AppError::Unauthorized("missing bearer token".into()))
+}
+
+fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, AppError> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("application state missing")))
+}
+
+/// A user authenticated by a valid access token.
+pub struct AuthUser(pub Identity);
+
+impl FromRequest for AuthUser {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let token = bearer(req)?;
+            let identity = state(req)?.verifier.verify(token)?;
+            Ok(AuthUser(identity))
+        })())
+    }
+}
+
+/// The Mixroom backend, proven by the static internal key. A user token is
+/// never accepted here.
+pub struct InternalCaller;
+
+impl FromRequest for InternalCaller {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let key = bearer(req)?;
+            if internal_key_matches(&state(req)?.settings.auth.internal_api_key, key) {
+                Ok(InternalCaller)
+            } else {
+                Err(AppError::Unauthorized("invalid internal API key".into()))
+            }
+        })())
+    }
+}

@@ -1,0 +1,49 @@
+//! HTTP routes. Handlers extract, call the capability, and return JSON;
+//! errors become responses in `crate::error`.
+
+pub mod extract;
+pub mod health;
+pub mod internal;
+pub mod notifications;
+pub mod rooms;
+pub mod stripe;
+
+use actix_web::web;
+
+use crate::config::Settings;
+
+pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(settings.server.max_http_body_bytes)
+            .error_handler(crate::error::json_error_handler),
+    )
+    .app_data(web::QueryConfig::default().error_handler(crate::error::query_error_handler))
+    .app_data(web::PayloadConfig::default().limit(settings.server.max_http_body_bytes))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
+    .route("/v1/ws", web::get().to(crate::ws::connect))
+    .route("/v1/rooms/{room}/messages", web::get().to(rooms::history))
+    .route("/v1/notifications", web::get().to(notifications::list))
+    .route(
+        "/v1/notifications/read-all",
+        web::post().to(notifications::mark_all_read),
+    )
+    .route(
+        "/v1/notifications/{id}/read",
+        web::post().to(notifications::mark_read),
+    )
+    .route("/v1/me/unread", web::get().to(notifications::unread))
+    .route("/v1/webhooks/stripe", web::post().to(stripe::webhook))
+    .service(
+        web::scope("/v1/internal")
+            .route("/users/{id}", web::put().to(internal::put_user))
+            .route("/bookings/{id}", web::put().to(internal::put_booking))
+            .route(
+                "/rooms/{room}/messages",
+                web::post().to(internal::post_room_message),
+            )
+            .route("/notifications", web::post().to(notifications::create)),
+    );
+}

@@ -1,0 +1,35 @@
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::AuthUser;
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::rooms::{authorize_read, RoomName};
+use crate::ws::frames::MessageView;
+use crate::ws::session::history_limit;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/rooms/{room}/messages`: the history frame over HTTP.
+pub async fn history(
+    AuthUser(who): AuthUser,
+    room: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let room = RoomName::parse(&room)?;
+    let limit = history_limit(query.limit)?;
+    authorize_read(&state.db, &who, &room).await?;
+    let (rows, has_more) = state
+        .db
+        .messages_before(room.as_str(), query.before, limit)
+        .await?;
+    let messages: Vec<MessageView> = rows.iter().map(MessageView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "messages": messages, "has_more": has_more })))
+}

@@ -1,0 +1,17 @@
+//! mixroom-realtime: live booking chat, booking status, support agent and
+//! notifications for Mixroom. See README.md for the layout.
+
+pub mod app;
+pub mod auth;
+pub mod bookings;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod notifications;
+pub mod rooms;
+pub mod telemetry;
+pub mod time;
+pub mod ws;

@@ -1,0 +1,75 @@
+//! In-app notifications: stored first, then pushed on the user's channel.
+
+use serde::Serialize;
+
+use crate::app::AppState;
+use crate::db::models::NotificationRow;
+use crate::error::AppError;
+use crate::rooms::hub::ToUser;
+
+/// Kinds of notification, which are also the email preference kinds.
+pub const KINDS: &[&str] = &["chat", "booking", "support", "marketing"];
+
+#[derive(Serialize)]
+pub struct NotificationView<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+    pub link: Option<&'a str>,
+    pub created_at: String,
+    pub read_at: Option<String>,
+}
+
+impl<'a> From<&'a NotificationRow> for NotificationView<'a> {
+    fn from(row: &'a NotificationRow) -> Self {
+        NotificationView {
+            id: &row.id,
+            kind: &row.kind,
+            title: &row.title,
+            body: &row.body,
+            link: row.link.as_deref(),
+            created_at: crate::time::rfc3339_ms(row.created_at),
+            read_at: row.read_at.map(crate::time::rfc3339_ms),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NotificationFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    view: NotificationView<'a>,
+}
+
+/// Pushes stored notifications to their users' live sessions.
+pub fn push(state: &AppState, rows: &[NotificationRow]) {
+    for row in rows {
+        let frame = serde_json::to_string(&NotificationFrame {
+            kind: "notification",
+            view: NotificationView::from(row),
+        })
+        .expect("notification frames serialise");
+        state.hub.do_send(ToUser {
+            user_id: row.user_id.clone(),
+            frame: frame.into(),
+        });
+    }
+}
+
+/// Unread notifications and unread chat messages per booking room.
+pub async fn unread_summary(
+    state: &AppState,
+    user_id: &str,
+) -> Result<serde_json::Value, AppError> {
+    let notifications = state.db.unread_notification_count(user_id).await?;
+    let rooms: serde_json::Map<String, serde_json::Value> = state
+        .db
+        .unread_room_counts(user_id)
+        .await?
+        .into_iter()
+        .map(|(room, count)| (room, count.into()))
+        .collect();
+    Ok(serde_json::json!({ "notifications": notifications, "rooms": rooms }))
+}

@@ -1,0 +1,170 @@
+//! The sequencer stores chat messages: one task takes every pending append,
+//! commits them in one transaction (group commit), answers each sender with
+//! its ack, then publishes the committed messages for fan-out.
+//!
+//! While a transaction is in flight the next batch accumulates, so under
+//! load batches grow by themselves and the store is not the bottleneck.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Recipient;
+use bytestring::ByteString;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::messages::{Appended, NewMessage};
+use crate::db::models::MessageRow;
+use crate::db::Db;
+use crate::error::AppError;
+use crate::metrics::Metrics;
+use crate::ws::frames::message_frame;
+
+/// A committed message and its `message` frame, serialised once.
+#[derive(Debug)]
+pub struct StoredMessage {
+    pub row: MessageRow,
+    pub frame: ByteString,
+}
+
+impl StoredMessage {
+    pub fn new(row: MessageRow) -> Arc<Self> {
+        let frame = message_frame(&row);
+        Arc::new(StoredMessage { row, frame })
+    }
+}
+
+/// Committed messages, in seq order per room, for fan-out.
+#[derive(actix::Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Committed(pub Vec<Arc<StoredMessage>>);
+
+enum Request {
+    Append {
+        message: NewMessage,
+        reply: oneshot::Sender<Result<Appended, Arc<crate::db::DbError>>>,
+    },
+    /// Answered once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct Sequencer {
+    requests: mpsc::Sender<Request>,
+}
+
+/// How many appends may wait for the store before senders wait too.
+const QUEUE_CAPACITY: usize = 65_536;
+
+impl Sequencer {
+    /// Spawns the writer task on the current runtime.
+    pub fn start(
+        db: Db,
+        max_batch: usize,
+        publish: Recipient<Committed>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run_writer(db, max_batch.max(1), inbox, publish, metrics));
+        Sequencer { requests }
+    }
+
+    /// Stores a message; returns once it is committed (or was already).
+    pub async fn append(&self, message: NewMessage) -> Result<Appended, AppError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Append { message, reply })
+            .await
+            .map_err(|_| AppError::internal(anyhow::anyhow!("sequencer stopped")))?;
+        match answer.await {
+            Ok(Ok(appended)) => Ok(appended),
+            Ok(Err(db_error)) => Err(AppError::internal(anyhow::anyhow!("{db_error}"))),
+            Err(_) => Err(AppError::internal(anyhow::anyhow!(
+                "sequencer dropped the append"
+            ))),
+        }
+    }
+
+    /// Waits until every append queued so far is committed.
+    pub async fn flush(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.requests.send(Request::Flush(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+async fn run_writer(
+    db: Db,
+    max_batch: usize,
+    mut inbox: mpsc::Receiver<Request>,
+    publish: Recipient<Committed>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut flushes = Vec::new();
+    while let Some(first) = inbox.recv().await {
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Append { message, reply } => batch.push((message, reply)),
+                Request::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < max_batch {
+                next = inbox.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            commit(&db, std::mem::take(&mut batch), &publish, &metrics).await;
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+type Pending = (
+    NewMessage,
+    oneshot::Sender<Result<Appended, Arc<crate::db::DbError>>>,
+);
+
+async fn commit(db: &Db, batch: Vec<Pending>, publish: &Recipient<Committed>, metrics: &Metrics) {
+    let started = Instant::now();
+    let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let size = messages.len();
+    let results = match db.append_messages(messages.clone()).await {
+        Ok(appended) => appended.into_iter().map(Ok).collect(),
+        // One bad row must not sink the others: retry each on its own.
+        Err(error) if size > 1 => {
+            tracing::warn!(%error, size, "batch append failed; retrying one by one");
+            let mut results = Vec::with_capacity(size);
+            for message in messages {
+                results.push(match db.append_messages(vec![message]).await {
+                    Ok(mut one) => Ok(one.remove(0)),
+                    Err(error) => Err(Arc::new(error)),
+                });
+            }
+            results
+        }
+        Err(error) => vec![Err(Arc::new(error))],
+    };
+    metrics.store_batch_size.observe(size as f64);
+    metrics
+        .store_commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let mut committed = Vec::new();
+    for (result, reply) in results.into_iter().zip(replies) {
+        if let Ok(appended) = &result {
+            if !appended.duplicate {
+                committed.push(StoredMessage::new(appended.row.clone()));
+            }
+        }
+        if let Err(error) = &result {
+            tracing::error!(%error, "message not stored");
+        }
+        let _ = reply.send(result);
+    }
+    metrics.messages_stored.inc_by(committed.len() as u64);
+    if !committed.is_empty() {
+        publish.do_send(Committed(committed));
+    }
+}

@@ -1,0 +1,698 @@
+//! One actor per WebSocket: authentication and its expiry, heartbeats,
+//! frame rate limits, and the frames of the contract.
+//!
+//! Ordering promise per room: a session sends `joined`, then the replayed
+//! messages, then live ones, each seq once. Joins run under `ctx.wait`, so
+//! live deliveries queue in the mailbox until the replay is written, and a
+//! per-room high-water mark drops anything already sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytestring::ByteString;
+use governor::clock::{Clock, DefaultClock};
+
+use super::frames::{message_frame, ClientFrame, Envelope, MessageView, ServerFrame};
+use crate::app::AppState;
+use crate::auth::Identity;
+use crate::db::messages::NewMessage;
+use crate::error::AppError;
+use crate::rooms::hub::{JoinRoom, RegisterSession, UnregisterSession};
+use crate::rooms::room::{Leave, ReadReceipt, RoomActor, RoomMember, Typing};
+use crate::rooms::{authorize_read, authorize_write, RoomKind, RoomName};
+
+/// Close codes of the contract.
+const CLOSE_AUTH_FAILED: u16 = 4001;
+const CLOSE_AUTH_TIMEOUT: u16 = 4008;
+const CLOSE_FLOODING: u16 = 4029;
+
+const HISTORY_DEFAULT: i64 = 50;
+const HISTORY_MAX: i64 = 100;
+/// Replay reads the store in pages of this many messages.
+const REPLAY_PAGE: i64 = 500;
+const CLIENT_ID_MAX: usize = 128;
+
+/// What other actors send to a session.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A stored message of a joined room; dropped unless `seq` is new.
+    Message {
+        room: Arc<str>,
+        seq: i64,
+        frame: ByteString,
+    },
+    /// Any other frame (typing, presence, user-channel notices).
+    Event(ByteString),
+    /// The session was removed from a room (no longer a participant).
+    Kicked {
+        room: Arc<str>,
+    },
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+struct JoinedRoom {
+    addr: Addr<RoomActor>,
+    /// Highest seq written to this socket.
+    delivered: i64,
+}
+
+pub struct WsSession {
+    id: String,
+    state: Arc<AppState>,
+    identity: Option<Identity>,
+    last_heard: Instant,
+    rooms: HashMap<String, JoinedRoom>,
+    expiry: Option<SpawnHandle>,
+    /// `rate_limited` answers in a row; too many closes the socket.
+    strikes: u32,
+    /// A message split into continuation frames, being reassembled.
+    fragments: Option<Vec<u8>>,
+}
+
+impl WsSession {
+    pub fn new(state: Arc<AppState>) -> Self {
+        WsSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            state,
+            identity: None,
+            last_heard: Instant::now(),
+            rooms: HashMap::new(),
+            expiry: None,
+            strikes: 0,
+            fragments: None,
+        }
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn send_error(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        reference: Option<&str>,
+        error: &AppError,
+    ) {
+        self.state
+            .metrics
+            .errors_sent
+            .with_label_values(&[error_label(error)])
+            .inc();
+        ctx.text(ServerFrame::error(reference, error));
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        self.state.metrics.frames_in.inc();
+        let Envelope { reference, frame } = match super::frames::parse_client_frame(text) {
+            Ok(envelope) => envelope,
+            Err((reference, error)) => return self.send_error(ctx, reference.as_deref(), &error),
+        };
+        let Some(identity) = self.identity.clone() else {
+            return match frame {
+                ClientFrame::Auth { token } => self.authenticate(&token, ctx),
+                _ => self.send_error(
+                    ctx,
+                    reference.as_deref(),
+                    &AppError::Unauthorized("send an auth frame first".into()),
+                ),
+            };
+        };
+        if let Err(error) = self.check_rate(&identity, ctx) {
+            return self.send_error(ctx, reference.as_deref(), &error);
+        }
+        let result = match frame {
+            ClientFrame::Auth { token } => {
+                self.refresh_auth(&token, reference.as_deref(), ctx);
+                Ok(())
+            }
+            ClientFrame::Join { room, since } => {
+                self.join(identity, &room, since, reference.clone(), ctx)
+            }
+            ClientFrame::Leave { room } => {
+                if let Some(joined) = self.rooms.remove(&room) {
+                    joined.addr.do_send(Leave {
+                        session_id: self.id.clone(),
+                    });
+                }
+                ctx.text(
+                    ServerFrame::Left {
+                        reference: reference.as_deref(),
+                        room: &room,
+                    }
+                    .encode(),
+                );
+                Ok(())
+            }
+            ClientFrame::Send {
+                room,
+                client_id,
+                body,
+            } => self.send_message(identity, &room, client_id, body, reference.clone(), ctx),
+            ClientFrame::Typing { room } => self.joined_room(&room).map(|joined| {
+                joined.addr.do_send(Typing {
+                    user_id: identity.user_id.clone(),
+                })
+            }),
+            ClientFrame::Read { room, seq } => self.read(identity, &room, seq),
+            ClientFrame::History {
+                room,
+                before,
+                limit,
+            } => self.history(identity, &room, before, limit, reference.clone(), ctx),
+            ClientFrame::Ping => {
+                ctx.text(
+                    ServerFrame::Pong {
+                        reference: reference.as_deref(),
+                        server_time: crate::time::rfc3339_ms(crate::time::now_ms()),
+                    }
+                    .encode(),
+                );
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            self.send_error(ctx, reference.as_deref(), &error);
+        }
+    }
+
+    /// A shared per-user budget across all of the user's sockets.
+    fn check_rate(
+        &mut self,
+        identity: &Identity,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), AppError> {
+        match self.state.frame_limiter.check_key(&identity.user_id) {
+            Ok(()) => {
+                self.strikes = 0;
+                Ok(())
+            }
+            Err(not_until) => {
+                self.strikes += 1;
+                if self.strikes >= self.state.settings.limits.flood_strikes {
+                    self.close(ctx, CLOSE_FLOODING, "flooding after rate_limited");
+                }
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(AppError::RateLimited {
+                    retry_after_ms: (wait.as_millis() as u64).max(1),
+                })
+            }
+        }
+    }
+
+    fn authenticate(&mut self, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let identity = match self.state.verifier.verify(token) {
+            Ok(identity) => identity,
+            Err(error) => return self.close(ctx, CLOSE_AUTH_FAILED, &error.to_string()),
+        };
+        self.state.hub.do_send(RegisterSession {
+            session_id: self.id.clone(),
+            user_id: identity.user_id.clone(),
+            recipient: ctx.address().recipient(),
+        });
+        self.remember_profile(&identity);
+        self.schedule_expiry(identity.expires_at, ctx);
+        ctx.text(
+            ServerFrame::Welcome {
+                user_id: &identity.user_id,
+                session_id: &self.id,
+                server_time: crate::time::rfc3339_ms(crate::time::now_ms()),
+                heartbeat_ms: self.state.settings.server.heartbeat_ms,
+            }
+            .encode(),
+        );
+        self.send_unread_counts(&identity, ctx);
+        self.identity = Some(identity);
+    }
+
+    /// `{"type":"unread","notifications":n,"rooms":{"booking:..":k}}` right
+    /// after `welcome`, so a client can draw badges without a request.
+    fn send_unread_counts(&self, identity: &Identity, ctx: &mut ws::WebsocketContext<Self>) {
+        let state = self.state.clone();
+        let user_id = identity.user_id.clone();
+        ctx.spawn(
+            async move { crate::notifications::unread_summary(&state, &user_id).await }
+                .into_actor(self)
+                .map(|result, _, ctx| match result {
+                    Ok(mut summary) => {
+                        summary["type"] = "unread".into();
+                        ctx.text(summary.to_string());
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot count unread items"),
+                }),
+        );
+    }
+
+    /// A fresh token for the same user extends the session; a token for
+    /// another user ends it.
+    fn refresh_auth(
+        &mut self,
+        token: &str,
+        reference: Option<&str>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let current = self.identity.as_ref().map(|i| i.user_id.clone());
+        match self.state.verifier.verify(token) {
+            Ok(identity) if Some(&identity.user_id) == current.as_ref() => {
+                self.schedule_expiry(identity.expires_at, ctx);
+                let expires_at = crate::time::rfc3339_ms(identity.expires_at * 1000);
+                self.remember_profile(&identity);
+                self.identity = Some(identity);
+                ctx.text(ByteString::from(
+                    serde_json::json!({
+                        "type": "token_refreshed",
+                        "ref": reference,
+                        "expires_at": expires_at,
+                    })
+                    .to_string(),
+                ));
+            }
+            Ok(_) => self.close(ctx, CLOSE_AUTH_FAILED, "token is for another user"),
+            Err(error) => self.send_error(ctx, reference, &AppError::from(error)),
+        }
+    }
+
+    /// Token claims keep the users mirror current (names for members lists,
+    /// addresses for email).
+    fn remember_profile(&self, identity: &Identity) {
+        let db = self.state.db.clone();
+        let who = identity.clone();
+        actix::spawn(async move {
+            if let Err(error) = db
+                .upsert_user(
+                    &who.user_id,
+                    who.email.as_deref(),
+                    Some(&who.name),
+                    who.role.as_str(),
+                )
+                .await
+            {
+                tracing::warn!(%error, "cannot mirror token profile");
+            }
+        });
+    }
+
+    fn schedule_expiry(&mut self, expires_at: i64, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(handle) = self.expiry.take() {
+            ctx.cancel_future(handle);
+        }
+        let remaining = (expires_at - crate::time::now_secs()).max(0) as u64;
+        self.expiry = Some(
+            ctx.run_later(Duration::from_secs(remaining), |session, ctx| {
+                session.close(ctx, CLOSE_AUTH_FAILED, "token expired");
+            }),
+        );
+    }
+
+    fn joined_room(&self, room: &str) -> Result<&JoinedRoom, AppError> {
+        self.rooms
+            .get(room)
+            .ok_or_else(|| AppError::Forbidden(format!("join `{room}` first")))
+    }
+
+    fn join(
+        &mut self,
+        identity: Identity,
+        room: &str,
+        since: Option<i64>,
+        reference: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), AppError> {
+        let room = RoomName::parse(room)?;
+        if since.is_some_and(|s| s < 0) {
+            return Err(AppError::Invalid("`since` must be 0 or more".into()));
+        }
+        if room.kind() == RoomKind::User {
+            // The own channel is always subscribed; joining it just confirms.
+            if room.id() != identity.user_id {
+                return Err(AppError::Forbidden(format!(
+                    "`{room}` is another user's channel"
+                )));
+            }
+            ctx.text(
+                ServerFrame::Joined {
+                    reference: reference.as_deref(),
+                    room: room.as_str(),
+                    last_seq: 0,
+                    members: &[],
+                }
+                .encode(),
+            );
+            return Ok(());
+        }
+        let state = self.state.clone();
+        let member = RoomMember {
+            session_id: self.id.clone(),
+            user_id: identity.user_id.clone(),
+            name: identity.name.clone(),
+            role: identity.role.as_str().to_owned(),
+            recipient: ctx.address().recipient(),
+        };
+        ctx.wait(
+            async move {
+                authorize_read(&state.db, &identity, &room).await?;
+                let (addr, info) = state
+                    .hub
+                    .send(JoinRoom {
+                        room: room.to_string(),
+                        member,
+                    })
+                    .await
+                    .map_err(AppError::internal)??;
+                let mut replay = Vec::new();
+                if let Some(since) = since {
+                    let mut after = since;
+                    while after < info.last_seq {
+                        let page = state
+                            .db
+                            .messages_after(room.as_str(), after, info.last_seq, REPLAY_PAGE)
+                            .await?;
+                        let Some(last) = page.last() else { break };
+                        after = last.seq;
+                        replay.extend(page);
+                    }
+                }
+                Ok::<_, AppError>((room, addr, info, replay))
+            }
+            .into_actor(self)
+            .map(move |result, session, ctx| match result {
+                Ok((room, addr, info, replay)) => {
+                    ctx.text(
+                        ServerFrame::Joined {
+                            reference: reference.as_deref(),
+                            room: room.as_str(),
+                            last_seq: info.last_seq,
+                            members: &info.members,
+                        }
+                        .encode(),
+                    );
+                    for row in &replay {
+                        ctx.text(message_frame(row));
+                    }
+                    if let Some(previous) = session.rooms.insert(
+                        room.to_string(),
+                        JoinedRoom {
+                            addr: addr.clone(),
+                            delivered: info.last_seq,
+                        },
+                    ) {
+                        if previous.addr != addr {
+                            previous.addr.do_send(Leave {
+                                session_id: session.id.clone(),
+                            });
+                        }
+                    }
+                }
+                Err(error) => session.send_error(ctx, reference.as_deref(), &error),
+            }),
+        );
+        Ok(())
+    }
+
+    fn send_message(
+        &mut self,
+        identity: Identity,
+        room: &str,
+        client_id: String,
+        body: String,
+        reference: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), AppError> {
+        let room = RoomName::parse(room)?;
+        if client_id.is_empty() || client_id.len() > CLIENT_ID_MAX {
+            return Err(AppError::Invalid(format!(
+                "`client_id` must be 1 to {CLIENT_ID_MAX} bytes"
+            )));
+        }
+        if body.trim().is_empty() {
+            return Err(AppError::Invalid("`body` must not be empty".into()));
+        }
+        let max = self.state.settings.server.max_message_bytes;
+        if body.len() > max {
+            return Err(AppError::TooLarge(format!(
+                "`body` is {} bytes; the limit is {max}",
+                body.len()
+            )));
+        }
+        let joined = self.rooms.contains_key(room.as_str());
+        let state = self.state.clone();
+        let message = NewMessage {
+            room: room.to_string(),
+            sender_id: Some(identity.user_id.clone()),
+            sender_name: identity.name.clone(),
+            sender_role: identity.role.as_str().to_owned(),
+            client_id: Some(client_id),
+            body,
+        };
+        ctx.spawn(
+            async move {
+                if !joined {
+                    authorize_write(&state.db, &identity, &room).await?;
+                }
+                state.sequencer.append(message).await
+            }
+            .into_actor(self)
+            .map(move |result, session, ctx| match result {
+                Ok(appended) => {
+                    let row = &appended.row;
+                    ctx.text(
+                        ServerFrame::Ack {
+                            reference: reference.as_deref(),
+                            client_id: row.client_id.as_deref().unwrap_or_default(),
+                            id: &row.id,
+                            seq: row.seq,
+                            sent_at: crate::time::rfc3339_ms(row.sent_at),
+                        }
+                        .encode(),
+                    );
+                }
+                Err(error) => session.send_error(ctx, reference.as_deref(), &error),
+            }),
+        );
+        Ok(())
+    }
+
+    fn read(&mut self, identity: Identity, room: &str, seq: i64) -> Result<(), AppError> {
+        let joined = self.joined_room(room)?;
+        if seq < 0 {
+            return Err(AppError::Invalid("`seq` must be 0 or more".into()));
+        }
+        joined.addr.do_send(ReadReceipt {
+            user_id: identity.user_id.clone(),
+            seq,
+        });
+        let db = self.state.db.clone();
+        let room = room.to_owned();
+        actix::spawn(async move {
+            if let Err(error) = db.advance_read_cursor(&room, &identity.user_id, seq).await {
+                tracing::warn!(%error, "cannot store read cursor");
+            }
+        });
+        Ok(())
+    }
+
+    fn history(
+        &mut self,
+        identity: Identity,
+        room: &str,
+        before: Option<i64>,
+        limit: Option<i64>,
+        reference: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) -> Result<(), AppError> {
+        let room = RoomName::parse(room)?;
+        let limit = history_limit(limit)?;
+        let db = self.state.db.clone();
+        ctx.spawn(
+            async move {
+                authorize_read(&db, &identity, &room).await?;
+                let (rows, has_more) = db.messages_before(room.as_str(), before, limit).await?;
+                Ok::<_, AppError>((room, rows, has_more))
+            }
+            .into_actor(self)
+            .map(move |result, session, ctx| match result {
+                Ok((room, rows, has_more)) => ctx.text(
+                    ServerFrame::History {
+                        reference: reference.as_deref(),
+                        room: room.as_str(),
+                        messages: rows.iter().map(MessageView::from).collect(),
+                        has_more,
+                    }
+                    .encode(),
+                ),
+                Err(error) => session.send_error(ctx, reference.as_deref(), &error),
+            }),
+        );
+        Ok(())
+    }
+}
+
+impl WsSession {
+    /// Reassembles a text message sent in continuation frames, within the
+    /// same size limit as a single frame.
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (bytes, last) = match item {
+            actix_http::ws::Item::FirstText(bytes) => {
+                self.fragments = Some(Vec::new());
+                (bytes, false)
+            }
+            actix_http::ws::Item::FirstBinary(_) => {
+                self.fragments = None;
+                let error =
+                    AppError::Invalid("binary frames are not supported; send JSON text".into());
+                return self.send_error(ctx, None, &error);
+            }
+            actix_http::ws::Item::Continue(bytes) => (bytes, false),
+            actix_http::ws::Item::Last(bytes) => (bytes, true),
+        };
+        let Some(buffer) = self.fragments.as_mut() else {
+            return;
+        };
+        buffer.extend_from_slice(&bytes);
+        if buffer.len() > self.state.settings.server.max_frame_bytes {
+            self.fragments = None;
+            return self.close(ctx, 1009, "message larger than the limit");
+        }
+        if last {
+            let buffer = self.fragments.take().unwrap_or_default();
+            match String::from_utf8(buffer) {
+                Ok(text) => self.on_text(&text, ctx),
+                Err(_) => {
+                    let error = AppError::Invalid("text frame is not UTF-8".into());
+                    self.send_error(ctx, None, &error);
+                }
+            }
+        }
+    }
+}
+
+/// The contract's history limit: default 50, at most 100.
+pub fn history_limit(limit: Option<i64>) -> Result<i64, AppError> {
+    match limit {
+        None => Ok(HISTORY_DEFAULT),
+        Some(n) if n < 1 => Err(AppError::Invalid("`limit` must be at least 1".into())),
+        Some(n) => Ok(n.min(HISTORY_MAX)),
+    }
+}
+
+fn error_label(error: &AppError) -> &'static str {
+    match error.code() {
+        crate::error::ErrorCode::Invalid => "invalid",
+        crate::error::ErrorCode::Unauthorized => "unauthorized",
+        crate::error::ErrorCode::Forbidden => "forbidden",
+        crate::error::ErrorCode::NotFound => "not_found",
+        crate::error::ErrorCode::TooLarge => "too_large",
+        crate::error::ErrorCode::RateLimited => "rate_limited",
+        crate::error::ErrorCode::Internal => "internal",
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.state.metrics.ws_sessions.inc();
+        let server = &self.state.settings.server;
+        let heartbeat = Duration::from_millis(server.heartbeat_ms);
+        let timeout = Duration::from_millis(server.client_timeout_ms);
+        ctx.run_interval(heartbeat, move |session, ctx| {
+            if session.last_heard.elapsed() > timeout {
+                tracing::debug!(session = %session.id, "peer silent; dropping session");
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        ctx.run_later(
+            Duration::from_millis(server.auth_timeout_ms),
+            |session, ctx| {
+                if session.identity.is_none() {
+                    session.close(ctx, CLOSE_AUTH_TIMEOUT, "no auth frame in time");
+                }
+            },
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.state.metrics.ws_sessions.dec();
+        for (_, joined) in self.rooms.drain() {
+            joined.addr.do_send(Leave {
+                session_id: self.id.clone(),
+            });
+        }
+        if let Some(identity) = &self.identity {
+            self.state.hub.do_send(UnregisterSession {
+                session_id: self.id.clone(),
+                user_id: identity.user_id.clone(),
+            });
+        }
+    }
+}
+
+impl Handler<ToSession> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        match msg {
+            ToSession::Message { room, seq, frame } => {
+                if let Some(joined) = self.rooms.get_mut(&*room) {
+                    if seq > joined.delivered {
+                        joined.delivered = seq;
+                        ctx.text(frame);
+                    }
+                }
+            }
+            ToSession::Event(frame) => ctx.text(frame),
+            ToSession::Kicked { room } => {
+                if self.rooms.remove(&*room).is_some() {
+                    ctx.text(
+                        ServerFrame::Left {
+                            reference: None,
+                            room: &room,
+                        }
+                        .encode(),
+                    );
+                }
+            }
+            ToSession::Close { code, reason } => self.close(ctx, code, reason),
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match item {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Binary(_)) => self.send_error(
+                ctx,
+                None,
+                &AppError::Invalid("binary frames are not supported; send JSON text".into()),
+            ),
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ws::ProtocolError::Overflow) => {
+                self.close(ctx, 1009, "frame larger than the limit")
+            }
+            Err(error) => {
+                tracing::debug!(%error, "websocket protocol error");
+                self.close(ctx, 1002, "protocol error");
+            }
+        }
+    }
+}

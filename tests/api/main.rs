@@ -1,0 +1,15 @@
+//! Black-box tests of the `mixroom-realtime` binary: each test starts the real
+//! server as a child process and talks to it like the Mixroom web app and
+//! backend do (WebSocket frames and HTTP), following `PROTOCOL.md`.
+//!
+//! PostgreSQL stories run when `MIXROOM_TEST_DATABASE_URL` names a server the
+//! tests may create databases on; `MIXROOM_TEST_REQUIRE_SERVICES=1` turns a
+//! missing URL into a failure instead of a skip.
+
+#[macro_use]
+mod helpers;
+
+mod bad_input;
+mod booking_updates;
+mod chat;
+mod restart;
