@@ -28,6 +28,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     rooms: HashMap<String, RoomEntry>,
     users: HashMap<String, HashMap<String, Recipient<ToSession>>>,
+    /// Actors that see every committed message (see [`WatchCommitted`]).
+    watchers: Vec<Recipient<Committed>>,
 }
 
 impl Hub {
@@ -38,6 +40,7 @@ impl Hub {
             metrics,
             rooms: HashMap::new(),
             users: HashMap::new(),
+            watchers: Vec::new(),
         }
     }
 
@@ -206,10 +209,13 @@ impl Handler<Committed> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
-        for message in msg.0 {
+        for message in &msg.0 {
             if let Some(entry) = self.rooms.get(&message.row.room) {
-                entry.addr.do_send(super::room::Deliver(message));
+                entry.addr.do_send(super::room::Deliver(message.clone()));
             }
+        }
+        for watcher in &self.watchers {
+            watcher.do_send(msg.clone());
         }
     }
 }
@@ -290,5 +296,38 @@ impl Handler<BookingUpdated> for Hub {
                 frame: msg.frame,
             });
         }
+    }
+}
+
+/// A frame for every member of a room on this node (e.g. the pieces of a
+/// streamed agent reply, which are not stored).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct RoomBroadcast {
+    pub room: String,
+    pub frame: ByteString,
+}
+
+impl Handler<RoomBroadcast> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomBroadcast, _: &mut Context<Self>) {
+        if let Some(entry) = self.rooms.get(&msg.room) {
+            entry.addr.do_send(super::room::Broadcast(msg.frame));
+        }
+    }
+}
+
+/// Registers an actor that sees every committed message after fan-out
+/// (the notifier, the support agents).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchCommitted(pub Recipient<Committed>);
+
+impl Handler<WatchCommitted> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchCommitted, _: &mut Context<Self>) {
+        self.watchers.push(msg.0);
     }
 }

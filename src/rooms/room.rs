@@ -413,3 +413,16 @@ impl Handler<ToNonParticipants> for RoomActor {
         }
     }
 }
+
+/// A frame for every member.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Broadcast(pub bytestring::ByteString);
+
+impl Handler<Broadcast> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
+        self.broadcast_event(&msg.0, None);
+    }
+}
