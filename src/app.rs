@@ -9,12 +9,14 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use secrecy::ExposeSecret;
 
 use crate::auth::TokenVerifier;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::rooms::hub::{CloseAllSessions, Hub};
+use crate::rooms::hub::{CloseAllSessions, Hub, UseCluster};
 use crate::rooms::sequencer::Sequencer;
 
 /// What every request handler and session shares. Actors are reached by
@@ -24,6 +26,7 @@ pub struct AppState {
     pub db: Db,
     pub verifier: Arc<TokenVerifier>,
     pub hub: Addr<Hub>,
+    pub cluster: Cluster,
     pub sequencer: Sequencer,
     /// Frames per user, across all of the user's sockets.
     pub frame_limiter: Arc<DefaultKeyedRateLimiter<String>>,
@@ -51,6 +54,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics.clone(),
     )
     .start();
+    let redis_url = settings.broker.redis_url.expose_secret();
+    let cluster = if redis_url.is_empty() {
+        Cluster::single_node()
+    } else {
+        let lease = Duration::from_millis(settings.broker.presence_lease_ms);
+        let cluster = Cluster::connect(redis_url, lease, hub.clone().recipient())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach Redis at broker.redis_url: {e}"))?;
+        hub.do_send(UseCluster(cluster.clone()));
+        cluster
+    };
     let sequencer = Sequencer::start(
         db.clone(),
         settings.database.max_batch,
@@ -66,6 +80,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         db: db.clone(),
         verifier,
         hub: hub.clone(),
+        cluster,
         sequencer: sequencer.clone(),
         frame_limiter: frame_limiter.clone(),
         metrics,

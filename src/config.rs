@@ -58,6 +58,7 @@ pub struct AuthSettings {
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
     pub redis_url: SecretString,
+    pub presence_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

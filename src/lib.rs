@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod bookings;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -4,7 +4,17 @@ use diesel::prelude::*;
 
 use super::schema::{booking_participants, bookings, messages, read_cursors, rooms, users};
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    Selectable,
+    Insertable,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = messages, treat_none_as_default_value = false)]
 pub struct MessageRow {
     pub id: String,

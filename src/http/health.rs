@@ -7,15 +7,32 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when the database answers (and, with a broker configured, it too).
+/// Ready when the database answers and, with a broker configured, Redis
+/// does too (a node without Redis still serves its own sockets, but an
+/// operator should know cross-node delivery is paused).
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.db.ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready", "database": "ok"})),
+    let database = match state.db.ping().await {
+        Ok(()) => "ok",
         Err(error) => {
             tracing::warn!(%error, "readiness: database unreachable");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({"status": "unavailable", "database": "unreachable"}))
+            "unreachable"
         }
+    };
+    let broker = match state.cluster.is_healthy() {
+        None => "not_configured",
+        Some(true) => "ok",
+        Some(false) => "unreachable",
+    };
+    let ready = database == "ok" && broker != "unreachable";
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "database": database,
+        "broker": broker,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The hub routes: user → live sessions, room → room actor. It starts room
-//! actors on first join and stops them when idle, and it is where committed
-//! messages enter fan-out.
+//! actors on first join and stops them when idle; committed messages and
+//! server notices enter fan-out here, locally and to the other nodes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,8 +9,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::room::{Join, JoinInfo, RoomActor, RoomMember, StopRoom};
-use super::sequencer::Committed;
+use super::room::{
+    Broadcast, Deliver, FrameExcept, Join, JoinInfo, RefreshPresence, ReloadParticipants, Resync,
+    RoomActor, RoomMember, StopRoom,
+};
+use super::sequencer::{Committed, StoredMessage};
+use crate::cluster::{Channel, Cluster, ClusterEvent, Inbound};
 use crate::db::Db;
 use crate::error::AppError;
 use crate::metrics::Metrics;
@@ -26,9 +30,10 @@ pub struct Hub {
     db: Db,
     room_idle: Duration,
     metrics: Arc<Metrics>,
+    cluster: Cluster,
     rooms: HashMap<String, RoomEntry>,
     users: HashMap<String, HashMap<String, Recipient<ToSession>>>,
-    /// Actors that see every committed message (see [`WatchCommitted`]).
+    /// Actors that see every message committed on this node.
     watchers: Vec<Recipient<Committed>>,
 }
 
@@ -38,6 +43,7 @@ impl Hub {
             db,
             room_idle,
             metrics,
+            cluster: Cluster::single_node(),
             rooms: HashMap::new(),
             users: HashMap::new(),
             watchers: Vec::new(),
@@ -48,10 +54,51 @@ impl Hub {
         self.metrics.rooms_active.set(self.rooms.len() as i64);
         self.metrics.users_online.set(self.users.len() as i64);
     }
+
+    fn send_to_user(&self, user_id: &str, frame: &ByteString) {
+        if let Some(sessions) = self.users.get(user_id) {
+            for recipient in sessions.values() {
+                recipient.do_send(ToSession::Event(frame.clone()));
+            }
+        }
+    }
+
+    fn remove_room(&mut self, room: &str) -> Option<RoomEntry> {
+        let entry = self.rooms.remove(room)?;
+        self.cluster.unsubscribe(Channel::Room(room.to_owned()));
+        self.update_gauges();
+        Some(entry)
+    }
+
+    /// Keeps this node's user presence leases alive.
+    fn renew_user_presence(&mut self, ctx: &mut Context<Self>) {
+        let Some(lease) = self.cluster.lease() else {
+            return;
+        };
+        ctx.run_interval(lease / 3, |hub, _| {
+            let cluster = hub.cluster.clone();
+            let users: Vec<String> = hub.users.keys().cloned().collect();
+            actix::spawn(async move { cluster.update_user_presence(users, Vec::new()).await });
+        });
+    }
 }
 
 impl Actor for Hub {
     type Context = Context<Self>;
+}
+
+/// The node joined a cluster: from now on fan-out also crosses nodes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UseCluster(pub Cluster);
+
+impl Handler<UseCluster> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: UseCluster, ctx: &mut Context<Self>) {
+        self.cluster = msg.0;
+        self.renew_user_presence(ctx);
+    }
 }
 
 /// A session authenticated: route its user's channel to it.
@@ -114,21 +161,51 @@ pub struct RoomChanged {
 #[rtype(result = "usize")]
 pub struct CloseAllSessions;
 
-/// Whether anyone is connected as this user on this node.
+/// Whether the user has a live session on any node.
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct IsOnline {
     pub user_id: String,
 }
 
+/// A booking's status changed: every participant's sessions get the frame
+/// on their user channel; room members who are not participants (admins
+/// watching) get it through the room. Each session receives it once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BookingUpdated {
+    pub room: String,
+    pub participants: Vec<String>,
+    pub frame: ByteString,
+}
+
+/// A frame for every member of a room (e.g. the pieces of a streamed agent
+/// reply, which are not stored).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct RoomBroadcast {
+    pub room: String,
+    pub frame: ByteString,
+}
+
+/// Registers an actor that sees every message committed on this node (the
+/// notifier, the support agents): each message is seen by one node only.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchCommitted(pub Recipient<Committed>);
+
 impl Handler<RegisterSession> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: RegisterSession, _: &mut Context<Self>) {
-        self.users
-            .entry(msg.user_id)
-            .or_default()
-            .insert(msg.session_id, msg.recipient);
+        let sessions = self.users.entry(msg.user_id.clone()).or_default();
+        if sessions.is_empty() {
+            self.cluster.subscribe(Channel::User(msg.user_id.clone()));
+            let cluster = self.cluster.clone();
+            let user = msg.user_id;
+            actix::spawn(async move { cluster.update_user_presence(vec![user], Vec::new()).await });
+        }
+        sessions.insert(msg.session_id, msg.recipient);
         self.update_gauges();
     }
 }
@@ -141,6 +218,12 @@ impl Handler<UnregisterSession> for Hub {
             sessions.remove(&msg.session_id);
             if sessions.is_empty() {
                 self.users.remove(&msg.user_id);
+                self.cluster.unsubscribe(Channel::User(msg.user_id.clone()));
+                let cluster = self.cluster.clone();
+                let user = msg.user_id;
+                actix::spawn(
+                    async move { cluster.update_user_presence(Vec::new(), vec![user]).await },
+                );
             }
         }
         self.update_gauges();
@@ -151,18 +234,27 @@ impl Handler<JoinRoom> for Hub {
     type Result = ResponseFuture<Result<(Addr<RoomActor>, JoinInfo), AppError>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
-        let hub = ctx.address();
-        let entry = self
-            .rooms
-            .entry(msg.room.clone())
-            .or_insert_with(|| RoomEntry {
-                addr: RoomActor::new(msg.room.clone(), self.db.clone(), hub, self.room_idle)
-                    .start(),
-                joins_forwarded: 0,
-            });
+        if !self.rooms.contains_key(&msg.room) {
+            self.cluster.subscribe(Channel::Room(msg.room.clone()));
+            let room = RoomActor::new(
+                msg.room.clone(),
+                self.db.clone(),
+                ctx.address(),
+                self.cluster.clone(),
+                self.room_idle,
+            );
+            self.rooms.insert(
+                msg.room.clone(),
+                RoomEntry {
+                    addr: room.start(),
+                    joins_forwarded: 0,
+                },
+            );
+            self.update_gauges();
+        }
+        let entry = self.rooms.get_mut(&msg.room).expect("inserted above");
         entry.joins_forwarded += 1;
         let addr = entry.addr.clone();
-        self.update_gauges();
         Box::pin(async move {
             let info = addr
                 .send(Join { member: msg.member })
@@ -182,10 +274,9 @@ impl Handler<RoomIdle> for Hub {
             .get(&msg.room)
             .is_some_and(|entry| entry.joins_forwarded == msg.joins_seen);
         if idle {
-            if let Some(entry) = self.rooms.remove(&msg.room) {
+            if let Some(entry) = self.remove_room(&msg.room) {
                 entry.addr.do_send(StopRoom);
             }
-            self.update_gauges();
         }
     }
 }
@@ -199,8 +290,7 @@ impl Handler<RoomStopped> for Hub {
             .get(&msg.room)
             .is_some_and(|e| e.addr == msg.addr)
         {
-            self.rooms.remove(&msg.room);
-            self.update_gauges();
+            self.remove_room(&msg.room);
         }
     }
 }
@@ -211,8 +301,14 @@ impl Handler<Committed> for Hub {
     fn handle(&mut self, msg: Committed, _: &mut Context<Self>) {
         for message in &msg.0 {
             if let Some(entry) = self.rooms.get(&message.row.room) {
-                entry.addr.do_send(super::room::Deliver(message.clone()));
+                entry.addr.do_send(Deliver(message.clone()));
             }
+            self.cluster.publish(
+                Channel::Room(message.row.room.clone()),
+                ClusterEvent::Message {
+                    row: message.row.clone(),
+                },
+            );
         }
         for watcher in &self.watchers {
             watcher.do_send(msg.clone());
@@ -224,11 +320,13 @@ impl Handler<ToUser> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: ToUser, _: &mut Context<Self>) {
-        if let Some(sessions) = self.users.get(&msg.user_id) {
-            for recipient in sessions.values() {
-                recipient.do_send(ToSession::Event(msg.frame.clone()));
-            }
-        }
+        self.send_to_user(&msg.user_id, &msg.frame);
+        self.cluster.publish(
+            Channel::User(msg.user_id),
+            ClusterEvent::UserFrame {
+                frame: msg.frame.to_string(),
+            },
+        );
     }
 }
 
@@ -237,8 +335,10 @@ impl Handler<RoomChanged> for Hub {
 
     fn handle(&mut self, msg: RoomChanged, _: &mut Context<Self>) {
         if let Some(entry) = self.rooms.get(&msg.room) {
-            entry.addr.do_send(super::room::ReloadParticipants);
+            entry.addr.do_send(ReloadParticipants);
         }
+        self.cluster
+            .publish(Channel::Room(msg.room), ClusterEvent::RoomChanged);
     }
 }
 
@@ -261,22 +361,13 @@ impl Handler<CloseAllSessions> for Hub {
 }
 
 impl Handler<IsOnline> for Hub {
-    type Result = bool;
+    type Result = ResponseFuture<bool>;
 
-    fn handle(&mut self, msg: IsOnline, _: &mut Context<Self>) -> bool {
-        self.users.contains_key(&msg.user_id)
+    fn handle(&mut self, msg: IsOnline, _: &mut Context<Self>) -> Self::Result {
+        let here = self.users.contains_key(&msg.user_id);
+        let cluster = self.cluster.clone();
+        Box::pin(async move { here || cluster.online_elsewhere(&msg.user_id).await })
     }
-}
-
-/// A booking's status changed: every participant's sessions get the frame
-/// on their user channel; room members who are not participants (admins
-/// watching) get it through the room. Each session receives it once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BookingUpdated {
-    pub room: String,
-    pub participants: Vec<String>,
-    pub frame: ByteString,
 }
 
 impl Handler<BookingUpdated> for Hub {
@@ -284,28 +375,28 @@ impl Handler<BookingUpdated> for Hub {
 
     fn handle(&mut self, msg: BookingUpdated, _: &mut Context<Self>) {
         for user_id in &msg.participants {
-            if let Some(sessions) = self.users.get(user_id) {
-                for recipient in sessions.values() {
-                    recipient.do_send(ToSession::Event(msg.frame.clone()));
-                }
-            }
+            self.send_to_user(user_id, &msg.frame);
+            self.cluster.publish(
+                Channel::User(user_id.clone()),
+                ClusterEvent::UserFrame {
+                    frame: msg.frame.to_string(),
+                },
+            );
         }
         if let Some(entry) = self.rooms.get(&msg.room) {
-            entry.addr.do_send(super::room::ToNonParticipants {
-                participants: msg.participants,
-                frame: msg.frame,
+            entry.addr.do_send(FrameExcept {
+                except_users: msg.participants.clone(),
+                frame: msg.frame.clone(),
             });
         }
+        self.cluster.publish(
+            Channel::Room(msg.room),
+            ClusterEvent::RoomFrame {
+                frame: msg.frame.to_string(),
+                except_users: msg.participants,
+            },
+        );
     }
-}
-
-/// A frame for every member of a room on this node (e.g. the pieces of a
-/// streamed agent reply, which are not stored).
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct RoomBroadcast {
-    pub room: String,
-    pub frame: ByteString,
 }
 
 impl Handler<RoomBroadcast> for Hub {
@@ -313,21 +404,69 @@ impl Handler<RoomBroadcast> for Hub {
 
     fn handle(&mut self, msg: RoomBroadcast, _: &mut Context<Self>) {
         if let Some(entry) = self.rooms.get(&msg.room) {
-            entry.addr.do_send(super::room::Broadcast(msg.frame));
+            entry.addr.do_send(Broadcast(msg.frame.clone()));
         }
+        self.cluster.publish(
+            Channel::Room(msg.room),
+            ClusterEvent::RoomFrame {
+                frame: msg.frame.to_string(),
+                except_users: Vec::new(),
+            },
+        );
     }
 }
-
-/// Registers an actor that sees every committed message after fan-out
-/// (the notifier, the support agents).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WatchCommitted(pub Recipient<Committed>);
 
 impl Handler<WatchCommitted> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: WatchCommitted, _: &mut Context<Self>) {
         self.watchers.push(msg.0);
+    }
+}
+
+/// What other nodes published: delivered here only, never published again.
+impl Handler<Inbound> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, _: &mut Context<Self>) {
+        match msg {
+            Inbound::Event {
+                channel: Channel::User(user_id),
+                event,
+            } => {
+                if let ClusterEvent::UserFrame { frame } = *event {
+                    self.send_to_user(&user_id, &ByteString::from(frame));
+                }
+            }
+            Inbound::Event {
+                channel: Channel::Room(room),
+                event,
+            } => {
+                let Some(entry) = self.rooms.get(&room) else {
+                    return;
+                };
+                match *event {
+                    ClusterEvent::Message { row } => {
+                        entry.addr.do_send(Deliver(StoredMessage::new(row)));
+                    }
+                    ClusterEvent::RoomFrame {
+                        frame,
+                        except_users,
+                    } => entry.addr.do_send(FrameExcept {
+                        except_users,
+                        frame: frame.into(),
+                    }),
+                    ClusterEvent::RoomChanged => entry.addr.do_send(ReloadParticipants),
+                    ClusterEvent::PresenceChanged => entry.addr.do_send(RefreshPresence),
+                    ClusterEvent::UserFrame { .. } => {}
+                }
+            }
+            Inbound::Reconnected => {
+                for entry in self.rooms.values() {
+                    entry.addr.do_send(Resync);
+                    entry.addr.do_send(RefreshPresence);
+                }
+            }
+        }
     }
 }

@@ -1,15 +1,21 @@
-//! One actor per active room: its members' sessions, presence, typing and
-//! read receipts, and fan-out of committed messages strictly in seq order.
+//! One actor per active room on a node: its members' sessions, presence,
+//! typing and read receipts, and fan-out of committed messages strictly in
+//! seq order.
+//!
+//! Presence is per room: a user is online in a room while one of their
+//! sessions has joined it, on this node or another (leases in Redis).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytestring::ByteString;
 
 use super::hub::{Hub, RoomIdle, RoomStopped};
 use super::sequencer::StoredMessage;
 use super::{RoomKind, RoomName};
+use crate::cluster::{Channel, Cluster, ClusterEvent};
 use crate::db::bookings::Participant;
 use crate::db::Db;
 use crate::error::AppError;
@@ -19,6 +25,8 @@ use crate::ws::session::ToSession;
 /// How long a hole in the seq order may wait for the missing message to
 /// arrive before it is read back from the store.
 const GAP_WAIT: Duration = Duration::from_millis(200);
+/// Messages read from the store per catch-up query.
+const CATCH_UP_PAGE: i64 = 500;
 
 #[derive(Clone)]
 pub struct RoomMember {
@@ -39,9 +47,14 @@ pub struct RoomActor {
     name: Arc<str>,
     db: Db,
     hub: Addr<Hub>,
+    cluster: Cluster,
     idle_after: Duration,
     members: HashMap<String, RoomMember>,
     participants: Vec<Participant>,
+    /// Users present in this room on other nodes.
+    remote_users: HashSet<String>,
+    /// Users last announced online to this node's members.
+    announced: HashSet<String>,
     /// Highest seq delivered to members.
     last_seq: i64,
     /// Committed messages that arrived ahead of a missing one.
@@ -52,14 +65,23 @@ pub struct RoomActor {
 }
 
 impl RoomActor {
-    pub fn new(name: String, db: Db, hub: Addr<Hub>, idle_after: Duration) -> Self {
+    pub fn new(
+        name: String,
+        db: Db,
+        hub: Addr<Hub>,
+        cluster: Cluster,
+        idle_after: Duration,
+    ) -> Self {
         RoomActor {
             name: name.into(),
             db,
             hub,
+            cluster,
             idle_after,
             members: HashMap::new(),
             participants: Vec::new(),
+            remote_users: HashSet::new(),
+            announced: HashSet::new(),
             last_seq: 0,
             waiting: BTreeMap::new(),
             gap_check: None,
@@ -68,16 +90,105 @@ impl RoomActor {
         }
     }
 
-    fn user_present(&self, user_id: &str) -> bool {
-        self.members.values().any(|m| m.user_id == user_id)
+    fn local_users(&self) -> HashSet<String> {
+        self.members.values().map(|m| m.user_id.clone()).collect()
     }
 
-    /// Sends a frame to every member whose user is not `except_user`.
-    fn broadcast_event(&self, frame: &bytestring::ByteString, except_user: Option<&str>) {
+    fn is_online(&self, user_id: &str) -> bool {
+        self.members.values().any(|m| m.user_id == user_id) || self.remote_users.contains(user_id)
+    }
+
+    /// Sends a frame to every member whose user is not in `except_users`.
+    fn broadcast_event(&self, frame: &ByteString, except_users: &[String]) {
         for member in self.members.values() {
-            if Some(member.user_id.as_str()) != except_user {
+            if !except_users.contains(&member.user_id) {
                 member.recipient.do_send(ToSession::Event(frame.clone()));
             }
+        }
+    }
+
+    /// Sends a frame to members here and on the other nodes.
+    fn broadcast_everywhere(&self, frame: ByteString, except_users: Vec<String>) {
+        self.broadcast_event(&frame, &except_users);
+        self.cluster.publish(
+            Channel::Room(self.name.to_string()),
+            ClusterEvent::RoomFrame {
+                frame: frame.to_string(),
+                except_users,
+            },
+        );
+    }
+
+    /// Tells this node's members who came online or went offline since the
+    /// last announcement (a user is not told about themself).
+    fn announce_presence(&mut self) {
+        let online: HashSet<String> = self
+            .local_users()
+            .union(&self.remote_users)
+            .cloned()
+            .collect();
+        for (user_id, is_online) in online
+            .difference(&self.announced)
+            .map(|u| (u, true))
+            .chain(self.announced.difference(&online).map(|u| (u, false)))
+        {
+            let frame = ServerFrame::Presence {
+                room: &self.name,
+                user_id,
+                online: is_online,
+            }
+            .encode();
+            self.broadcast_event(&frame, std::slice::from_ref(user_id));
+        }
+        self.announced = online;
+    }
+
+    /// A user arrived or left on this node: announce it here, record it in
+    /// the cluster and let the other nodes announce it.
+    fn local_presence_changed(&mut self, ctx: &mut Context<Self>, user_id: &str, present: bool) {
+        self.announce_presence();
+        if self.cluster.is_enabled() {
+            let cluster = self.cluster.clone();
+            let room = self.name.to_string();
+            let user = vec![user_id.to_owned()];
+            let (present, gone) = if present {
+                (user, Vec::new())
+            } else {
+                (Vec::new(), user)
+            };
+            ctx.spawn(
+                async move { cluster.update_room_presence(&room, present, gone).await }
+                    .into_actor(self),
+            );
+        }
+    }
+
+    /// Re-reads who is present on other nodes and announces the changes.
+    /// With `before_anything_else`, the room handles nothing meanwhile (at
+    /// start, so the first `joined` already shows remote members online).
+    fn refresh_remote_presence(&mut self, ctx: &mut Context<Self>, before_anything_else: bool) {
+        if !self.cluster.is_enabled() {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let room = self.name.to_string();
+        let present: Vec<String> = self.local_users().into_iter().collect();
+        let refresh = async move {
+            cluster.renew_room_presence(&room, present).await;
+            cluster.remote_room_presence(&room).await
+        }
+        .into_actor(self)
+        .map(|remote, room, _| {
+            // Unknown (Redis down): keep what we knew rather than flap.
+            if let Some(remote) = remote {
+                room.remote_users = remote;
+                room.announce_presence();
+            }
+        });
+        if before_anything_else {
+            ctx.wait(refresh);
+        } else {
+            ctx.spawn(refresh);
         }
     }
 
@@ -99,39 +210,41 @@ impl RoomActor {
         } else if self.gap_check.is_none() {
             self.gap_check = Some(ctx.run_later(GAP_WAIT, |room, ctx| {
                 room.gap_check = None;
-                room.fill_gap(ctx);
+                let up_to = room.waiting.keys().next().map(|first| first - 1);
+                room.catch_up(ctx, up_to);
             }));
         }
     }
 
-    /// Reads the messages missing before the first waiting one.
-    fn fill_gap(&mut self, ctx: &mut Context<Self>) {
-        let Some(&first_waiting) = self.waiting.keys().next() else {
-            return;
-        };
+    /// Reads committed messages after `last_seq` (up to `up_to`, or all)
+    /// from the store and delivers them: fills holes left by messages lost
+    /// between nodes.
+    fn catch_up(&mut self, ctx: &mut Context<Self>, up_to: Option<i64>) {
         let db = self.db.clone();
         let room = self.name.to_string();
         let after = self.last_seq;
+        let up_to = up_to.unwrap_or(i64::MAX);
         ctx.wait(
-            async move {
-                db.messages_after(&room, after, first_waiting - 1, first_waiting - after)
-                    .await
-            }
-            .into_actor(self)
-            .map(|result, room, ctx| {
-                match result {
-                    Ok(rows) => {
-                        for row in rows {
-                            let seq = row.seq;
-                            if seq > room.last_seq {
-                                room.waiting.insert(seq, StoredMessage::new(row));
+            async move { db.messages_after(&room, after, up_to, CATCH_UP_PAGE).await }
+                .into_actor(self)
+                .map(move |result, room, ctx| {
+                    let mut more = false;
+                    match result {
+                        Ok(rows) => {
+                            more = rows.len() as i64 == CATCH_UP_PAGE;
+                            for row in rows {
+                                if row.seq > room.last_seq {
+                                    room.waiting.insert(row.seq, StoredMessage::new(row));
+                                }
                             }
                         }
+                        Err(error) => tracing::warn!(%error, room = %room.name, "catch-up failed"),
                     }
-                    Err(error) => tracing::warn!(%error, room = %room.name, "gap fill failed"),
-                }
-                room.deliver_in_order(ctx);
-            }),
+                    room.deliver_in_order(ctx);
+                    if more {
+                        room.catch_up(ctx, Some(up_to));
+                    }
+                }),
         );
     }
 
@@ -173,7 +286,7 @@ impl RoomActor {
 
     /// A participant removed from the booking loses the room at once
     /// (admins stay: they never were participants).
-    fn drop_non_participants(&mut self, _ctx: &mut Context<Self>) {
+    fn drop_non_participants(&mut self, ctx: &mut Context<Self>) {
         let participants: Vec<&str> = self
             .participants
             .iter()
@@ -190,6 +303,9 @@ impl RoomActor {
                 member.recipient.do_send(ToSession::Kicked {
                     room: self.name.clone(),
                 });
+                if !self.members.values().any(|m| m.user_id == member.user_id) {
+                    self.local_presence_changed(ctx, &member.user_id, false);
+                }
             }
         }
     }
@@ -202,7 +318,7 @@ impl RoomActor {
                 user_id: p.user_id.clone(),
                 name: p.name.clone(),
                 role: p.role.clone(),
-                online: self.user_present(&p.user_id),
+                online: self.is_online(&p.user_id),
             })
             .collect();
         for member in self.members.values() {
@@ -239,6 +355,12 @@ impl Actor for RoomActor {
         );
         self.load_participants(ctx);
         self.schedule_idle_check(ctx);
+        if let Some(lease) = self.cluster.lease() {
+            self.refresh_remote_presence(ctx, true);
+            ctx.run_interval(lease / 3, |room, ctx| {
+                room.refresh_remote_presence(ctx, false)
+            });
+        }
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
@@ -287,6 +409,29 @@ pub struct ReloadParticipants;
 #[rtype(result = "()")]
 pub struct StopRoom;
 
+/// A frame for this node's members, except some users' sessions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FrameExcept {
+    pub except_users: Vec<String>,
+    pub frame: ByteString,
+}
+
+/// A frame for every member on this node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Broadcast(pub ByteString);
+
+/// Presence changed on another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefreshPresence;
+
+/// The cluster link was down: catch up from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
 impl Handler<Join> for RoomActor {
     type Result = Result<JoinInfo, AppError>;
 
@@ -296,17 +441,11 @@ impl Handler<Join> for RoomActor {
             ctx.cancel_future(handle);
         }
         let member = msg.member;
-        let newly_present = !self.user_present(&member.user_id);
+        let newly_present = !self.members.values().any(|m| m.user_id == member.user_id);
         let user_id = member.user_id.clone();
         self.members.insert(member.session_id.clone(), member);
         if newly_present {
-            let frame = ServerFrame::Presence {
-                room: &self.name,
-                user_id: &user_id,
-                online: true,
-            }
-            .encode();
-            self.broadcast_event(&frame, Some(&user_id));
+            self.local_presence_changed(ctx, &user_id, true);
         }
         Ok(JoinInfo {
             last_seq: self.last_seq,
@@ -322,14 +461,8 @@ impl Handler<Leave> for RoomActor {
         let Some(member) = self.members.remove(&msg.session_id) else {
             return;
         };
-        if !self.user_present(&member.user_id) {
-            let frame = ServerFrame::Presence {
-                room: &self.name,
-                user_id: &member.user_id,
-                online: false,
-            }
-            .encode();
-            self.broadcast_event(&frame, None);
+        if !self.members.values().any(|m| m.user_id == member.user_id) {
+            self.local_presence_changed(ctx, &member.user_id, false);
         }
         if self.members.is_empty() {
             self.schedule_idle_check(ctx);
@@ -346,7 +479,7 @@ impl Handler<Typing> for RoomActor {
             user_id: &msg.user_id,
         }
         .encode();
-        self.broadcast_event(&frame, Some(&msg.user_id));
+        self.broadcast_everywhere(frame, vec![msg.user_id]);
     }
 }
 
@@ -360,7 +493,7 @@ impl Handler<ReadReceipt> for RoomActor {
             seq: msg.seq,
         }
         .encode();
-        self.broadcast_event(&frame, Some(&msg.user_id));
+        self.broadcast_everywhere(frame, vec![msg.user_id]);
     }
 }
 
@@ -392,37 +525,34 @@ impl Handler<StopRoom> for RoomActor {
     }
 }
 
-/// A frame for the members who are not among `participants`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ToNonParticipants {
-    pub participants: Vec<String>,
-    pub frame: bytestring::ByteString,
-}
-
-impl Handler<ToNonParticipants> for RoomActor {
+impl Handler<FrameExcept> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, msg: ToNonParticipants, _: &mut Context<Self>) {
-        for member in self.members.values() {
-            if !msg.participants.contains(&member.user_id) {
-                member
-                    .recipient
-                    .do_send(ToSession::Event(msg.frame.clone()));
-            }
-        }
+    fn handle(&mut self, msg: FrameExcept, _: &mut Context<Self>) {
+        self.broadcast_event(&msg.frame, &msg.except_users);
     }
 }
-
-/// A frame for every member.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Broadcast(pub bytestring::ByteString);
 
 impl Handler<Broadcast> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
-        self.broadcast_event(&msg.0, None);
+        self.broadcast_event(&msg.0, &[]);
+    }
+}
+
+impl Handler<RefreshPresence> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: RefreshPresence, ctx: &mut Context<Self>) {
+        self.refresh_remote_presence(ctx, false);
+    }
+}
+
+impl Handler<Resync> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
+        self.catch_up(ctx, None);
     }
 }

@@ -12,4 +12,5 @@ mod helpers;
 mod bad_input;
 mod booking_updates;
 mod chat;
+mod cluster;
 mod restart;

@@ -1,0 +1,388 @@
+//! Several nodes as one server: separate processes on one PostgreSQL
+//! database, sharing Redis, with users spread over nodes as a load balancer
+//! without sticky sessions would spread them.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::helpers::{Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY, NO_RATE_LIMIT};
+
+/// The shared Redis of the test run (`MIXROOM_TEST_REDIS_URL`), or `None`
+/// (a failure with `MIXROOM_TEST_REQUIRE_SERVICES=1`).
+fn shared_redis() -> Option<String> {
+    match std::env::var("MIXROOM_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("MIXROOM_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("MIXROOM_TEST_REQUIRE_SERVICES=1 but MIXROOM_TEST_REDIS_URL is not set")
+        }
+        _ => None,
+    }
+}
+
+/// PostgreSQL and Redis, or `None` when either is not configured.
+fn services() -> Option<(Backend, String)> {
+    let redis = shared_redis();
+    let backend = Backend::postgres();
+    match (backend, redis) {
+        (Some(backend), Some(redis)) => Some((backend, redis)),
+        _ => {
+            eprintln!("skipped: needs MIXROOM_TEST_DATABASE_URL and MIXROOM_TEST_REDIS_URL");
+            None
+        }
+    }
+}
+
+fn node_env(redis_url: &str) -> Vec<(&str, String)> {
+    let mut env: Vec<(&str, String)> = NO_RATE_LIMIT
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    env.push(("MIXROOM__BROKER__REDIS_URL", redis_url.to_owned()));
+    env.push(("MIXROOM__BROKER__PRESENCE_LEASE_MS", "1500".to_owned()));
+    env
+}
+
+fn spawn_node(backend: &Backend, redis_url: &str) -> TestServer {
+    let env = node_env(redis_url);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestServer::spawn(backend, &pairs)
+}
+
+/// Every `message` frame's seq and id until `count` have arrived.
+async fn collect_messages(ws: &mut WsClient, count: usize) -> Vec<(i64, String)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let message = ws.recv_type("message").await;
+        seen.push((
+            message["seq"].as_i64().unwrap(),
+            message["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    seen
+}
+
+/// Ava on node A and Sam on node B send at the same time: both see one
+/// sequence, gap-free, identical on both nodes; a booking update made
+/// through node C reaches them both.
+#[tokio::test]
+async fn users_on_different_nodes_share_one_sequence() {
+    let Some((backend, redis)) = services() else {
+        return;
+    };
+    let node_a = spawn_node(&backend, &redis);
+    let node_b = spawn_node(&backend, &redis);
+    let node_c = spawn_node(&backend, &redis);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = node_a.open_booking(&ava, &[&sam]).await;
+
+    let mut ava_ws = WsClient::connect_as(&node_a, &ava).await;
+    let mut sam_ws = WsClient::connect_as(&node_b, &sam).await;
+    ava_ws.join(&room, None).await;
+    sam_ws.join(&room, None).await;
+
+    const EACH: usize = 40;
+    for i in 0..EACH {
+        ava_ws
+            .send_message_frame(&room, &format!("ava-{i}"), &format!("from Ava {i}"))
+            .await;
+        sam_ws
+            .send_message_frame(&room, &format!("sam-{i}"), &format!("from Sam {i}"))
+            .await;
+    }
+    let mut acked = Vec::new();
+    for i in 0..EACH {
+        acked.push(
+            ava_ws.wait_ack(&format!("ava-{i}")).await["seq"]
+                .as_i64()
+                .unwrap(),
+        );
+        acked.push(
+            sam_ws.wait_ack(&format!("sam-{i}")).await["seq"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    acked.sort_unstable();
+    let expected: Vec<i64> = (1..=2 * EACH as i64).collect();
+    assert_eq!(
+        acked, expected,
+        "concurrent senders on two nodes: one gap-free sequence"
+    );
+
+    let on_a = collect_messages(&mut ava_ws, 2 * EACH).await;
+    let on_b = collect_messages(&mut sam_ws, 2 * EACH).await;
+    let seqs: Vec<i64> = on_a.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, expected, "node A delivers every seq once, in order");
+    assert_eq!(
+        on_a, on_b,
+        "both nodes deliver the same messages in the same order"
+    );
+
+    let booking_id = room.trim_start_matches("booking:");
+    let response = node_c
+        .http_client()
+        .put(node_c.http(&format!("/v1/internal/bookings/{booking_id}")))
+        .bearer_auth(INTERNAL_API_KEY)
+        .json(&json!({
+            "client_id": ava.id, "provider_ids": [sam.id], "status": "paid", "title": "Session",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for ws in [&mut ava_ws, &mut sam_ws] {
+        let update = ws.recv_type("booking.updated").await;
+        assert_eq!(update["status"], "paid", "{update}");
+        ws.expect_silence(300, &["booking.updated"]).await;
+        // The system notice is one more message in the same sequence.
+        let notice = ws.recv_type("message").await;
+        assert_eq!(notice["seq"], 2 * EACH as i64 + 1, "{notice}");
+    }
+}
+
+/// Presence crosses nodes, and a node that dies takes its users offline
+/// once their lease runs out.
+#[tokio::test]
+async fn presence_across_nodes_and_after_a_node_dies() {
+    let Some((backend, redis)) = services() else {
+        return;
+    };
+    let node_a = spawn_node(&backend, &redis);
+    let mut node_b = spawn_node(&backend, &redis);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = node_a.open_booking(&ava, &[&sam]).await;
+
+    let mut ava_ws = WsClient::connect_as(&node_a, &ava).await;
+    ava_ws.join(&room, None).await;
+    let mut sam_ws = WsClient::connect_as(&node_b, &sam).await;
+    let joined = sam_ws.join(&room, None).await;
+    let ava_member = joined["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == ava.id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        ava_member["online"], true,
+        "Ava is online on node A: {joined}"
+    );
+
+    let online = ava_ws
+        .recv_matching("Sam online", |f| {
+            f["type"] == "presence" && f["user_id"] == sam.id.as_str()
+        })
+        .await;
+    assert_eq!(online["online"], true, "{online}");
+
+    sam_ws.disconnect().await;
+    let offline = ava_ws
+        .recv_matching("Sam offline", |f| {
+            f["type"] == "presence" && f["user_id"] == sam.id.as_str()
+        })
+        .await;
+    assert_eq!(offline["online"], false, "{offline}");
+
+    // Sam again on node B, which then dies without a word.
+    let mut sam_ws = WsClient::connect_as(&node_b, &sam).await;
+    sam_ws.join(&room, None).await;
+    let online = ava_ws
+        .recv_matching("Sam online again", |f| {
+            f["type"] == "presence" && f["user_id"] == sam.id.as_str()
+        })
+        .await;
+    assert_eq!(online["online"], true, "{online}");
+    node_b.kill_hard();
+    let started = Instant::now();
+    let offline = ava_ws
+        .recv_matching("Sam offline after node B died", |f| {
+            f["type"] == "presence" && f["user_id"] == sam.id.as_str()
+        })
+        .await;
+    assert_eq!(offline["online"], false, "{offline}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "offline within the lease and a refresh"
+    );
+    drop(sam_ws);
+}
+
+/// A node dies under its user; the user reconnects to another node and
+/// resumes with `since`: every acked message arrives once, in order.
+#[tokio::test]
+async fn a_killed_nodes_user_resumes_on_another_node() {
+    let Some((backend, redis)) = services() else {
+        return;
+    };
+    let node_a = spawn_node(&backend, &redis);
+    let mut node_b = spawn_node(&backend, &redis);
+    let node_c = spawn_node(&backend, &redis);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = node_a.open_booking(&ava, &[&sam]).await;
+
+    let mut ava_ws = WsClient::connect_as(&node_a, &ava).await;
+    ava_ws.join(&room, None).await;
+    let mut sam_ws = WsClient::connect_as(&node_b, &sam).await;
+    sam_ws.join(&room, None).await;
+    for i in 0..10 {
+        ava_ws
+            .send_msg(&room, &format!("before-{i}"), "before the crash")
+            .await;
+    }
+    let seen = collect_messages(&mut sam_ws, 10).await;
+    let last_seen = seen.last().unwrap().0;
+    node_b.kill_hard();
+    drop(sam_ws);
+
+    let mut acked = Vec::new();
+    for i in 0..15 {
+        let ack = ava_ws
+            .send_msg(&room, &format!("after-{i}"), "while Sam is away")
+            .await;
+        acked.push((
+            ack["seq"].as_i64().unwrap(),
+            ack["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let mut sam_ws = WsClient::connect_as(&node_c, &sam).await;
+    let joined = sam_ws.join(&room, Some(last_seen)).await;
+    assert_eq!(joined["last_seq"], 25, "{joined}");
+    let replayed = collect_messages(&mut sam_ws, 15).await;
+    assert_eq!(replayed, acked, "exactly the missed messages, in order");
+    sam_ws.expect_silence(300, &["message"]).await;
+}
+
+/// Redis of its own, so restarting it disturbs no other test.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start_on(port: u16) -> OwnRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnRedis { child, port }
+    }
+
+    fn start() -> OwnRedis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        OwnRedis::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn readyz(server: &TestServer) -> (u16, Value) {
+    let response = server
+        .http_client()
+        .get(server.http("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+async fn wait_for_readyz(server: &TestServer, status: u16) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (now, body) = readyz(server).await;
+        if now == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {now}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Redis goes away during traffic: each node keeps serving its own users,
+/// `/readyz` says so, and when Redis is back the nodes reconnect by
+/// themselves and cross-node delivery resumes with nothing lost.
+#[tokio::test]
+async fn redis_restart_during_traffic() {
+    // Only PostgreSQL comes from the environment; Redis is this test's own.
+    let Some(backend) = Backend::postgres() else {
+        eprintln!("skipped: MIXROOM_TEST_DATABASE_URL not set");
+        return;
+    };
+    let mut redis = OwnRedis::start();
+    let node_a = spawn_node(&backend, &redis.url());
+    let node_b = spawn_node(&backend, &redis.url());
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let eli = TestUser::engineer("Eli");
+    let room = node_a.open_booking(&ava, &[&sam, &eli]).await;
+
+    let mut ava_ws = WsClient::connect_as(&node_a, &ava).await;
+    let mut eli_ws = WsClient::connect_as(&node_a, &eli).await;
+    let mut sam_ws = WsClient::connect_as(&node_b, &sam).await;
+    for ws in [&mut ava_ws, &mut eli_ws, &mut sam_ws] {
+        ws.join(&room, None).await;
+    }
+    ava_ws.send_msg(&room, "m1", "before the outage").await;
+    assert_eq!(collect_messages(&mut sam_ws, 1).await[0].0, 1);
+
+    redis.kill();
+    let body = wait_for_readyz(&node_a, 503).await;
+    assert_eq!(body["broker"], "unreachable", "{body}");
+
+    // Local delivery goes on: Eli, on Ava's node, still gets her messages.
+    ava_ws.send_msg(&room, "m2", "during the outage").await;
+    let on_a = collect_messages(&mut eli_ws, 2).await;
+    assert_eq!(on_a.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2]);
+
+    let _redis_again = OwnRedis::start_on(redis.port);
+    wait_for_readyz(&node_a, 200).await;
+    wait_for_readyz(&node_b, 200).await;
+    // What was published during the outage reaches Sam after the resync,
+    // and new messages flow across nodes again.
+    ava_ws.send_msg(&room, "m3", "after the outage").await;
+    let on_b = collect_messages(&mut sam_ws, 2).await;
+    assert_eq!(on_b.iter().map(|m| m.0).collect::<Vec<_>>(), vec![2, 3]);
+}
