@@ -13,4 +13,5 @@ mod bad_input;
 mod booking_updates;
 mod chat;
 mod cluster;
+mod lifecycle;
 mod restart;

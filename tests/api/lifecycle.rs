@@ -1,0 +1,155 @@
+//! Sessions and rooms over their whole life: asymmetric tokens through a
+//! JWKS document, and the server letting go of what is gone (closed or
+//! silent sockets, idle rooms), so nothing leaks.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::helpers::{claims, now_secs, Backend, TestServer, TestUser, WsClient};
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/jwks/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sign_asymmetric(user: &TestUser, algorithm: Algorithm, kid: &str, pem_file: &str) -> String {
+    let pem = std::fs::read(fixture(pem_file)).expect("test key");
+    let key = match algorithm {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.to_owned());
+    let claims = claims(&user.id, &user.role, &user.name, now_secs() + 600);
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// A Supabase project that signs with asymmetric keys: ES256 and RS256
+/// tokens are verified against the JWKS document; a token whose `kid` is
+/// not there, or whose signature does not match it, is refused with 4001.
+#[tokio::test]
+async fn asymmetric_tokens_are_verified_through_jwks() {
+    let backend = Backend::sqlite();
+    let jwks = fixture("jwks.json");
+    let server = TestServer::spawn(&backend, &[("MIXROOM__AUTH__JWKS", jwks.as_str())]);
+    let ava = TestUser::client("Ava");
+
+    for (algorithm, kid, pem) in [
+        (Algorithm::ES256, "test-es256", "es256_private.pem"),
+        (Algorithm::RS256, "test-rs256", "rs256_private.pem"),
+    ] {
+        let token = sign_asymmetric(&ava, algorithm, kid, pem);
+        let mut ws = WsClient::connect(&server).await;
+        let welcome = ws.authenticate(&token).await;
+        assert_eq!(
+            welcome["user_id"],
+            ava.id.as_str(),
+            "{algorithm:?}: {welcome}"
+        );
+
+        let inbox = server
+            .http_client()
+            .get(server.http("/v1/notifications"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(inbox.status(), 200, "{algorithm:?} over HTTP");
+    }
+
+    // The HS256 secret still works beside the JWKS.
+    WsClient::connect_as(&server, &ava).await;
+
+    let unknown_kid = sign_asymmetric(&ava, Algorithm::ES256, "rotated-away", "es256_private.pem");
+    // Signed by the RSA key but claiming to be the EC key's kid.
+    let wrong_key = sign_asymmetric(&ava, Algorithm::RS256, "test-es256", "rs256_private.pem");
+    for token in [unknown_kid, wrong_key] {
+        let mut ws = WsClient::connect(&server).await;
+        ws.send_json(json!({"type": "auth", "token": token})).await;
+        let (code, reason) = ws.expect_close().await;
+        assert_eq!(code, 4001, "refused with 4001: {reason}");
+    }
+}
+
+async fn gauge(server: &TestServer, name: &str) -> i64 {
+    let text = server
+        .http_client()
+        .get(server.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("mixroom_{name} ")))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as i64)
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+async fn wait_for_gauge(server: &TestServer, name: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = gauge(server, name).await;
+        if value == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed {value}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A tab closed politely, a laptop that went to sleep mid-session (its
+/// socket never answers pings again), and the room they were in: the
+/// server drops all three, and the room comes back on the next join.
+#[tokio::test]
+async fn closed_and_silent_sessions_and_idle_rooms_are_dropped() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            ("MIXROOM__SERVER__HEARTBEAT_MS", "200"),
+            ("MIXROOM__SERVER__CLIENT_TIMEOUT_MS", "800"),
+            ("MIXROOM__SERVER__ROOM_IDLE_MS", "300"),
+        ],
+    );
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+    // From here on Sam's socket stays open but is never read again: the
+    // server's pings go unanswered.
+    let silent_since = Instant::now();
+    wait_for_gauge(&server, "ws_sessions", 2).await;
+    wait_for_gauge(&server, "rooms_active", 1).await;
+
+    ava_ws.disconnect().await;
+    wait_for_gauge(&server, "ws_sessions", 1).await;
+
+    wait_for_gauge(&server, "ws_sessions", 0).await;
+    assert!(
+        silent_since.elapsed() >= Duration::from_millis(700),
+        "dropped after the client timeout (800 ms), not before: {:?}",
+        silent_since.elapsed()
+    );
+    wait_for_gauge(&server, "users_online", 0).await;
+    wait_for_gauge(&server, "rooms_active", 0).await;
+    drop(sam_ws);
+
+    // The room is started again on demand, where its sequence left off.
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    let ack = ava_ws.send_msg(&room, "after-idle", "still here").await;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    wait_for_gauge(&server, "rooms_active", 1).await;
+}
