@@ -2,22 +2,22 @@
 //! and shuts down in order on SIGTERM.
 
 use std::io::Write;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, AsyncContext};
 use actix_web::{web, App, HttpServer};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::ExposeSecret;
 
 use crate::auth::TokenVerifier;
 use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::db::Db;
+use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::rooms::hub::{CloseAllSessions, Hub, UseCluster};
 use crate::rooms::sequencer::Sequencer;
+use crate::support::director::SupportDirector;
 
 /// What every request handler and session shares. Actors are reached by
 /// address; nothing here is behind a lock.
@@ -28,13 +28,14 @@ pub struct AppState {
     pub hub: Addr<Hub>,
     pub cluster: Cluster,
     pub sequencer: Sequencer,
-    /// Frames per user, across all of the user's sockets.
-    pub frame_limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Rate limits: frames per user, requests and connects per IP, the
+    /// internal API.
+    pub limiters: Arc<Limiters>,
     pub metrics: Arc<Metrics>,
-}
-
-fn non_zero(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+    /// Routes support-room messages to the conversations' agents.
+    pub support: Addr<SupportDirector>,
+    /// Emails what users have not read (takes new notifications).
+    pub notifier: Addr<crate::notify::Notifier>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -71,10 +72,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         hub.clone().recipient(),
         metrics.clone(),
     );
-    let frame_limiter = Arc::new(RateLimiter::keyed(
-        Quota::per_second(non_zero(settings.limits.frames_per_sec))
-            .allow_burst(non_zero(settings.limits.frames_burst)),
-    ));
+    let limiters = Arc::new(Limiters::new(&settings.limits));
+    let notifier =
+        crate::notify::start(settings.clone(), db.clone(), hub.clone(), metrics.clone())?;
+    let support_runtime = crate::support::SupportRuntime::load(&settings.ai)?;
+    // The director needs the state and the state holds its address: make
+    // the address first, start the director once the state exists.
+    let support_context = actix::Context::<SupportDirector>::new();
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         db: db.clone(),
@@ -82,15 +86,24 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         hub: hub.clone(),
         cluster,
         sequencer: sequencer.clone(),
-        frame_limiter: frame_limiter.clone(),
+        limiters: limiters.clone(),
         metrics,
+        support: support_context.address(),
+        notifier,
     });
+    crate::support::start(support_context, state.clone(), support_runtime);
 
     let server_state = state.clone();
     let server = HttpServer::new(move || {
+        let server_settings = &server_state.settings.server;
         App::new()
             .app_data(server_state.clone())
             .configure(|cfg| crate::http::routes(cfg, &server_state.settings))
+            .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
+            .wrap(actix_web::middleware::Condition::new(
+                !server_settings.cors_origins.is_empty(),
+                crate::http::cors(&server_settings.cors_origins),
+            ))
     })
     .disable_signals()
     .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
@@ -111,7 +124,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let mut evict = tokio::time::interval(Duration::from_secs(60));
         loop {
             evict.tick().await;
-            frame_limiter.retain_recent();
+            limiters.evict_idle();
         }
     });
     actix::spawn(async move {

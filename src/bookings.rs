@@ -134,6 +134,7 @@ async fn announce(
     state
         .sequencer
         .append(NewMessage {
+            id: None,
             room: room.to_owned(),
             sender_id: None,
             sender_name: "Mixroom".to_owned(),

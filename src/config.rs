@@ -19,6 +19,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub broker: BrokerSettings,
     pub stripe: StripeSettings,
+    pub email: EmailSettings,
+    pub ai: AiSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
 }
@@ -35,6 +37,12 @@ pub struct ServerSettings {
     pub auth_timeout_ms: u64,
     pub room_idle_ms: u64,
     pub shutdown_grace_ms: u64,
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub allowed_origins: Vec<String>,
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub cors_origins: Vec<String>,
+    /// Serve the demo page and its token-minting helper (never in production).
+    pub demo: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,12 +75,119 @@ pub struct StripeSettings {
     pub webhook_secret: SecretString,
 }
 
+/// The support agent (`src/support/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSettings {
+    /// Empty: the embedded agent answers from the knowledge base, offline.
+    pub anthropic_api_key: SecretString,
+    pub anthropic_base_url: String,
+    pub model: String,
+    pub max_tokens: u32,
+    /// Longest wait for the provider's answer to start and between two of
+    /// its stream events.
+    pub timeout_secs: u64,
+    /// How many of the conversation's latest messages are sent as context.
+    pub history_messages: usize,
+    /// Per user, across conversations.
+    pub requests_per_minute: u32,
+    /// Provider tokens (input and output) per user and UTC day.
+    pub daily_token_budget: u64,
+    pub prompt_file: PathBuf,
+    pub knowledge_base_file: PathBuf,
+    /// Pause between the words the embedded agent streams.
+    pub embedded_word_delay_ms: u64,
+    /// A conversation's agent actor stops after this long without a message.
+    pub agent_idle_secs: u64,
+}
+
+/// The email fallback (`src/notify/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// Empty: emails are written to `outbox_dir` and logged, nothing is sent.
+    pub resend_api_key: SecretString,
+    pub resend_base_url: String,
+    pub from: String,
+    /// Delay before an unread item is emailed when its recipient has no live session.
+    pub offline_delay_secs: u64,
+    /// Delay before an unread item is emailed when its recipient is online.
+    pub unread_delay_secs: u64,
+    /// Requests per second to Resend (its default limit is 2).
+    pub rate_per_sec: u32,
+    /// Failed attempts (5xx, network) after which an email is given up.
+    pub max_attempts: u32,
+    /// Backoff between attempts doubles from `retry_base_ms` up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// A Resend call that takes longer is abandoned and retried later.
+    pub request_timeout_secs: u64,
+    /// Where emails are written when `resend_api_key` is empty.
+    pub outbox_dir: PathBuf,
+    /// Base of links into the web app (bookings, settings).
+    pub app_base_url: String,
+    /// This server's public base URL, for unsubscribe links.
+    pub api_base_url: String,
+    /// HMAC key of unsubscribe links; empty derives one from `auth.jwt_secret`.
+    pub unsubscribe_secret: SecretString,
+    /// How often stored work is looked for (items and emails of other
+    /// nodes, leases that ran out).
+    pub sweep_interval_ms: u64,
+}
+
+impl EmailSettings {
+    fn validate(&self, auth: &AuthSettings) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        let invalid = |what: &str| Err(ConfigError::Invalid(format!("email.{what}")));
+        if self.rate_per_sec == 0
+            || self.max_attempts == 0
+            || self.request_timeout_secs == 0
+            || self.sweep_interval_ms == 0
+            || self.retry_base_ms == 0
+        {
+            return invalid(
+                "rate_per_sec, max_attempts, request_timeout_secs, sweep_interval_ms and \
+                 retry_base_ms must be positive",
+            );
+        }
+        if self.retry_max_ms < self.retry_base_ms {
+            return invalid("retry_max_ms must not be below retry_base_ms");
+        }
+        if reqwest::Url::parse(&self.resend_base_url).is_err() {
+            return invalid("resend_base_url must be a URL");
+        }
+        if !self.from.contains('@') {
+            return invalid("from must be an address, e.g. `Mixroom <notify@example.com>`");
+        }
+        let web = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !web(&self.app_base_url) || !web(&self.api_base_url) {
+            return invalid("app_base_url and api_base_url must start with http:// or https://");
+        }
+        if self.unsubscribe_secret.expose_secret().is_empty()
+            && auth.jwt_secret.expose_secret().is_empty()
+        {
+            return invalid("unsubscribe_secret must be set when auth.jwt_secret is empty");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub frames_per_sec: u32,
     pub frames_burst: u32,
     pub flood_strikes: u32,
+    pub http_per_sec_per_ip: u32,
+    pub http_burst_per_ip: u32,
+    pub connects_per_sec_per_ip: u32,
+    pub connects_burst_per_ip: u32,
+    pub internal_per_sec: u32,
+    pub internal_burst: u32,
+    pub max_connections_per_ip: usize,
+    pub max_connections_per_user: usize,
+    pub session_queue: usize,
+    pub trust_forwarded_for: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +202,28 @@ pub struct LogSettings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A list from a TOML array, or from one environment variable as
+/// `a,b,c` (environment values are always strings).
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(deserializer)? {
+        ListOrString::List(items) => items,
+        ListOrString::String(joined) => joined
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +285,19 @@ impl Settings {
                 "limits.frames_per_sec and limits.frames_burst must be positive".into(),
             ));
         }
+        let ai = &self.ai;
+        if ai.max_tokens == 0
+            || ai.timeout_secs == 0
+            || ai.history_messages == 0
+            || ai.requests_per_minute == 0
+        {
+            return Err(ConfigError::Invalid(
+                "ai.max_tokens, ai.timeout_secs, ai.history_messages and \
+                 ai.requests_per_minute must be positive"
+                    .into(),
+            ));
+        }
+        self.email.validate(&self.auth)?;
         if self.server.max_message_bytes >= self.server.max_frame_bytes {
             return Err(ConfigError::Invalid(
                 "server.max_message_bytes must be below server.max_frame_bytes".into(),

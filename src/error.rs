@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::db::DbError;
+use crate::support::SupportError;
 
 /// The contract's error codes (`error.code` in frames and HTTP bodies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,6 +77,15 @@ impl AppError {
 impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
         AppError::Internal(error.into())
+    }
+}
+
+impl From<SupportError> for AppError {
+    fn from(error: SupportError) -> Self {
+        match error {
+            SupportError::NoSuchConversation => AppError::NotFound(error.to_string()),
+            other => AppError::Internal(other.into()),
+        }
     }
 }
 

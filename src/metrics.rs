@@ -15,6 +15,21 @@ pub struct Metrics {
     pub messages_stored: IntCounter,
     pub store_batch_size: Histogram,
     pub store_commit_seconds: Histogram,
+    /// Requests and frames refused by a rate limit, by limit.
+    pub rate_limited: IntCounterVec,
+    /// Sockets refused or closed by a limit, by reason.
+    pub connections_refused: IntCounterVec,
+    /// Sockets dropped because their outbound queue was full.
+    pub slow_consumers_dropped: IntCounter,
+    /// Emails composed (one per digest) and stored in the outbox.
+    pub emails_queued: IntCounter,
+    pub emails_sent: IntCounter,
+    /// Emails given up after `email.max_attempts` or refused by Resend.
+    pub emails_failed: IntCounter,
+    /// Requests to Resend to be tried again, by reason.
+    pub email_retries: IntCounterVec,
+    /// Unread items not emailed, by reason (read, disabled, no_address, gone).
+    pub email_items_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -51,6 +66,13 @@ impl Metrics {
         registry
             .register(Box::new(errors_sent.clone()))
             .expect("unique metric");
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter vec");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
         Metrics {
             ws_sessions: gauge("ws_sessions", "Open WebSocket sessions"),
             users_online: gauge(
@@ -70,6 +92,36 @@ impl Metrics {
                 "store_commit_seconds",
                 "Time to commit one batch",
                 prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets"),
+            ),
+            rate_limited: counter_vec(
+                "rate_limited_total",
+                "Requests and frames refused by a rate limit",
+                "limit",
+            ),
+            connections_refused: counter_vec(
+                "connections_refused_total",
+                "Sockets refused or closed by a limit",
+                "reason",
+            ),
+            slow_consumers_dropped: counter(
+                "slow_consumers_dropped_total",
+                "Sockets dropped because they stopped reading",
+            ),
+            emails_queued: counter("emails_queued_total", "Emails stored in the outbox"),
+            emails_sent: counter("emails_sent_total", "Emails accepted by Resend or written"),
+            emails_failed: counter(
+                "emails_failed_total",
+                "Emails given up after their last attempt or refused",
+            ),
+            email_retries: counter_vec(
+                "email_retries_total",
+                "Requests to Resend to be tried again, by reason",
+                "reason",
+            ),
+            email_items_dropped: counter_vec(
+                "email_items_dropped_total",
+                "Unread items not emailed, by reason",
+                "reason",
             ),
             registry,
         }

@@ -43,8 +43,14 @@ struct NotificationFrame<'a> {
     view: NotificationView<'a>,
 }
 
-/// Pushes stored notifications to their users' live sessions.
+/// Pushes stored notifications to their users' live sessions, and hands
+/// them to the email fallback (emailed if not read in time).
 pub fn push(state: &AppState, rows: &[NotificationRow]) {
+    if !rows.is_empty() {
+        state
+            .notifier
+            .do_send(crate::notify::NotificationsCreated(rows.to_vec()));
+    }
     for row in rows {
         let frame = serde_json::to_string(&NotificationFrame {
             kind: "notification",

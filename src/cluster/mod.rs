@@ -38,6 +38,8 @@ pub enum ClusterEvent {
     UserFrame { frame: String },
     /// The booking's participants changed.
     RoomChanged,
+    /// Close every session of the user (their data was erased).
+    CloseUser,
     /// Someone's presence in the room changed: re-read the presence set.
     PresenceChanged,
 }

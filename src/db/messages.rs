@@ -11,9 +11,13 @@ use super::schema::{messages, read_cursors, rooms};
 use super::{Db, DbError};
 use crate::db_run;
 
-/// A message to be stored; `seq`, `id` and `sent_at` are assigned at commit.
+/// A message to be stored; `seq`, `sent_at` and (unless given) `id` are
+/// assigned at commit.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// Set by a writer that announced the id before storing (the support
+    /// agent streams `message.delta` frames under it); must be unique.
+    pub id: Option<String>,
     pub room: String,
     pub sender_id: Option<String>,
     pub sender_name: String,
@@ -107,7 +111,10 @@ macro_rules! append_in_transaction {
                         }
                         last_seq += 1;
                         let row = MessageRow {
-                            id: uuid::Uuid::now_v7().to_string(),
+                            id: message
+                                .id
+                                .clone()
+                                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                             room: room.clone(),
                             seq: last_seq,
                             sender_id: message.sender_id.clone(),

@@ -7,11 +7,14 @@
 //! backend, and a macro is far lighter than generic bounds over both.
 
 pub mod bookings;
+pub mod email;
 pub mod messages;
 pub mod models;
 pub mod notifications;
 pub mod payments;
+pub mod privacy;
 pub mod schema;
+pub mod support;
 pub mod users;
 
 use std::path::Path;

@@ -99,6 +99,94 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    support_conversations (id) {
+        id -> Text,
+        user_id -> Text,
+        status -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        escalated_at -> Nullable<BigInt>,
+        escalation_reason -> Nullable<Text>,
+        taken_over_by -> Nullable<Text>,
+        taken_over_at -> Nullable<BigInt>,
+        answered_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    support_token_usage (user_id, day) {
+        user_id -> Text,
+        day -> BigInt,
+        tokens -> BigInt,
+    }
+}
+
+diesel::table! {
+    email_preferences (user_id) {
+        user_id -> Text,
+        chat -> Bool,
+        booking -> Bool,
+        support -> Bool,
+        marketing -> Bool,
+        chat_delay_secs -> Nullable<BigInt>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    email_items (id) {
+        id -> Text,
+        user_id -> Text,
+        kind -> Text,
+        source -> Text,
+        room -> Nullable<Text>,
+        seq -> Nullable<BigInt>,
+        message_id -> Nullable<Text>,
+        notification_id -> Nullable<Text>,
+        created_at -> BigInt,
+        due_at -> BigInt,
+        state -> Text,
+        outbox_id -> Nullable<Text>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    email_outbox (id) {
+        id -> Text,
+        user_id -> Text,
+        to_address -> Text,
+        subject -> Text,
+        html -> Text,
+        text -> Text,
+        unsubscribe_url -> Nullable<Text>,
+        item_count -> BigInt,
+        state -> Text,
+        solo -> Bool,
+        batch_id -> Nullable<Text>,
+        provider_id -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        sent_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    email_batches (id) {
+        id -> Text,
+        state -> Text,
+        email_count -> BigInt,
+        attempts -> BigInt,
+        next_attempt_at -> BigInt,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(booking_participants -> bookings (booking_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -111,4 +199,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     booking_status_history,
     notifications,
     stripe_events,
+    support_conversations,
+    support_token_usage,
+    email_preferences,
+    email_items,
+    email_outbox,
+    email_batches,
 );

@@ -52,3 +52,45 @@ impl Db {
         })
     }
 }
+
+impl Db {
+    /// Mirrors a token's claims, unless the user's data was erased: an old
+    /// token must not bring a deleted name or address back.
+    pub async fn mirror_token_profile(
+        &self,
+        id: &str,
+        email: Option<&str>,
+        name: &str,
+        role: &str,
+    ) -> Result<(), DbError> {
+        let now = crate::time::now_ms();
+        let row = UserRow {
+            id: id.to_owned(),
+            email: email.map(str::to_owned),
+            name: Some(name.to_owned()),
+            role: role.to_owned(),
+            updated_at: now,
+            erased_at: None,
+        };
+        db_run!(self, |conn| {
+            let inserted = diesel::insert_into(users::table)
+                .values(&row)
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?;
+            if inserted == 0 {
+                diesel::update(users::table.find(id))
+                    .filter(users::erased_at.is_null())
+                    .set((
+                        users::email.eq(email),
+                        users::name.eq(name),
+                        users::role.eq(role),
+                        users::updated_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -51,7 +51,15 @@ impl FromRequest for InternalCaller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready((|| {
             let key = bearer(req)?;
-            if internal_key_matches(&state(req)?.settings.auth.internal_api_key, key) {
+            let state = state(req)?;
+            if internal_key_matches(&state.settings.auth.internal_api_key, key) {
+                state.limiters.check_internal().inspect_err(|_| {
+                    state
+                        .metrics
+                        .rate_limited
+                        .with_label_values(&["internal"])
+                        .inc();
+                })?;
                 Ok(InternalCaller)
             } else {
                 Err(AppError::Unauthorized("invalid internal API key".into()))

@@ -184,6 +184,7 @@ pub async fn post_room_message(
     let appended = state
         .sequencer
         .append(NewMessage {
+            id: None,
             room: room.to_string(),
             sender_id: body.sender_id,
             sender_name,

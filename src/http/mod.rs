@@ -1,16 +1,32 @@
 //! HTTP routes. Handlers extract, call the capability, and return JSON;
 //! errors become responses in `crate::error`.
 
+pub mod demo;
 pub mod extract;
 pub mod health;
 pub mod internal;
+pub mod me;
 pub mod notifications;
+pub mod preferences;
 pub mod rooms;
 pub mod stripe;
+pub mod support;
 
 use actix_web::web;
 
 use crate::config::Settings;
+
+/// CORS for the web app's origins (configured in `server.cors_origins`).
+pub fn cors(origins: &[String]) -> actix_cors::Cors {
+    use actix_web::http::header;
+    origins.iter().fold(
+        actix_cors::Cors::default()
+            .allowed_methods(["GET", "POST", "PUT", "DELETE"])
+            .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(3600),
+        |cors, origin| cors.allowed_origin(origin),
+    )
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
     cfg.app_data(
@@ -35,7 +51,20 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
         web::post().to(notifications::mark_read),
     )
     .route("/v1/me/unread", web::get().to(notifications::unread))
+    .route("/v1/me/export", web::get().to(me::export))
+    .route("/v1/me", web::delete().to(me::erase))
+    .route("/v1/me/preferences", web::get().to(preferences::get))
+    .route("/v1/me/preferences", web::put().to(preferences::put))
+    .route("/v1/unsubscribe", web::get().to(preferences::unsubscribe))
+    .route("/v1/unsubscribe", web::post().to(preferences::unsubscribe))
     .route("/v1/webhooks/stripe", web::post().to(stripe::webhook))
+    .route("/v1/support/conversations", web::post().to(support::open))
+    .service(
+        web::scope("/v1/admin/support/conversations")
+            .route("", web::get().to(support::list))
+            .route("/{id}", web::get().to(support::read))
+            .route("/{id}/takeover", web::post().to(support::take_over)),
+    )
     .service(
         web::scope("/v1/internal")
             .route("/users/{id}", web::put().to(internal::put_user))
@@ -46,4 +75,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
             )
             .route("/notifications", web::post().to(notifications::create)),
     );
+    if settings.server.demo {
+        cfg.configure(demo::routes);
+    }
 }

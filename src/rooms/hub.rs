@@ -3,6 +3,7 @@
 //! server notices enter fan-out here, locally and to the other nodes.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::cluster::{Channel, Cluster, ClusterEvent, Inbound};
 use crate::db::Db;
 use crate::error::AppError;
 use crate::metrics::Metrics;
-use crate::ws::session::ToSession;
+use crate::ws::session::{offer, ToSession};
 
 struct RoomEntry {
     addr: Addr<RoomActor>,
@@ -35,6 +36,8 @@ pub struct Hub {
     users: HashMap<String, HashMap<String, Recipient<ToSession>>>,
     /// Actors that see every message committed on this node.
     watchers: Vec<Recipient<Committed>>,
+    /// Open sockets per client address (the per-address limit).
+    connections_per_ip: HashMap<IpAddr, usize>,
 }
 
 impl Hub {
@@ -47,6 +50,7 @@ impl Hub {
             rooms: HashMap::new(),
             users: HashMap::new(),
             watchers: Vec::new(),
+            connections_per_ip: HashMap::new(),
         }
     }
 
@@ -55,10 +59,22 @@ impl Hub {
         self.metrics.users_online.set(self.users.len() as i64);
     }
 
-    fn send_to_user(&self, user_id: &str, frame: &ByteString) {
+    fn send_to_user(&mut self, user_id: &str, frame: &ByteString) {
+        if let Some(sessions) = self.users.get_mut(user_id) {
+            // A session that stopped reading is told to close and gets no more.
+            let metrics = &self.metrics;
+            sessions
+                .retain(|_, recipient| offer(recipient, ToSession::Event(frame.clone()), metrics));
+        }
+    }
+
+    fn close_user(&self, user_id: &str) {
         if let Some(sessions) = self.users.get(user_id) {
             for recipient in sessions.values() {
-                recipient.do_send(ToSession::Event(frame.clone()));
+                recipient.do_send(ToSession::Close {
+                    code: 4001,
+                    reason: "account data erased",
+                });
             }
         }
     }
@@ -101,13 +117,30 @@ impl Handler<UseCluster> for Hub {
     }
 }
 
-/// A session authenticated: route its user's channel to it.
+/// A session authenticated: route its user's channel to it. Answers false
+/// (and registers nothing) when the user already has `max_sessions` here.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct RegisterSession {
     pub session_id: String,
     pub user_id: String,
     pub recipient: Recipient<ToSession>,
+    pub max_sessions: usize,
+}
+
+/// A socket opened from `ip`: answers false when the address already has
+/// `max` open here.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct OpenConnection {
+    pub ip: IpAddr,
+    pub max: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseConnection {
+    pub ip: IpAddr,
 }
 
 #[derive(Message)]
@@ -194,10 +227,43 @@ pub struct RoomBroadcast {
 #[rtype(result = "()")]
 pub struct WatchCommitted(pub Recipient<Committed>);
 
-impl Handler<RegisterSession> for Hub {
+impl Handler<OpenConnection> for Hub {
+    type Result = bool;
+
+    fn handle(&mut self, msg: OpenConnection, _: &mut Context<Self>) -> bool {
+        let open = self.connections_per_ip.entry(msg.ip).or_default();
+        if *open >= msg.max {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+}
+
+impl Handler<CloseConnection> for Hub {
     type Result = ();
 
-    fn handle(&mut self, msg: RegisterSession, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) {
+        if let Some(open) = self.connections_per_ip.get_mut(&msg.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                self.connections_per_ip.remove(&msg.ip);
+            }
+        }
+    }
+}
+
+impl Handler<RegisterSession> for Hub {
+    type Result = bool;
+
+    fn handle(&mut self, msg: RegisterSession, _: &mut Context<Self>) -> bool {
+        if self
+            .users
+            .get(&msg.user_id)
+            .is_some_and(|sessions| sessions.len() >= msg.max_sessions)
+        {
+            return false;
+        }
         let sessions = self.users.entry(msg.user_id.clone()).or_default();
         if sessions.is_empty() {
             self.cluster.subscribe(Channel::User(msg.user_id.clone()));
@@ -207,6 +273,7 @@ impl Handler<RegisterSession> for Hub {
         }
         sessions.insert(msg.session_id, msg.recipient);
         self.update_gauges();
+        true
     }
 }
 
@@ -242,6 +309,7 @@ impl Handler<JoinRoom> for Hub {
                 ctx.address(),
                 self.cluster.clone(),
                 self.room_idle,
+                self.metrics.clone(),
             );
             self.rooms.insert(
                 msg.room.clone(),
@@ -433,11 +501,13 @@ impl Handler<Inbound> for Hub {
             Inbound::Event {
                 channel: Channel::User(user_id),
                 event,
-            } => {
-                if let ClusterEvent::UserFrame { frame } = *event {
-                    self.send_to_user(&user_id, &ByteString::from(frame));
+            } => match *event {
+                ClusterEvent::UserFrame { frame } => {
+                    self.send_to_user(&user_id, &ByteString::from(frame))
                 }
-            }
+                ClusterEvent::CloseUser => self.close_user(&user_id),
+                _ => {}
+            },
             Inbound::Event {
                 channel: Channel::Room(room),
                 event,
@@ -458,7 +528,7 @@ impl Handler<Inbound> for Hub {
                     }),
                     ClusterEvent::RoomChanged => entry.addr.do_send(ReloadParticipants),
                     ClusterEvent::PresenceChanged => entry.addr.do_send(RefreshPresence),
-                    ClusterEvent::UserFrame { .. } => {}
+                    ClusterEvent::UserFrame { .. } | ClusterEvent::CloseUser => {}
                 }
             }
             Inbound::Reconnected => {
@@ -468,5 +538,22 @@ impl Handler<Inbound> for Hub {
                 }
             }
         }
+    }
+}
+
+/// Close every session of a user, on every node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseUserSessions {
+    pub user_id: String,
+}
+
+impl Handler<CloseUserSessions> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseUserSessions, _: &mut Context<Self>) {
+        self.close_user(&msg.user_id);
+        self.cluster
+            .publish(Channel::User(msg.user_id), ClusterEvent::CloseUser);
     }
 }

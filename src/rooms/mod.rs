@@ -78,7 +78,8 @@ impl fmt::Display for RoomName {
 
 /// The one rule for reading a room, shared by WebSocket frames and HTTP
 /// routes (the "row-level access" promise): a booking room is open to its
-/// participants and admins; a user channel only to that user.
+/// participants and admins, a support room to the user who opened it and
+/// admins; a user channel only to that user.
 pub async fn authorize_read(db: &Db, who: &Identity, room: &RoomName) -> Result<(), AppError> {
     match room.kind() {
         RoomKind::Booking => match db.booking_access(room.id(), &who.user_id).await? {
@@ -89,7 +90,15 @@ pub async fn authorize_read(db: &Db, who: &Identity, room: &RoomName) -> Result<
                 "you are not a participant of `{room}`"
             ))),
         },
-        RoomKind::Support => Err(AppError::NotFound(format!("no such room `{room}`"))),
+        // The user who opened the conversation and admins; the agent writes
+        // through the sequencer and never asks.
+        RoomKind::Support => match db.find_support_conversation(room.id()).await? {
+            None => Err(AppError::NotFound(format!("no such room `{room}`"))),
+            Some(conversation) if conversation.user_id == who.user_id || who.is_admin() => Ok(()),
+            Some(_) => Err(AppError::Forbidden(format!(
+                "`{room}` is another user's support conversation"
+            ))),
+        },
         RoomKind::User if room.id() == who.user_id => Ok(()),
         RoomKind::User => Err(AppError::Forbidden(format!(
             "`{room}` is another user's channel"

@@ -19,8 +19,9 @@ use crate::cluster::{Channel, Cluster, ClusterEvent};
 use crate::db::bookings::Participant;
 use crate::db::Db;
 use crate::error::AppError;
+use crate::metrics::Metrics;
 use crate::ws::frames::{MemberView, ServerFrame};
-use crate::ws::session::ToSession;
+use crate::ws::session::{offer, ToSession};
 
 /// How long a hole in the seq order may wait for the missing message to
 /// arrive before it is read back from the store.
@@ -49,6 +50,7 @@ pub struct RoomActor {
     hub: Addr<Hub>,
     cluster: Cluster,
     idle_after: Duration,
+    metrics: Arc<Metrics>,
     members: HashMap<String, RoomMember>,
     participants: Vec<Participant>,
     /// Users present in this room on other nodes.
@@ -71,6 +73,7 @@ impl RoomActor {
         hub: Addr<Hub>,
         cluster: Cluster,
         idle_after: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         RoomActor {
             name: name.into(),
@@ -78,6 +81,7 @@ impl RoomActor {
             hub,
             cluster,
             idle_after,
+            metrics,
             members: HashMap::new(),
             participants: Vec::new(),
             remote_users: HashSet::new(),
@@ -99,16 +103,16 @@ impl RoomActor {
     }
 
     /// Sends a frame to every member whose user is not in `except_users`.
-    fn broadcast_event(&self, frame: &ByteString, except_users: &[String]) {
-        for member in self.members.values() {
-            if !except_users.contains(&member.user_id) {
-                member.recipient.do_send(ToSession::Event(frame.clone()));
-            }
-        }
+    fn broadcast_event(&mut self, frame: &ByteString, except_users: &[String]) {
+        let metrics = &self.metrics;
+        self.members.retain(|_, member| {
+            except_users.contains(&member.user_id)
+                || offer(&member.recipient, ToSession::Event(frame.clone()), metrics)
+        });
     }
 
     /// Sends a frame to members here and on the other nodes.
-    fn broadcast_everywhere(&self, frame: ByteString, except_users: Vec<String>) {
+    fn broadcast_everywhere(&mut self, frame: ByteString, except_users: Vec<String>) {
         self.broadcast_event(&frame, &except_users);
         self.cluster.publish(
             Channel::Room(self.name.to_string()),
@@ -127,18 +131,23 @@ impl RoomActor {
             .union(&self.remote_users)
             .cloned()
             .collect();
-        for (user_id, is_online) in online
+        let changes: Vec<(String, bool)> = online
             .difference(&self.announced)
-            .map(|u| (u, true))
-            .chain(self.announced.difference(&online).map(|u| (u, false)))
-        {
+            .map(|u| (u.clone(), true))
+            .chain(
+                self.announced
+                    .difference(&online)
+                    .map(|u| (u.clone(), false)),
+            )
+            .collect();
+        for (user_id, is_online) in changes {
             let frame = ServerFrame::Presence {
                 room: &self.name,
-                user_id,
+                user_id: &user_id,
                 online: is_online,
             }
             .encode();
-            self.broadcast_event(&frame, std::slice::from_ref(user_id));
+            self.broadcast_event(&frame, std::slice::from_ref(&user_id));
         }
         self.announced = online;
     }
@@ -195,13 +204,21 @@ impl RoomActor {
     fn deliver_in_order(&mut self, ctx: &mut Context<Self>) {
         while let Some(message) = self.waiting.remove(&(self.last_seq + 1)) {
             self.last_seq = message.row.seq;
-            for member in self.members.values() {
-                member.recipient.do_send(ToSession::Message {
-                    room: self.name.clone(),
-                    seq: message.row.seq,
-                    frame: message.frame.clone(),
-                });
-            }
+            let room = &self.name;
+            let metrics = &self.metrics;
+            // A member that stopped reading is told to close and leaves the
+            // room; it resumes with `since` when it reconnects.
+            self.members.retain(|_, member| {
+                offer(
+                    &member.recipient,
+                    ToSession::Message {
+                        room: room.clone(),
+                        seq: message.row.seq,
+                        frame: message.frame.clone(),
+                    },
+                    metrics,
+                )
+            });
         }
         if self.waiting.is_empty() {
             if let Some(handle) = self.gap_check.take() {
@@ -458,11 +475,14 @@ impl Handler<Leave> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) {
-        let Some(member) = self.members.remove(&msg.session_id) else {
-            return;
-        };
-        if !self.members.values().any(|m| m.user_id == member.user_id) {
-            self.local_presence_changed(ctx, &member.user_id, false);
+        match self.members.remove(&msg.session_id) {
+            Some(member) if !self.members.values().any(|m| m.user_id == member.user_id) => {
+                self.local_presence_changed(ctx, &member.user_id, false);
+            }
+            Some(_) => {}
+            // Dropped earlier as a slow consumer: only settle presence here
+            // (its cluster lease runs out by itself).
+            None => self.announce_presence(),
         }
         if self.members.is_empty() {
             self.schedule_idle_check(ctx);

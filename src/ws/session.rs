@@ -7,20 +7,23 @@
 //! per-room high-water mark drops anything already sent.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
-use governor::clock::{Clock, DefaultClock};
 
 use super::frames::{message_frame, ClientFrame, Envelope, MessageView, ServerFrame};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
 use crate::error::AppError;
-use crate::rooms::hub::{JoinRoom, RegisterSession, UnregisterSession};
+use crate::metrics::Metrics;
+use crate::rooms::hub::{
+    CloseConnection, JoinRoom, OpenConnection, RegisterSession, UnregisterSession,
+};
 use crate::rooms::room::{Leave, ReadReceipt, RoomActor, RoomMember, Typing};
 use crate::rooms::{authorize_read, authorize_write, RoomKind, RoomName};
 
@@ -28,6 +31,11 @@ use crate::rooms::{authorize_read, authorize_write, RoomKind, RoomName};
 const CLOSE_AUTH_FAILED: u16 = 4001;
 const CLOSE_AUTH_TIMEOUT: u16 = 4008;
 const CLOSE_FLOODING: u16 = 4029;
+/// Too many connections (per user or per address).
+const CLOSE_POLICY: u16 = 1008;
+/// The client stopped reading and its queue filled up: reconnect and resume
+/// with `since`.
+pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
 const HISTORY_DEFAULT: i64 = 50;
 const HISTORY_MAX: i64 = 100;
@@ -74,10 +82,14 @@ pub struct WsSession {
     strikes: u32,
     /// A message split into continuation frames, being reassembled.
     fragments: Option<Vec<u8>>,
+    /// For the per-address connection limit.
+    client_ip: Option<IpAddr>,
+    /// Whether this socket counts towards its address's limit.
+    counted_ip: bool,
 }
 
 impl WsSession {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<AppState>, client_ip: Option<IpAddr>) -> Self {
         WsSession {
             id: uuid::Uuid::new_v4().to_string(),
             state,
@@ -87,6 +99,8 @@ impl WsSession {
             expiry: None,
             strikes: 0,
             fragments: None,
+            client_ip,
+            counted_ip: true,
         }
     }
 
@@ -192,20 +206,27 @@ impl WsSession {
         identity: &Identity,
         ctx: &mut ws::WebsocketContext<Self>,
     ) -> Result<(), AppError> {
-        match self.state.frame_limiter.check_key(&identity.user_id) {
+        match self.state.limiters.check_frame(&identity.user_id) {
             Ok(()) => {
                 self.strikes = 0;
                 Ok(())
             }
-            Err(not_until) => {
+            Err(error) => {
+                self.state
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["frames"])
+                    .inc();
                 self.strikes += 1;
                 if self.strikes >= self.state.settings.limits.flood_strikes {
+                    self.state
+                        .metrics
+                        .connections_refused
+                        .with_label_values(&["flooding"])
+                        .inc();
                     self.close(ctx, CLOSE_FLOODING, "flooding after rate_limited");
                 }
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Err(AppError::RateLimited {
-                    retry_after_ms: (wait.as_millis() as u64).max(1),
-                })
+                Err(error)
             }
         }
     }
@@ -215,24 +236,45 @@ impl WsSession {
             Ok(identity) => identity,
             Err(error) => return self.close(ctx, CLOSE_AUTH_FAILED, &error.to_string()),
         };
-        self.state.hub.do_send(RegisterSession {
+        let register = self.state.hub.send(RegisterSession {
             session_id: self.id.clone(),
             user_id: identity.user_id.clone(),
             recipient: ctx.address().recipient(),
+            max_sessions: self.state.settings.limits.max_connections_per_user,
         });
-        self.remember_profile(&identity);
-        self.schedule_expiry(identity.expires_at, ctx);
-        ctx.text(
-            ServerFrame::Welcome {
-                user_id: &identity.user_id,
-                session_id: &self.id,
-                server_time: crate::time::rfc3339_ms(crate::time::now_ms()),
-                heartbeat_ms: self.state.settings.server.heartbeat_ms,
-            }
-            .encode(),
+        // Frames that follow `auth` wait until the session is registered.
+        ctx.wait(
+            register
+                .into_actor(self)
+                .map(move |admitted, session, ctx| {
+                    if !matches!(admitted, Ok(true)) {
+                        session
+                            .state
+                            .metrics
+                            .connections_refused
+                            .with_label_values(&["per_user"])
+                            .inc();
+                        return session.close(
+                            ctx,
+                            CLOSE_POLICY,
+                            "too many connections for this user",
+                        );
+                    }
+                    session.remember_profile(&identity);
+                    session.schedule_expiry(identity.expires_at, ctx);
+                    ctx.text(
+                        ServerFrame::Welcome {
+                            user_id: &identity.user_id,
+                            session_id: &session.id,
+                            server_time: crate::time::rfc3339_ms(crate::time::now_ms()),
+                            heartbeat_ms: session.state.settings.server.heartbeat_ms,
+                        }
+                        .encode(),
+                    );
+                    session.send_unread_counts(&identity, ctx);
+                    session.identity = Some(identity);
+                }),
         );
-        self.send_unread_counts(&identity, ctx);
-        self.identity = Some(identity);
     }
 
     /// `{"type":"unread","notifications":n,"rooms":{"booking:..":k}}` right
@@ -289,10 +331,10 @@ impl WsSession {
         let who = identity.clone();
         actix::spawn(async move {
             if let Err(error) = db
-                .upsert_user(
+                .mirror_token_profile(
                     &who.user_id,
                     who.email.as_deref(),
-                    Some(&who.name),
+                    &who.name,
                     who.role.as_str(),
                 )
                 .await
@@ -447,6 +489,7 @@ impl WsSession {
         let joined = self.rooms.contains_key(room.as_str());
         let state = self.state.clone();
         let message = NewMessage {
+            id: None,
             room: room.to_string(),
             sender_id: Some(identity.user_id.clone()),
             sender_name: identity.name.clone(),
@@ -602,6 +645,26 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.state.metrics.ws_sessions.inc();
+        // Bounds what waits for a client that stops reading (see `offer`).
+        ctx.set_mailbox_capacity(self.state.settings.limits.session_queue);
+        if let Some(ip) = self.client_ip {
+            let open = self.state.hub.send(OpenConnection {
+                ip,
+                max: self.state.settings.limits.max_connections_per_ip,
+            });
+            ctx.wait(open.into_actor(self).map(|admitted, session, ctx| {
+                if !matches!(admitted, Ok(true)) {
+                    session.counted_ip = false;
+                    session
+                        .state
+                        .metrics
+                        .connections_refused
+                        .with_label_values(&["per_ip"])
+                        .inc();
+                    session.close(ctx, CLOSE_POLICY, "too many connections from this address");
+                }
+            }));
+        }
         let server = &self.state.settings.server;
         let heartbeat = Duration::from_millis(server.heartbeat_ms);
         let timeout = Duration::from_millis(server.client_timeout_ms);
@@ -625,6 +688,9 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.state.metrics.ws_sessions.dec();
+        if let (Some(ip), true) = (self.client_ip, self.counted_ip) {
+            self.state.hub.do_send(CloseConnection { ip });
+        }
         for (_, joined) in self.rooms.drain() {
             joined.addr.do_send(Leave {
                 session_id: self.id.clone(),
@@ -694,5 +760,24 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 self.close(ctx, 1002, "protocol error");
             }
         }
+    }
+}
+
+/// Queues a message for a session without ever blocking the sender. When
+/// the session's queue is full (its client stopped reading), the session is
+/// told to close with 1013 once it runs again, and `false` tells the caller
+/// to stop sending to it: what one client does never grows server memory.
+pub fn offer(recipient: &Recipient<ToSession>, message: ToSession, metrics: &Metrics) -> bool {
+    match recipient.try_send(message) {
+        Ok(()) => true,
+        Err(SendError::Full(_)) => {
+            metrics.slow_consumers_dropped.inc();
+            recipient.do_send(ToSession::Close {
+                code: CLOSE_SLOW_CONSUMER,
+                reason: "not reading; reconnect and resume with since",
+            });
+            false
+        }
+        Err(SendError::Closed(_)) => false,
     }
 }

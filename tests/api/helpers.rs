@@ -225,6 +225,13 @@ impl TestServer {
             .env("MIXROOM__AUTH__JWT_SECRET", JWT_SECRET)
             .env("MIXROOM__AUTH__INTERNAL_API_KEY", INTERNAL_API_KEY)
             .env("MIXROOM__LOG__LEVEL", "warn")
+            // Every test talks from 127.0.0.1: per-address limits stay out
+            // of the way unless a story sets them (tests/api/abuse.rs).
+            .env("MIXROOM__LIMITS__HTTP_PER_SEC_PER_IP", "100000")
+            .env("MIXROOM__LIMITS__HTTP_BURST_PER_IP", "100000")
+            .env("MIXROOM__LIMITS__CONNECTS_PER_SEC_PER_IP", "100000")
+            .env("MIXROOM__LIMITS__CONNECTS_BURST_PER_IP", "100000")
+            .env("MIXROOM__LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
             .envs(extra_env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -734,6 +741,26 @@ impl WsClient {
                 ),
             }
         }
+    }
+
+    /// The next frame, or the close (code and reason) that ended the socket.
+    pub async fn recv_any_or_close(&mut self) -> Result<Value, (u16, String)> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(frame);
+        }
+        match self.read_frame(Instant::now() + CLOSE_TIMEOUT).await {
+            Ok(frame) => Ok(frame),
+            Err(Interrupt::Closed(Some(close))) => Err(close),
+            Err(interrupt) => panic!(
+                "{}: waiting for a frame or a close, {interrupt}",
+                self.label
+            ),
+        }
+    }
+
+    /// Forgets frames kept while waiting for others (for long floods).
+    pub fn drain_pending(&mut self) {
+        self.pending.clear();
     }
 
     /// Waits for the server's close frame and returns its code and reason.

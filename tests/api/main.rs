@@ -9,9 +9,18 @@
 #[macro_use]
 mod helpers;
 
+mod abuse;
+mod access_matrix;
 mod bad_input;
 mod booking_updates;
 mod chat;
 mod cluster;
+mod data_rights;
+mod demo;
+mod email_fallback;
+mod fake_anthropic;
+mod fake_resend;
 mod lifecycle;
 mod restart;
+mod soak;
+mod support;

@@ -1,0 +1,145 @@
+/**
+ * The demo page in a real browser (Debian's Chromium driven by
+ * playwright-core; no browser download): Ava and Sam, each in a browser
+ * context of their own, chat through the page the server serves at `/`,
+ * see each other typing and reading, watch the booking badge and the
+ * notifications bell change live, and Ava asks the support widget a
+ * question whose answer streams in.
+ */
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { afterAll, beforeAll, expect, test } from "vitest";
+
+import { REPO_ROOT, TestServer } from "../test/server.js";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+/** Screenshots of the end state, for people reading a CI run. */
+const ARTIFACTS = join(REPO_ROOT, "clients/js/e2e/artifacts");
+
+let server: TestServer;
+let browser: Browser;
+const contexts: BrowserContext[] = [];
+const pageErrors: string[] = [];
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM_PATH)`);
+  }
+  server = await TestServer.start({ env: { MIXROOM__SERVER__DEMO: "true" } });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    // Debian's Chromium, as root, on a machine without outside network.
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+afterAll(async () => {
+  for (const context of contexts) await context.close().catch(() => undefined);
+  await browser?.close();
+  await server?.stop();
+});
+
+async function openAs(user: "ava" | "sam"): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  contexts.push(context);
+  const page = await context.newPage();
+  page.on("pageerror", (error) => pageErrors.push(`${user}: ${error.message}`));
+  page.on("console", (message) => {
+    if (message.type() === "error") pageErrors.push(`${user} console: ${message.text()}`);
+  });
+  await page.goto(`${server.httpUrl}/`);
+  await page.getByTestId(`pick-${user}`).click();
+  await expect.poll(() => page.getByTestId("connection").getAttribute("data-state")).toBe("open");
+  return page;
+}
+
+test("Ava and Sam chat through the demo page; the support widget streams its answer", async () => {
+  const ava = await openAs("ava");
+  const sam = await openAs("sam");
+  await expect.poll(() => ava.getByTestId("me").textContent()).toContain("Ava");
+  await expect.poll(() => sam.getByTestId("status-badge").textContent()).toBe("confirmed");
+
+  // Presence: Ava sees Sam online.
+  await expect
+    .poll(() => ava.getByTestId("member-sam").getAttribute("class"))
+    .toBe("online");
+
+  // Typing: Sam sees it while Ava writes.
+  await ava.getByTestId("message-input").pressSequentially("Hi Sam, can we start at 10?", { delay: 10 });
+  await expect.poll(() => sam.getByTestId("typing").textContent()).toBe("Ava is typing…");
+
+  // The message reaches Sam, stored (it carries its seq).
+  await ava.getByTestId("send").click();
+  const atSam = sam.locator('[data-testid="message"]', { hasText: "Hi Sam, can we start at 10?" });
+  await atSam.waitFor();
+  expect(await atSam.getAttribute("data-seq")).toBe("1");
+  await expect.poll(() => sam.getByTestId("typing").textContent()).toBe("");
+
+  // Read receipt: Sam's page is visible, so it marks the message read.
+  await expect.poll(() => ava.getByTestId("receipt").textContent()).toBe("Seen by Sam");
+
+  // And back.
+  await sam.getByTestId("message-input").fill("Sure, 10 works. See you at Studio Nova!");
+  await sam.getByTestId("message-input").press("Enter");
+  await ava.locator('[data-testid="message"]', { hasText: "See you at Studio Nova!" }).waitFor();
+
+  // The backend marks the booking paid: both badges change; the bell counts it.
+  await sam.locator("details.backend summary").click();
+  await sam.getByTestId("status-select").selectOption("paid");
+  await sam.getByTestId("status-apply").click();
+  await expect.poll(() => ava.getByTestId("status-badge").textContent()).toBe("paid");
+  await expect.poll(() => sam.getByTestId("status-badge").textContent()).toBe("paid");
+  await expect.poll(() => ava.getByTestId("bell-count").textContent()).toBe("1");
+  await ava.locator('[data-testid="message"].system', { hasText: "confirmed to paid" }).waitFor();
+  await ava.getByTestId("bell").click();
+  await ava.getByTestId("inbox").getByText("Booking paid").waitFor();
+  await ava.getByTestId("read-all").click();
+  await expect.poll(() => ava.getByTestId("bell-count").isHidden()).toBe(true);
+
+  // Support: the answer streams in piece by piece, then settles.
+  await ava.getByTestId("support-open").click();
+  await ava.getByTestId("support-input").fill("How do refunds work?");
+  await ava.getByTestId("support-send").click();
+  const streaming = ava.getByTestId("support-streaming");
+  await streaming.waitFor();
+  const partial = (await streaming.textContent()) ?? "";
+  const answer = ava.getByTestId("support-answer");
+  await answer.waitFor({ timeout: 30_000 });
+  const complete = (await answer.textContent()) ?? "";
+  expect(complete.toLowerCase()).toContain("refund");
+  expect(partial.length).toBeLessThan(complete.length);
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await ava.screenshot({ path: join(ARTIFACTS, "ava.png") });
+  await sam.screenshot({ path: join(ARTIFACTS, "sam.png") });
+  expect(pageErrors).toEqual([]);
+});
+
+test("a server without the support route: the widget says so, the chat keeps working", async () => {
+  const context = await browser.newContext();
+  contexts.push(context);
+  const page = await context.newPage();
+  // Stand-in for a server built before the support agent existed.
+  await page.route("**/v1/support/conversations", (route) => route.fulfill({ status: 404, body: "" }));
+  await page.goto(`${server.httpUrl}/?as=eli`);
+  await expect.poll(() => page.getByTestId("connection").getAttribute("data-state")).toBe("open");
+  await page.getByTestId("support-open").click();
+  await expect
+    .poll(() => page.getByTestId("support-note").textContent())
+    .toBe("Support chat is not available on this server.");
+  await page.getByTestId("support-close").click();
+  await page.getByTestId("message-input").fill("Eli here, mixing starts Monday.");
+  await page.getByTestId("send").click();
+  await page.locator('[data-testid="message"]:not(.pending)', { hasText: "Eli here" }).waitFor();
+});

@@ -1,0 +1,328 @@
+/**
+ * The WebSocket frames of the Mixroom real-time contract (PROTOCOL.md, v1),
+ * plus the frames this server adds (`unread`, `token_refreshed`,
+ * `message.aborted`).
+ *
+ * Every frame is one JSON object discriminated by `type`. Servers may add
+ * fields and frame types, so unknown ones are passed through untyped
+ * (`UnknownFrame`) rather than rejected.
+ */
+
+/** A user's role, from the token's `app_metadata.role`. */
+export type UserRole = "client" | "studio_owner" | "engineer" | "admin";
+
+/** Who wrote a message: a user, the AI support agent, or the system. */
+export type SenderRole = UserRole | "agent" | "system";
+
+export type BookingStatus =
+  | "requested"
+  | "confirmed"
+  | "paid"
+  | "payment_failed"
+  | "in_session"
+  | "completed"
+  | "cancelled"
+  | "refunded";
+
+/** The `code` of an `error` frame. */
+export type ErrorCode =
+  | "invalid"
+  | "unauthorized"
+  | "forbidden"
+  | "not_found"
+  | "too_large"
+  | "rate_limited"
+  | "internal";
+
+// ---------------------------------------------------------------------------
+// Client → server
+// ---------------------------------------------------------------------------
+
+export interface AuthFrame {
+  type: "auth";
+  token: string;
+  ref?: string;
+}
+
+export interface JoinFrame {
+  type: "join";
+  room: string;
+  /** Replay every message with a larger seq after `joined`. */
+  since?: number;
+  ref?: string;
+}
+
+export interface LeaveFrame {
+  type: "leave";
+  room: string;
+  ref?: string;
+}
+
+export interface SendFrame {
+  type: "send";
+  room: string;
+  /** Unique per sender and room for good: a resend returns the first ack. */
+  client_id: string;
+  body: string;
+  ref?: string;
+}
+
+export interface TypingClientFrame {
+  type: "typing";
+  room: string;
+  ref?: string;
+}
+
+export interface ReadClientFrame {
+  type: "read";
+  room: string;
+  seq: number;
+  ref?: string;
+}
+
+export interface HistoryRequestFrame {
+  type: "history";
+  room: string;
+  /** Messages with a smaller seq (all when absent). */
+  before?: number;
+  /** At most 100; 50 when absent. */
+  limit?: number;
+  ref?: string;
+}
+
+export interface PingFrame {
+  type: "ping";
+  ref?: string;
+}
+
+export type ClientFrame =
+  | AuthFrame
+  | JoinFrame
+  | LeaveFrame
+  | SendFrame
+  | TypingClientFrame
+  | ReadClientFrame
+  | HistoryRequestFrame
+  | PingFrame;
+
+// ---------------------------------------------------------------------------
+// Server → client
+// ---------------------------------------------------------------------------
+
+export interface WelcomeFrame {
+  type: "welcome";
+  user_id: string;
+  session_id: string;
+  /** RFC 3339. */
+  server_time: string;
+  /** The server pings this often; the client pings when it hears nothing. */
+  heartbeat_ms: number;
+}
+
+/** Unread counts, sent right after `welcome` (a server extension). */
+export interface UnreadFrame {
+  type: "unread";
+  notifications: number;
+  /** Unread chat messages per room, e.g. `{"booking:b1": 3}`. */
+  rooms: Record<string, number>;
+}
+
+/** The answer to an `auth` frame on a live socket (a server extension). */
+export interface TokenRefreshedFrame {
+  type: "token_refreshed";
+  ref?: string | null;
+  /** RFC 3339: the socket is closed with 4001 then, unless refreshed again. */
+  expires_at: string;
+}
+
+export interface Member {
+  user_id: string;
+  name: string;
+  role: string;
+  online: boolean;
+}
+
+export interface JoinedFrame {
+  type: "joined";
+  ref?: string;
+  room: string;
+  /** The room's newest seq (0 for an empty room). */
+  last_seq: number;
+  members: Member[];
+}
+
+export interface LeftFrame {
+  type: "left";
+  /** Absent when the server removed the session (no longer a participant). */
+  ref?: string;
+  room: string;
+}
+
+export interface AckFrame {
+  type: "ack";
+  ref?: string;
+  client_id: string;
+  id: string;
+  seq: number;
+  sent_at: string;
+}
+
+export interface Sender {
+  /** `null` for system messages. */
+  user_id: string | null;
+  name: string;
+  role: SenderRole;
+}
+
+/** A stored chat message (live, replayed or from history). */
+export interface ChatMessage {
+  room: string;
+  /** Per room, from 1, without gaps. */
+  seq: number;
+  id: string;
+  client_id: string | null;
+  sender: Sender;
+  body: string;
+  sent_at: string;
+}
+
+export interface MessageFrame extends ChatMessage {
+  type: "message";
+}
+
+/** A streamed piece of an AI reply; the whole follows as a `message` with the same `id`. */
+export interface MessageDeltaFrame {
+  type: "message.delta";
+  room: string;
+  id: string;
+  delta: string;
+}
+
+/**
+ * The pieces streamed under `id` will not become a message (the answer
+ * failed, or an admin took the conversation over): drop them. A server
+ * extension of the support agent.
+ */
+export interface MessageAbortedFrame {
+  type: "message.aborted";
+  room: string;
+  id: string;
+  reason: "failed" | "taken_over" | (string & {});
+}
+
+export interface HistoryFrame {
+  type: "history";
+  ref?: string;
+  room: string;
+  /** Newest first. */
+  messages: ChatMessage[];
+  has_more: boolean;
+}
+
+export interface TypingFrame {
+  type: "typing";
+  room: string;
+  user_id: string;
+}
+
+export interface ReadFrame {
+  type: "read";
+  room: string;
+  user_id: string;
+  seq: number;
+}
+
+export interface PresenceFrame {
+  type: "presence";
+  room: string;
+  user_id: string;
+  online: boolean;
+}
+
+export interface BookingUpdatedFrame {
+  type: "booking.updated";
+  booking_id: string;
+  status: BookingStatus;
+  previous_status: BookingStatus | null;
+  reason: string | null;
+  at: string;
+}
+
+export interface NotificationFrame {
+  type: "notification";
+  id: string;
+  kind: string;
+  title: string;
+  body: string;
+  link: string | null;
+  created_at: string;
+  read_at?: string | null;
+}
+
+export interface PongFrame {
+  type: "pong";
+  ref?: string;
+  server_time: string;
+}
+
+export interface ErrorFrame {
+  type: "error";
+  ref?: string;
+  code: ErrorCode;
+  message: string;
+  retry_after_ms?: number;
+}
+
+/** A frame type this client does not know (servers may add some). */
+export interface UnknownFrame {
+  type: string;
+  [field: string]: unknown;
+}
+
+export type ServerFrame =
+  | WelcomeFrame
+  | UnreadFrame
+  | TokenRefreshedFrame
+  | JoinedFrame
+  | LeftFrame
+  | AckFrame
+  | MessageFrame
+  | MessageDeltaFrame
+  | MessageAbortedFrame
+  | HistoryFrame
+  | TypingFrame
+  | ReadFrame
+  | PresenceFrame
+  | BookingUpdatedFrame
+  | NotificationFrame
+  | PongFrame
+  | ErrorFrame;
+
+/** Close codes of the contract. */
+export const CloseCode = {
+  /** Normal close (the client's `close()`). */
+  Normal: 1000,
+  /** The server is shutting down: reconnect and resume with `since`. */
+  GoingAway: 1001,
+  /** Too many connections for this user or address: back off. */
+  PolicyViolation: 1008,
+  /** A frame larger than the server's limit. */
+  TooLarge: 1009,
+  /** The client stopped reading and its queue filled up: reconnect and resume. */
+  TryAgainLater: 1013,
+  /** The token was bad or expired (refresh it before `exp`). */
+  AuthFailed: 4001,
+  /** No `auth` frame within the server's timeout. */
+  AuthTimeout: 4008,
+  /** The client kept flooding after `rate_limited`. */
+  Flooding: 4029,
+} as const;
+
+/** Room names: `booking:<id>`, `support:<id>`, `user:<id>`. */
+export function bookingRoom(bookingId: string): string {
+  return `booking:${bookingId}`;
+}
+
+export function supportRoom(conversationId: string): string {
+  return `support:${conversationId}`;
+}

@@ -1,0 +1,279 @@
+/**
+ * The client's own logic against a scripted server: ordering and
+ * de-duplication, gap filling, the send queue's retries, backoff, token
+ * refresh timing. The real server is exercised in client.test.ts.
+ */
+import { afterEach, beforeEach, describe, expect, test } from "vitest";
+
+import {
+  backoffDelay,
+  DEFAULT_BACKOFF,
+  httpUrlOf,
+  MixroomClient,
+  tokenExpiresAt,
+  type MessageFrame,
+} from "../src/index.js";
+import { FakeSocket, tick } from "./fake-socket.js";
+
+function unsignedToken(expiresInSeconds: number): string {
+  const encode = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const exp = Math.floor(Date.now() / 1000) + expiresInSeconds;
+  return `${encode({ alg: "HS256" })}.${encode({ sub: "u1", exp })}.signature`;
+}
+
+function message(room: string, seq: number): Record<string, unknown> {
+  return {
+    type: "message",
+    room,
+    seq,
+    id: `m${seq}`,
+    client_id: `c${seq}`,
+    sender: { user_id: "u2", name: "Sam", role: "studio_owner" },
+    body: `message ${seq}`,
+    sent_at: new Date().toISOString(),
+  };
+}
+
+async function connectedClient(
+  options: Partial<ConstructorParameters<typeof MixroomClient>[0]> = {},
+): Promise<{ client: MixroomClient; socket: FakeSocket }> {
+  const client = new MixroomClient({
+    url: "ws://mixroom.test/v1/ws",
+    getToken: () => unsignedToken(3600),
+    WebSocket: FakeSocket,
+    backoff: { initialMs: 10, maxMs: 50 },
+    ...options,
+  });
+  client.connect();
+  await tick();
+  const socket = FakeSocket.latest();
+  socket.welcome();
+  return { client, socket };
+}
+
+beforeEach(() => FakeSocket.reset());
+afterEach(() => FakeSocket.reset());
+
+describe("backoff", () => {
+  test("grows exponentially up to the cap, with jitter below the exponential value", () => {
+    const options = { initialMs: 100, maxMs: 1000, factor: 2, jitter: 0.5 };
+    expect([0, 1, 2, 3, 4, 10].map((n) => backoffDelay(n, options, () => 0))).toEqual([
+      100, 200, 400, 800, 1000, 1000,
+    ]);
+    expect(backoffDelay(2, options, () => 1)).toBe(200);
+    for (let i = 0; i < 100; i++) {
+      const delay = backoffDelay(3, options);
+      expect(delay).toBeGreaterThanOrEqual(400);
+      expect(delay).toBeLessThanOrEqual(800);
+    }
+    expect(DEFAULT_BACKOFF.maxMs).toBe(30_000);
+  });
+
+  test("failed connects are retried with growing delays, and a welcome resets them", async () => {
+    FakeSocket.refuse = true;
+    const client = new MixroomClient({
+      url: "ws://mixroom.test/v1/ws",
+      getToken: () => unsignedToken(3600),
+      WebSocket: FakeSocket,
+      backoff: { initialMs: 5, maxMs: 40, factor: 2, jitter: 0 },
+    });
+    const delays: number[] = [];
+    client.on("reconnecting", ({ delayMs }) => delays.push(delayMs));
+    client.connect();
+    await tick(250);
+    expect(delays.slice(0, 5)).toEqual([5, 10, 20, 40, 40]);
+    FakeSocket.refuse = false;
+    await tick(60);
+    FakeSocket.latest().welcome();
+    expect(client.state).toBe("open");
+    FakeSocket.latest().serverClose(1006);
+    expect(delays.at(-1)).toBe(5);
+    client.close();
+    expect(client.state).toBe("closed");
+  });
+});
+
+describe("tokens", () => {
+  test("reads exp from a JWT, in milliseconds", () => {
+    const token = unsignedToken(60);
+    const expiresAt = tokenExpiresAt(token) ?? 0;
+    expect(Math.abs(expiresAt - (Date.now() + 60_000))).toBeLessThan(2000);
+    expect(tokenExpiresAt("not-a-jwt")).toBeUndefined();
+  });
+
+  test("a fresh token is sent on the live socket before the old one expires", async () => {
+    let issued = 0;
+    const { client, socket } = await connectedClient({
+      getToken: () => {
+        issued += 1;
+        return unsignedToken(2);
+      },
+      refreshMarginMs: 1000,
+    });
+    expect(issued).toBe(1);
+    await tick(1300);
+    const auths = socket.sentOfType("auth");
+    expect(auths).toHaveLength(2);
+    expect(issued).toBe(2);
+    socket.receive({ type: "token_refreshed", ref: auths[1]?.ref, expires_at: new Date().toISOString() });
+    expect(FakeSocket.instances).toHaveLength(1);
+    client.close();
+  });
+
+  test("derives the HTTP base URL from the socket URL", () => {
+    expect(httpUrlOf("ws://127.0.0.1:8080/v1/ws")).toBe("http://127.0.0.1:8080");
+    expect(httpUrlOf("wss://rt.mixroom.app/v1/ws")).toBe("https://rt.mixroom.app");
+  });
+});
+
+describe("delivery", () => {
+  test("messages reach the app once and in seq order; holes are filled from history", async () => {
+    const { client, socket } = await connectedClient();
+    const seen: number[] = [];
+    client.on("message", (m: MessageFrame) => seen.push(m.seq));
+    const joined = client.join("booking:b1");
+    const join = socket.sentOfType("join")[0];
+    expect(join).toMatchObject({ room: "booking:b1" });
+    expect(join).not.toHaveProperty("since");
+    socket.receive({ type: "joined", ref: join?.ref, room: "booking:b1", last_seq: 2, members: [] });
+    await joined;
+    socket.receive(message("booking:b1", 3));
+    socket.receive(message("booking:b1", 3)); // duplicate
+    socket.receive(message("booking:b1", 2)); // old
+    socket.receive(message("booking:b1", 6)); // ahead of a hole (4, 5)
+    expect(seen).toEqual([3]);
+    const gap = socket.sentOfType("history")[0];
+    expect(gap).toMatchObject({ room: "booking:b1", before: 6, limit: 2 });
+    socket.receive(message("booking:b1", 7));
+    socket.receive({
+      type: "history",
+      ref: gap?.ref,
+      room: "booking:b1",
+      messages: [message("booking:b1", 5), message("booking:b1", 4)].map(({ type: _type, ...rest }) => rest),
+      has_more: true,
+    });
+    expect(seen).toEqual([3, 4, 5, 6, 7]);
+    expect(client.lastSeq("booking:b1")).toBe(7);
+    client.close();
+  });
+
+  test("after a reconnect the room is re-joined with since = last delivered seq", async () => {
+    const { client, socket } = await connectedClient();
+    const seen: number[] = [];
+    client.on("message", (m) => seen.push(m.seq));
+    const joined = client.join("booking:b1", { since: 0 });
+    const join = socket.sentOfType("join")[0];
+    expect(join).toMatchObject({ since: 0 });
+    socket.receive({ type: "joined", ref: join?.ref, room: "booking:b1", last_seq: 2, members: [] });
+    await joined;
+    socket.receive(message("booking:b1", 1));
+    socket.receive(message("booking:b1", 2));
+    client.markRead("booking:b1", 2);
+    expect(socket.sentOfType("read")).toEqual([{ type: "read", room: "booking:b1", seq: 2 }]);
+    socket.serverClose(1001, "server shutting down");
+    expect(client.state).toBe("reconnecting");
+    await tick(80);
+    const second = FakeSocket.latest();
+    expect(second).not.toBe(socket);
+    second.welcome();
+    const rejoin = second.sentOfType("join")[0];
+    expect(rejoin).toMatchObject({ room: "booking:b1", since: 2 });
+    second.receive({ type: "joined", ref: rejoin?.ref, room: "booking:b1", last_seq: 4, members: [] });
+    second.receive(message("booking:b1", 2)); // a replay overlap is dropped
+    second.receive(message("booking:b1", 3));
+    second.receive(message("booking:b1", 4));
+    expect(seen).toEqual([1, 2, 3, 4]);
+    client.close();
+  });
+
+  test("a room whose history shrank (store reset) restarts counting", async () => {
+    const { client, socket } = await connectedClient();
+    const resets: unknown[] = [];
+    client.on("room.reset", (event) => resets.push(event));
+    void client.join("booking:b1", { since: 10 });
+    const join = socket.sentOfType("join")[0];
+    socket.receive({ type: "joined", ref: join?.ref, room: "booking:b1", last_seq: 1, members: [] });
+    expect(resets).toEqual([{ room: "booking:b1", lastSeq: 1, previousLastSeq: 10 }]);
+    const seen: number[] = [];
+    client.on("message", (m) => seen.push(m.seq));
+    socket.receive(message("booking:b1", 2));
+    expect(seen).toEqual([2]);
+    client.close();
+  });
+
+  test("a join the server refuses rejects and is not retried", async () => {
+    const { client, socket } = await connectedClient();
+    const joined = client.join("booking:other");
+    const join = socket.sentOfType("join")[0];
+    socket.receive({ type: "error", ref: join?.ref, code: "forbidden", message: "not a participant" });
+    await expect(joined).rejects.toMatchObject({ code: "forbidden" });
+    expect(client.joinedRooms()).toEqual([]);
+    client.close();
+  });
+});
+
+describe("send queue", () => {
+  test("one message in flight at a time; rate_limited is retried with the same client_id", async () => {
+    const { client, socket } = await connectedClient();
+    const first = client.send("booking:b1", "one", { clientId: "c-1" });
+    const second = client.send("booking:b1", "two", { clientId: "c-2" });
+    expect(socket.sentOfType("send").map((f) => f.client_id)).toEqual(["c-1"]);
+    socket.receive({ type: "error", ref: "send:c-1", code: "rate_limited", message: "slow down", retry_after_ms: 30 });
+    await tick(50);
+    expect(socket.sentOfType("send").map((f) => f.client_id)).toEqual(["c-1", "c-1"]);
+    socket.receive({ type: "ack", ref: "send:c-1", client_id: "c-1", id: "m1", seq: 1, sent_at: "t" });
+    await expect(first).resolves.toMatchObject({ seq: 1 });
+    expect(socket.sentOfType("send").map((f) => f.client_id)).toEqual(["c-1", "c-1", "c-2"]);
+    socket.receive({ type: "error", ref: "send:c-2", code: "too_large", message: "too big" });
+    await expect(second).rejects.toMatchObject({ code: "too_large" });
+    expect(client.pendingMessages()).toEqual([]);
+    client.close();
+  });
+
+  test("an unacked message is resent with the same client_id on the next socket", async () => {
+    const { client, socket } = await connectedClient();
+    const sent = client.send("booking:b1", "hello", { clientId: "c-9" });
+    expect(socket.sentOfType("send")).toHaveLength(1);
+    socket.serverClose(1006);
+    await tick(80);
+    const next = FakeSocket.latest();
+    next.welcome();
+    expect(next.sentOfType("send")).toEqual([
+      { type: "send", room: "booking:b1", client_id: "c-9", body: "hello", ref: "send:c-9" },
+    ]);
+    next.receive({ type: "ack", client_id: "c-9", id: "m1", seq: 1, sent_at: "t" });
+    await expect(sent).resolves.toMatchObject({ client_id: "c-9", seq: 1 });
+    client.close();
+  });
+
+  test("a message queued while offline goes out after the welcome", async () => {
+    const client = new MixroomClient({
+      url: "ws://mixroom.test/v1/ws",
+      getToken: () => unsignedToken(3600),
+      WebSocket: FakeSocket,
+    });
+    const sent = client.send("booking:b1", "queued", { clientId: "c-q" });
+    expect(client.pendingMessages()).toEqual([{ room: "booking:b1", clientId: "c-q", body: "queued" }]);
+    client.connect();
+    await tick();
+    const socket = FakeSocket.latest();
+    expect(socket.sentOfType("send")).toHaveLength(0);
+    socket.welcome();
+    expect(socket.sentOfType("send")).toHaveLength(1);
+    socket.receive({ type: "ack", client_id: "c-q", id: "m1", seq: 1, sent_at: "t" });
+    await sent;
+    client.close();
+  });
+
+  test("typing frames are throttled per room", async () => {
+    const { client, socket } = await connectedClient({ typingThrottleMs: 1000 });
+    void client.join("booking:b1");
+    const join = socket.sentOfType("join")[0];
+    socket.receive({ type: "joined", ref: join?.ref, room: "booking:b1", last_seq: 0, members: [] });
+    client.typing("booking:b1");
+    client.typing("booking:b1");
+    client.typing("booking:b1");
+    expect(socket.sentOfType("typing")).toHaveLength(1);
+    client.close();
+  });
+});

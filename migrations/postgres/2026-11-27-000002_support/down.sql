@@ -1,0 +1,2 @@
+DROP TABLE support_token_usage;
+DROP TABLE support_conversations;

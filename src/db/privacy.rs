@@ -1,0 +1,302 @@
+//! The data rights of the privacy policy: export everything stored about a
+//! user, and erase their personal data while keeping booking records for
+//! the legal retention period.
+
+use serde::Serialize;
+
+use super::models::{BookingRow, NotificationRow, ReadCursorRow, StatusChangeRow, UserRow};
+use super::schema::{
+    booking_participants, booking_status_history, bookings, messages, notifications, read_cursors,
+    support_conversations, support_token_usage, users,
+};
+use super::{Db, DbError};
+use crate::db_run;
+
+/// What erasure leaves in place of a message body and a sender's name.
+pub const ERASED_BODY: &str = "[deleted]";
+pub const ERASED_NAME: &str = "Deleted user";
+
+#[derive(Debug, Serialize)]
+pub struct ExportedMessage {
+    pub room: String,
+    pub seq: i64,
+    pub id: String,
+    pub body: String,
+    pub sent_at: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportedBooking {
+    pub booking: BookingRowView,
+    pub participation: String,
+    pub status_history: Vec<StatusChangeView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BookingRowView {
+    pub id: String,
+    pub status: String,
+    pub title: String,
+    pub starts_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusChangeView {
+    pub status: String,
+    pub previous_status: Option<String>,
+    pub reason: Option<String>,
+    pub at: i64,
+}
+
+/// The rows about one user, from the tables this module knows.
+#[derive(Debug)]
+pub struct UserData {
+    pub profile: Option<UserRow>,
+    pub bookings: Vec<ExportedBooking>,
+    pub messages: Vec<ExportedMessage>,
+    pub read_cursors: Vec<ReadCursorRow>,
+    pub notifications: Vec<NotificationRow>,
+    pub support: Vec<ExportedConversation>,
+}
+
+/// A support conversation the user opened, with every turn (theirs, the
+/// agent's, admins').
+#[derive(Debug, Serialize)]
+pub struct ExportedConversation {
+    pub id: String,
+    pub status: String,
+    pub created_at: i64,
+    pub turns: Vec<ExportedTurn>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportedTurn {
+    pub seq: i64,
+    pub sender_role: String,
+    pub body: String,
+    pub sent_at: i64,
+}
+
+/// What an erasure changed.
+#[derive(Debug, Serialize)]
+pub struct Erasure {
+    pub messages_blanked: usize,
+    pub notifications_deleted: usize,
+    pub read_cursors_deleted: usize,
+    pub support_turns_blanked: usize,
+    /// Booking rooms whose members lists named the user.
+    #[serde(skip)]
+    pub booking_rooms: Vec<String>,
+}
+
+impl Db {
+    pub async fn user_data(&self, user_id: &str) -> Result<UserData, DbError> {
+        db_run!(self, |conn| {
+            let profile = users::table
+                .find(user_id)
+                .select(UserRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            let participation: Vec<(BookingRow, String)> = bookings::table
+                .inner_join(booking_participants::table)
+                .filter(booking_participants::user_id.eq(user_id))
+                .select((BookingRow::as_select(), booking_participants::kind))
+                .load(conn)
+                .await?;
+            let mut exported_bookings = Vec::with_capacity(participation.len());
+            for (booking, kind) in participation {
+                let history: Vec<StatusChangeRow> = booking_status_history::table
+                    .filter(booking_status_history::booking_id.eq(&booking.id))
+                    .order(booking_status_history::at.asc())
+                    .select(StatusChangeRow::as_select())
+                    .load(conn)
+                    .await?;
+                exported_bookings.push(ExportedBooking {
+                    booking: BookingRowView {
+                        id: booking.id,
+                        status: booking.status,
+                        title: booking.title,
+                        starts_at: booking.starts_at,
+                    },
+                    participation: kind,
+                    status_history: history
+                        .into_iter()
+                        .map(|change| StatusChangeView {
+                            status: change.status,
+                            previous_status: change.previous_status,
+                            reason: change.reason,
+                            at: change.at,
+                        })
+                        .collect(),
+                });
+            }
+            let sent: Vec<(String, i64, String, String, i64)> = messages::table
+                .filter(messages::sender_id.eq(user_id))
+                .order((messages::room.asc(), messages::seq.asc()))
+                .select((
+                    messages::room,
+                    messages::seq,
+                    messages::id,
+                    messages::body,
+                    messages::sent_at,
+                ))
+                .load(conn)
+                .await?;
+            let read_cursors = read_cursors::table
+                .filter(read_cursors::user_id.eq(user_id))
+                .select(ReadCursorRow::as_select())
+                .load(conn)
+                .await?;
+            let notifications = notifications::table
+                .filter(notifications::user_id.eq(user_id))
+                .order(notifications::id.asc())
+                .select(NotificationRow::as_select())
+                .load(conn)
+                .await?;
+            let conversations: Vec<(String, String, i64)> = support_conversations::table
+                .filter(support_conversations::user_id.eq(user_id))
+                .order(support_conversations::created_at.asc())
+                .select((
+                    support_conversations::id,
+                    support_conversations::status,
+                    support_conversations::created_at,
+                ))
+                .load(conn)
+                .await?;
+            let mut support = Vec::with_capacity(conversations.len());
+            for (id, status, created_at) in conversations {
+                let turns: Vec<(i64, String, String, i64)> = messages::table
+                    .filter(messages::room.eq(format!("support:{id}")))
+                    .order(messages::seq.asc())
+                    .select((
+                        messages::seq,
+                        messages::sender_role,
+                        messages::body,
+                        messages::sent_at,
+                    ))
+                    .load(conn)
+                    .await?;
+                support.push(ExportedConversation {
+                    id,
+                    status,
+                    created_at,
+                    turns: turns
+                        .into_iter()
+                        .map(|(seq, sender_role, body, sent_at)| ExportedTurn {
+                            seq,
+                            sender_role,
+                            body,
+                            sent_at,
+                        })
+                        .collect(),
+                });
+            }
+            Ok(UserData {
+                support,
+                profile,
+                bookings: exported_bookings,
+                messages: sent
+                    .into_iter()
+                    .map(|(room, seq, id, body, sent_at)| ExportedMessage {
+                        room,
+                        seq,
+                        id,
+                        body,
+                        sent_at,
+                    })
+                    .collect(),
+                read_cursors,
+                notifications,
+            })
+        })
+    }
+
+    /// Blanks the user's messages, removes name and email and deletes
+    /// their inbox and cursors, in one transaction. Booking records and
+    /// their status history stay (7-year retention).
+    pub async fn erase_user(&self, user_id: &str) -> Result<Erasure, DbError> {
+        let now = crate::time::now_ms();
+        db_run!(self, |conn| {
+            use diesel_async::AsyncConnection;
+            conn.transaction::<_, DbError, _>(async |conn| {
+                let messages_blanked =
+                    diesel::update(messages::table.filter(messages::sender_id.eq(user_id)))
+                        .set((
+                            messages::body.eq(ERASED_BODY),
+                            messages::sender_name.eq(ERASED_NAME),
+                        ))
+                        .execute(conn)
+                        .await?;
+                let notifications_deleted =
+                    diesel::delete(notifications::table.filter(notifications::user_id.eq(user_id)))
+                        .execute(conn)
+                        .await?;
+                let read_cursors_deleted =
+                    diesel::delete(read_cursors::table.filter(read_cursors::user_id.eq(user_id)))
+                        .execute(conn)
+                        .await?;
+                let erased = diesel::update(users::table.find(user_id))
+                    .set((
+                        users::email.eq(None::<String>),
+                        users::name.eq(None::<String>),
+                        users::erased_at.eq(Some(now)),
+                        users::updated_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+                if erased == 0 {
+                    // Never mirrored: remember the erasure so token claims
+                    // do not bring the name back.
+                    diesel::insert_into(users::table)
+                        .values(&UserRow {
+                            id: user_id.to_owned(),
+                            email: None,
+                            name: None,
+                            role: "client".to_owned(),
+                            updated_at: now,
+                            erased_at: Some(now),
+                        })
+                        .execute(conn)
+                        .await?;
+                }
+                // The agent's replies in the user's own support rooms can
+                // quote their booking facts: they go too.
+                let rooms: Vec<String> = support_conversations::table
+                    .filter(support_conversations::user_id.eq(user_id))
+                    .select(support_conversations::id)
+                    .load::<String>(conn)
+                    .await?
+                    .into_iter()
+                    .map(|id| format!("support:{id}"))
+                    .collect();
+                let support_turns_blanked =
+                    diesel::update(messages::table.filter(messages::room.eq_any(&rooms)))
+                        .set(messages::body.eq(ERASED_BODY))
+                        .execute(conn)
+                        .await?;
+                diesel::delete(
+                    support_token_usage::table.filter(support_token_usage::user_id.eq(user_id)),
+                )
+                .execute(conn)
+                .await?;
+                let booking_rooms = booking_participants::table
+                    .filter(booking_participants::user_id.eq(user_id))
+                    .select(booking_participants::booking_id)
+                    .load::<String>(conn)
+                    .await?
+                    .iter()
+                    .map(|id| super::bookings::booking_room(id))
+                    .collect();
+                Ok(Erasure {
+                    booking_rooms,
+                    support_turns_blanked,
+                    messages_blanked,
+                    notifications_deleted,
+                    read_cursors_deleted,
+                })
+            })
+            .await
+        })
+    }
+}

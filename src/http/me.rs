@@ -1,0 +1,71 @@
+//! The caller's data rights: export everything stored about them, erase
+//! their personal data.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::extract::AuthUser;
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::notifications::NotificationView;
+use crate::rooms::hub::{CloseUserSessions, RoomChanged};
+
+/// `GET /v1/me/export`: one JSON document with every row about the caller.
+pub async fn export(
+    AuthUser(who): AuthUser,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let data = state.db.user_data(&who.user_id).await?;
+    let at = crate::time::rfc3339_ms;
+    let document = json!({
+        "exported_at": at(crate::time::now_ms()),
+        "user_id": who.user_id,
+        "profile": data.profile.map(|p| json!({
+            "email": p.email,
+            "name": p.name,
+            "role": p.role,
+            "updated_at": at(p.updated_at),
+            "erased_at": p.erased_at.map(at),
+        })),
+        "bookings": data.bookings,
+        "messages": data.messages.iter().map(|m| json!({
+            "room": m.room, "seq": m.seq, "id": m.id, "body": m.body, "sent_at": at(m.sent_at),
+        })).collect::<Vec<_>>(),
+        "read_cursors": data.read_cursors.iter().map(|c| json!({
+            "room": c.room, "seq": c.seq, "updated_at": at(c.updated_at),
+        })).collect::<Vec<_>>(),
+        "notifications": data.notifications.iter().map(NotificationView::from).collect::<Vec<_>>(),
+        "support_conversations": data.support.iter().map(|c| json!({
+            "id": c.id,
+            "status": c.status,
+            "created_at": at(c.created_at),
+            "turns": c.turns.iter().map(|t| json!({
+                "seq": t.seq, "sender_role": t.sender_role, "body": t.body, "sent_at": at(t.sent_at),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            "Content-Disposition",
+            "attachment; filename=\"mixroom-export.json\"",
+        ))
+        .json(document))
+}
+
+/// `DELETE /v1/me`: message bodies become `[deleted]`, name and email are
+/// removed, the inbox and read cursors go, live sessions are closed; the
+/// booking status history stays for the legal retention period.
+pub async fn erase(
+    AuthUser(who): AuthUser,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let erasure = state.db.erase_user(&who.user_id).await?;
+    state.hub.do_send(CloseUserSessions {
+        user_id: who.user_id.clone(),
+    });
+    for room in &erasure.booking_rooms {
+        state.hub.do_send(RoomChanged { room: room.clone() });
+    }
+    tracing::info!(user = %who.user_id, ?erasure, "personal data erased");
+    Ok(HttpResponse::Ok().json(json!({ "erased": true, "details": erasure })))
+}

@@ -1,0 +1,189 @@
+//! Email preferences (`GET/PUT /v1/me/preferences`) and the signed
+//! unsubscribe link of every email (`GET/POST /v1/unsubscribe?token=`).
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::extract::AuthUser;
+use crate::app::AppState;
+use crate::db::email::PreferencesRow;
+use crate::error::AppError;
+use crate::notifications::KINDS;
+use crate::notify::templates::kind_label;
+use crate::notify::unsubscribe::UnsubscribeSigner;
+
+/// The longest chat delay a user may choose (a week).
+const CHAT_DELAY_MAX_SECS: i64 = 7 * 24 * 3600;
+
+#[derive(Serialize)]
+struct EmailSwitches {
+    chat: bool,
+    booking: bool,
+    support: bool,
+    marketing: bool,
+}
+
+#[derive(Serialize)]
+struct ServerDelays {
+    offline_delay_secs: u64,
+    unread_delay_secs: u64,
+}
+
+#[derive(Serialize)]
+struct PreferencesView {
+    email: EmailSwitches,
+    /// The user's delay before an unread chat message is emailed; `null`
+    /// means the server's delays (`defaults`) apply.
+    chat_delay_secs: Option<i64>,
+    defaults: ServerDelays,
+}
+
+fn view(state: &AppState, row: &PreferencesRow) -> PreferencesView {
+    PreferencesView {
+        email: EmailSwitches {
+            chat: row.chat,
+            booking: row.booking,
+            support: row.support,
+            marketing: row.marketing,
+        },
+        chat_delay_secs: row.chat_delay_secs,
+        defaults: ServerDelays {
+            offline_delay_secs: state.settings.email.offline_delay_secs,
+            unread_delay_secs: state.settings.email.unread_delay_secs,
+        },
+    }
+}
+
+/// `GET /v1/me/preferences`
+pub async fn get(
+    AuthUser(who): AuthUser,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let row = state
+        .db
+        .email_preferences(&who.user_id)
+        .await?
+        .unwrap_or_else(|| PreferencesRow::defaults(&who.user_id));
+    Ok(HttpResponse::Ok().json(view(&state, &row)))
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn explicit<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferencesUpdate {
+    /// Kinds to turn on or off; kinds not named keep their setting.
+    #[serde(default)]
+    email: std::collections::BTreeMap<String, bool>,
+    /// A number of seconds, or `null` for the server's delays.
+    #[serde(default, deserialize_with = "explicit")]
+    chat_delay_secs: Option<Option<i64>>,
+}
+
+/// `PUT /v1/me/preferences` — a partial update; answers the result.
+pub async fn put(
+    AuthUser(who): AuthUser,
+    body: web::Json<PreferencesUpdate>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let update = body.into_inner();
+    let mut row = state
+        .db
+        .email_preferences(&who.user_id)
+        .await?
+        .unwrap_or_else(|| PreferencesRow::defaults(&who.user_id));
+    for (kind, enabled) in &update.email {
+        if !row.set(kind, *enabled) {
+            return Err(AppError::Unprocessable(format!(
+                "unknown email kind `{kind}`; expected one of {}",
+                KINDS.join(", ")
+            )));
+        }
+    }
+    if let Some(delay) = update.chat_delay_secs {
+        if delay.is_some_and(|secs| !(0..=CHAT_DELAY_MAX_SECS).contains(&secs)) {
+            return Err(AppError::Unprocessable(format!(
+                "`chat_delay_secs` must be 0 to {CHAT_DELAY_MAX_SECS}, or null"
+            )));
+        }
+        row.chat_delay_secs = delay;
+    }
+    row.updated_at = crate::time::now_ms();
+    state.db.save_email_preferences(&row).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &row)))
+}
+
+#[derive(Deserialize)]
+pub struct UnsubscribeQuery {
+    #[serde(default)]
+    token: String,
+}
+
+fn page(status: actix_web::http::StatusCode, title: &str, message: &str) -> HttpResponse {
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title></head>\n\
+         <body style=\"font-family:Helvetica,Arial,sans-serif;max-width:480px;margin:48px auto;padding:0 16px;color:#1d1d1f\">\n\
+         <h1 style=\"font-size:22px\">{title}</h1>\n<p>{message}</p>\n</body></html>\n",
+        title = html_escape::encode_text(title),
+        message = html_escape::encode_text(message),
+    );
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(html)
+}
+
+/// `GET /v1/unsubscribe?token=` (the link in every email) and `POST` (the
+/// one-click `List-Unsubscribe-Post` of mail providers): turns that kind
+/// of email off for that user, without signing in.
+pub async fn unsubscribe(
+    query: web::Query<UnsubscribeQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let signer = UnsubscribeSigner::from_settings(&state.settings);
+    let target = match signer.verify(&query.token) {
+        Ok(target) => target,
+        Err(error) => {
+            tracing::debug!(%error, "unsubscribe link refused");
+            return Ok(page(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "This link does not work",
+                &format!(
+                    "{}. Open the link from the email again, or change your email \
+                     preferences in your Mixroom settings.",
+                    capitalized(&error.to_string())
+                ),
+            ));
+        }
+    };
+    state
+        .db
+        .set_email_kind(&target.user_id, &target.kind, false)
+        .await?;
+    tracing::info!(user = %target.user_id, kind = %target.kind, "unsubscribed by link");
+    Ok(page(
+        actix_web::http::StatusCode::OK,
+        "You are unsubscribed",
+        &format!(
+            "You will no longer get emails about {} from Mixroom. You can turn them \
+             back on at any time in your Mixroom settings.",
+            kind_label(&target.kind)
+        ),
+    ))
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,310 @@
+//! Stories of abuse and overload: floods, slow readers, too many sockets,
+//! foreign origins. The server stays up, limited requests change nothing,
+//! and well-behaved users are not disturbed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::helpers::{Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY, NO_RATE_LIMIT};
+
+/// A client that keeps sending after `rate_limited` is closed with 4029;
+/// frames over the budget are refused and nothing of them is stored.
+#[tokio::test]
+async fn a_flooding_client_is_limited_then_closed() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            ("MIXROOM__LIMITS__FRAMES_PER_SEC", "1"),
+            ("MIXROOM__LIMITS__FRAMES_BURST", "5"),
+            ("MIXROOM__LIMITS__FLOOD_STRIKES", "10"),
+        ],
+    );
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await; // one frame of the burst
+
+    for i in 0..30 {
+        ava_ws
+            .send_message_frame(&room, &format!("flood-{i}"), "spam")
+            .await;
+    }
+    let mut acked = 0;
+    let mut limited = 0;
+    let (code, _) = loop {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let frame = tokio::select! {
+            frame = ava_ws.recv_any_or_close() => frame,
+            _ = tokio::time::sleep_until(deadline) => panic!("neither frames nor a close"),
+        };
+        match frame {
+            Ok(frame) if frame["type"] == "ack" => acked += 1,
+            Ok(frame) if frame["type"] == "error" => {
+                assert_eq!(frame["code"], "rate_limited", "{frame}");
+                assert!(frame["retry_after_ms"].as_u64().unwrap_or(0) > 0, "{frame}");
+                limited += 1;
+            }
+            Ok(_) => {}
+            Err(close) => break close,
+        }
+    };
+    assert_eq!(code, 4029, "closed for flooding");
+    assert!(acked <= 5, "only the burst went through: {acked}");
+    assert!(
+        limited >= 9,
+        "told to slow down before being closed: {limited}"
+    );
+
+    // Nothing over the budget was stored, and the server is fine.
+    let history = server.history_over_http(&sam, &room, None, Some(100)).await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        acked,
+        "{history}"
+    );
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.ping().await;
+}
+
+/// Per address: HTTP requests beyond the budget get 429 with Retry-After,
+/// probes never do; the backend's key has a budget of its own.
+#[tokio::test]
+async fn http_and_internal_api_are_rate_limited() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            ("MIXROOM__LIMITS__HTTP_PER_SEC_PER_IP", "1"),
+            ("MIXROOM__LIMITS__HTTP_BURST_PER_IP", "6"),
+            ("MIXROOM__LIMITS__INTERNAL_PER_SEC", "1"),
+            ("MIXROOM__LIMITS__INTERNAL_BURST", "2"),
+        ],
+    );
+    let ava = TestUser::client("Ava");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = server
+            .http_client()
+            .put(server.http(&format!("/v1/internal/users/{}", ava.id)))
+            .bearer_auth(INTERNAL_API_KEY)
+            .json(&json!({"email": ava.email(), "name": "Ava", "role": "client"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429],
+        "the internal key's burst is 2"
+    );
+
+    let mut limited = None;
+    for _ in 0..10 {
+        let response = server
+            .http_client()
+            .get(server.http("/v1/notifications"))
+            .bearer_auth(&ava.token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let limited = limited.expect("the per-address budget runs out");
+    assert!(limited.headers().contains_key("retry-after"));
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    for _ in 0..20 {
+        let probe = server
+            .http_client()
+            .get(server.http("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(probe.status(), 200, "probes are never limited");
+    }
+}
+
+/// Too many sockets for one user, or from one address: the extra one is
+/// closed with 1008; the others keep working.
+#[tokio::test]
+async fn connections_are_limited_per_user_and_per_address() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            ("MIXROOM__LIMITS__MAX_CONNECTIONS_PER_USER", "2"),
+            ("MIXROOM__LIMITS__MAX_CONNECTIONS_PER_IP", "4"),
+        ],
+    );
+    let ava = TestUser::client("Ava");
+    let mut first = WsClient::connect_as(&server, &ava).await;
+    let _second = WsClient::connect_as(&server, &ava).await;
+    let mut third = WsClient::connect(&server).await;
+    third
+        .send_json(json!({"type": "auth", "token": ava.token}))
+        .await;
+    assert_eq!(third.expect_close().await.0, 1008, "a third socket for Ava");
+    first.ping().await;
+
+    // Two sockets are open from this address; two more fit, a fifth not.
+    let sam = TestUser::studio_owner("Sam");
+    let _sam_ws = WsClient::connect_as(&server, &sam).await;
+    let eli = TestUser::engineer("Eli");
+    let _eli_ws = WsClient::connect_as(&server, &eli).await;
+    let mut fifth = WsClient::connect(&server).await;
+    assert_eq!(
+        fifth.expect_close().await.0,
+        1008,
+        "a fifth socket from one address"
+    );
+
+    // Closing one frees a place.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut ws = WsClient::connect(&server).await;
+        ws.send_json(json!({"type": "auth", "token": ava.token}))
+            .await;
+        match ws.recv_any_or_close().await {
+            Ok(frame) if frame["type"] == "welcome" => break,
+            other => assert!(Instant::now() < deadline, "no place freed: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Only the web app's pages may open a socket from a browser; other sites
+/// are refused at the handshake. Clients without an Origin are allowed.
+/// The HTTP API answers CORS preflights for the configured origins.
+#[tokio::test]
+async fn browser_origins_are_checked() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            (
+                "MIXROOM__SERVER__ALLOWED_ORIGINS",
+                "https://app.mixroom.test,https://mixroom.test",
+            ),
+            ("MIXROOM__SERVER__CORS_ORIGINS", "https://app.mixroom.test"),
+        ],
+    );
+    let with_origin = |origin: &str| {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        request
+    };
+    let refused = tokio_tungstenite::connect_async(with_origin("https://evil.test")).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("a foreign origin must be refused, got {other:?}"),
+    }
+    let allowed = tokio_tungstenite::connect_async(with_origin("https://mixroom.test")).await;
+    assert!(allowed.is_ok(), "a listed origin is allowed");
+    WsClient::connect(&server).await; // no Origin header
+
+    let preflight = server
+        .http_client()
+        .request(reqwest::Method::OPTIONS, server.http("/v1/notifications"))
+        .header("Origin", "https://app.mixroom.test")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.mixroom.test"
+    );
+}
+
+/// Sam's laptop stops reading mid-conversation while Ava keeps talking:
+/// Sam's socket is dropped when its queue is full (1013), Ava is not
+/// slowed down, and Sam resumes with `since` and misses nothing.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_resumes() {
+    let backend = Backend::sqlite();
+    let mut env = NO_RATE_LIMIT.to_vec();
+    env.push(("MIXROOM__LIMITS__SESSION_QUEUE", "32"));
+    env.push(("MIXROOM__SERVER__MAX_MESSAGE_BYTES", "60000"));
+    let server = TestServer::spawn(&backend, &env);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+
+    // Large messages fill the socket buffers quickly; Sam reads none.
+    let body = "x".repeat(50_000);
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for _ in 0..20 {
+            sent += 1;
+            ava_ws
+                .send_message_frame(&room, &format!("m{sent}"), &body)
+                .await;
+        }
+        ava_ws.wait_ack(&format!("m{sent}")).await;
+        ava_ws.drain_pending();
+        if metric(&server, "slow_consumers_dropped_total").await >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Sam was never dropped after {sent} messages"
+        );
+    }
+
+    // When Sam reads again: what was queued, then the close.
+    let mut last_seen = 0;
+    let code = loop {
+        match sam_ws.recv_any_or_close().await {
+            Ok(frame) if frame["type"] == "message" => last_seen = frame["seq"].as_i64().unwrap(),
+            Ok(_) => {}
+            Err((code, _)) => break code,
+        }
+    };
+    assert_eq!(code, 1013, "dropped as a slow consumer");
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    let joined = sam_ws.join(&room, Some(last_seen)).await;
+    let last_seq = joined["last_seq"].as_i64().unwrap();
+    assert_eq!(last_seq, sent as i64);
+    for expected in last_seen + 1..=last_seq {
+        let message = sam_ws.recv_type("message").await;
+        assert_eq!(message["seq"], expected);
+    }
+}
+
+async fn metric(server: &TestServer, name: &str) -> i64 {
+    let text = server
+        .http_client()
+        .get(server.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("mixroom_{name} ")))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as i64)
+}

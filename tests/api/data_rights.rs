@@ -1,0 +1,220 @@
+//! The privacy policy's data rights as stories: Ava downloads everything
+//! stored about her, then erases her account; the booking record stays.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY};
+
+both_backends!(
+    export_holds_everything_about_the_caller,
+    erasure_keeps_booking_records_only
+);
+
+async fn export(server: &TestServer, user: &TestUser) -> Value {
+    let response = server
+        .http_client()
+        .get(server.http("/v1/me/export"))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn pay(server: &TestServer, booking_id: &str, client: &TestUser, provider: &TestUser) {
+    let response = server
+        .http_client()
+        .put(server.http(&format!("/v1/internal/bookings/{booking_id}")))
+        .bearer_auth(INTERNAL_API_KEY)
+        .json(&json!({
+            "client_id": client.id, "provider_ids": [provider.id], "status": "paid", "title": "Mix",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// Ava and Sam chat, the booking is paid, Ava reads and asks support a
+/// question: her export holds her profile, her bookings with their status
+/// history, what she wrote, her read cursor, her notifications and her
+/// support conversation — and nothing Sam wrote.
+async fn export_holds_everything_about_the_caller(backend: Backend) {
+    let server = TestServer::spawn(&backend, &[]);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let booking_id = room.trim_start_matches("booking:").to_owned();
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+    ava_ws
+        .send_msg(&room, "a1", "Can we book the big room?")
+        .await;
+    sam_ws.send_msg(&room, "s1", "Yes, it is yours.").await;
+    pay(&server, &booking_id, &ava, &sam).await;
+    ava_ws
+        .send_json(json!({"type": "read", "room": room, "seq": 2}))
+        .await;
+
+    let support: Value = server
+        .http_client()
+        .post(server.http("/v1/support/conversations"))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let support_room = format!("support:{}", support["id"].as_str().unwrap());
+    ava_ws.join(&support_room, None).await;
+    ava_ws
+        .send_msg(&support_room, "q1", "How do I cancel a booking?")
+        .await;
+    let answer = ava_ws
+        .recv_matching("the agent's answer", |f| {
+            f["type"] == "message"
+                && f["room"] == support_room.as_str()
+                && f["sender"]["role"] == "agent"
+        })
+        .await;
+    ava_ws.ping().await; // the read cursor is stored by now
+
+    let document = export(&server, &ava).await;
+    assert_eq!(document["user_id"], ava.id.as_str());
+    assert_eq!(
+        document["profile"]["email"],
+        ava.email().as_str(),
+        "{document}"
+    );
+    assert_eq!(document["profile"]["name"], "Ava");
+    let bookings = document["bookings"].as_array().unwrap();
+    assert_eq!(bookings.len(), 1, "{document}");
+    assert_eq!(bookings[0]["booking"]["status"], "paid");
+    let history: Vec<&str> = bookings[0]["status_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, vec!["confirmed", "paid"]);
+    let bodies: Vec<&str> = document["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert!(bodies.contains(&"Can we book the big room?"), "{bodies:?}");
+    assert!(
+        !bodies.contains(&"Yes, it is yours."),
+        "Sam's words are not Ava's data"
+    );
+    assert_eq!(document["read_cursors"][0]["seq"], 2, "{document}");
+    assert_eq!(
+        document["notifications"].as_array().unwrap().len(),
+        1,
+        "{document}"
+    );
+    let conversation = &document["support_conversations"][0];
+    let turns: Vec<&str> = conversation["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["body"].as_str().unwrap())
+        .collect();
+    assert!(turns.contains(&"How do I cancel a booking?"), "{turns:?}");
+    assert!(
+        turns.contains(&answer["body"].as_str().unwrap()),
+        "{turns:?}"
+    );
+
+    let anonymous = server
+        .http_client()
+        .get(server.http("/v1/me/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+/// Ava erases her data: her open socket is closed, what she wrote reads
+/// `[deleted]` everywhere, her name and address are gone (an old token does
+/// not bring them back), her inbox is empty — and the booking's status
+/// history is still there for the legal retention period.
+async fn erasure_keeps_booking_records_only(backend: Backend) {
+    let server = TestServer::spawn(&backend, &[]);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let booking_id = room.trim_start_matches("booking:").to_owned();
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    ava_ws.send_msg(&room, "a1", "My phone is 555-0100").await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+    sam_ws.send_msg(&room, "s1", "Noted.").await;
+    pay(&server, &booking_id, &ava, &sam).await;
+
+    let response = server
+        .http_client()
+        .delete(server.http("/v1/me"))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (code, _) = ava_ws.expect_close().await;
+    assert_eq!(code, 4001, "Ava's live session ends with her data");
+
+    let history = server.history_over_http(&sam, &room, None, None).await;
+    let messages = history["messages"].as_array().unwrap();
+    let ava_message = messages.iter().find(|m| m["client_id"] == "a1").unwrap();
+    assert_eq!(ava_message["body"], "[deleted]", "{ava_message}");
+    assert_ne!(ava_message["sender"]["name"], "Ava");
+    let sam_message = messages.iter().find(|m| m["client_id"] == "s1").unwrap();
+    assert_eq!(sam_message["body"], "Noted.", "Sam's words are his");
+    assert!(
+        messages
+            .iter()
+            .all(|m| !m["body"].as_str().unwrap().contains("555-0100")),
+        "{history}"
+    );
+
+    // Her old token still verifies until it expires: using it brings back
+    // neither her name nor her address.
+    let mut again = WsClient::connect_as(&server, &ava).await;
+    again.ping().await;
+    let document = export(&server, &ava).await;
+    assert!(document["profile"]["name"].is_null(), "{document}");
+    assert!(document["profile"]["email"].is_null(), "{document}");
+    assert!(document["profile"]["erased_at"].is_string(), "{document}");
+    assert_eq!(document["notifications"].as_array().unwrap().len(), 0);
+    let joined = sam_ws.join(&room, None).await;
+    assert!(
+        joined["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "Ava"),
+        "{joined}"
+    );
+
+    // The booking record and its status history stay.
+    let statuses: Vec<String> = export(&server, &sam).await["bookings"][0]["status_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, vec!["confirmed", "paid"]);
+    assert_eq!(
+        document["bookings"][0]["status_history"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
