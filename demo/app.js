@@ -253,6 +253,9 @@
       this.socket = socket;
       this.token = token;
       this.lastHeardAt = Date.now();
+      this.heartbeatTimer = setTimeout(() => {
+        if (generation === this.generation) this.dropSocket(CLOSE_HEARTBEAT_TIMEOUT, "no welcome in time");
+      }, this.options.requestTimeoutMs);
       socket.onopen = () => {
         if (generation !== this.generation) return;
         this.setState("authenticating");

@@ -93,6 +93,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     crate::support::start(support_context, state.clone(), support_runtime);
 
+    crate::retention::start(db.clone(), settings.retention.clone());
     let server_state = state.clone();
     let server = HttpServer::new(move || {
         let server_settings = &server_state.settings.server;
@@ -100,6 +101,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .app_data(server_state.clone())
             .configure(|cfg| crate::http::routes(cfg, &server_state.settings))
             .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
+            // A span per request with a request id: every log line of the
+            // request carries it.
+            .wrap(tracing_actix_web::TracingLogger::default())
             .wrap(actix_web::middleware::Condition::new(
                 !server_settings.cors_origins.is_empty(),
                 crate::http::cors(&server_settings.cors_origins),

@@ -22,7 +22,16 @@ pub struct Settings {
     pub email: EmailSettings,
     pub ai: AiSettings,
     pub limits: LimitSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    pub support_log_days: u32,
+    pub sent_email_days: u32,
+    pub interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,18 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Sockets dropped because their outbound queue was full.
     pub slow_consumers_dropped: IntCounter,
+    /// Frames queued to sockets by fan-out (messages, events, notices).
+    pub frames_out: IntCounter,
+    /// From commit (or arrival from another node) to fan-out to members.
+    pub fanout_seconds: Histogram,
+    /// Emails waiting in the outbox, read at each scrape.
+    pub email_outbox_queued: IntGauge,
+    /// From a user's question to the agent's stored answer.
+    pub agent_answer_seconds: Histogram,
+    /// Provider tokens used by the agent (input and output).
+    pub agent_tokens: IntCounter,
+    /// Agent answers that failed, by provider.
+    pub agent_failures: IntCounterVec,
     /// Emails composed (one per digest) and stored in the outbox.
     pub emails_queued: IntCounter,
     pub emails_sent: IntCounter,
@@ -73,7 +85,7 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
-        Metrics {
+        let metrics = Metrics {
             ws_sessions: gauge("ws_sessions", "Open WebSocket sessions"),
             users_online: gauge(
                 "users_online",
@@ -92,6 +104,27 @@ impl Metrics {
                 "store_commit_seconds",
                 "Time to commit one batch",
                 prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets"),
+            ),
+            frames_out: counter("ws_frames_out_total", "Frames queued to sockets by fan-out"),
+            fanout_seconds: histogram(
+                "fanout_seconds",
+                "From commit to fan-out to a room's members",
+                prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets"),
+            ),
+            email_outbox_queued: gauge("email_outbox_queued", "Emails waiting in the outbox"),
+            agent_answer_seconds: histogram(
+                "agent_answer_seconds",
+                "From a support question to the stored answer",
+                prometheus::exponential_buckets(0.05, 2.0, 12).expect("valid buckets"),
+            ),
+            agent_tokens: counter(
+                "agent_tokens_total",
+                "Provider tokens used by the support agent",
+            ),
+            agent_failures: counter_vec(
+                "agent_failures_total",
+                "Support answers that failed, by provider",
+                "provider",
             ),
             rate_limited: counter_vec(
                 "rate_limited_total",
@@ -124,7 +157,16 @@ impl Metrics {
                 "reason",
             ),
             registry,
+        };
+        // Known label values start at zero, so dashboards see the series
+        // before the first event.
+        for limit in ["http", "connects", "frames", "internal", "agent"] {
+            metrics.rate_limited.with_label_values(&[limit]);
         }
+        for reason in ["per_user", "per_ip", "flooding"] {
+            metrics.connections_refused.with_label_values(&[reason]);
+        }
+        metrics
     }
 
     pub fn render(&self) -> String {

@@ -6,5 +6,8 @@ export default defineConfig({
     fileParallelism: false,
     testTimeout: 90_000,
     hookTimeout: 90_000,
+    // The browser, the server and the other tests share two cores: give
+    // each polled expectation time rather than fail on a slow moment.
+    expect: { poll: { timeout: 15_000, interval: 50 } },
   },
 });

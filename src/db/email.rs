@@ -1045,3 +1045,16 @@ impl Db {
         })
     }
 }
+
+impl Db {
+    /// Emails waiting in the outbox (queued, sent or not yet batched).
+    pub async fn queued_email_count(&self) -> Result<i64, DbError> {
+        db_run!(self, |conn| {
+            Ok(email_outbox::table
+                .filter(email_outbox::state.eq(outbox_state::QUEUED))
+                .count()
+                .get_result(conn)
+                .await?)
+        })
+    }
+}

@@ -6,8 +6,9 @@ use serde::Serialize;
 
 use super::models::{BookingRow, NotificationRow, ReadCursorRow, StatusChangeRow, UserRow};
 use super::schema::{
-    booking_participants, booking_status_history, bookings, messages, notifications, read_cursors,
-    support_conversations, support_token_usage, users,
+    booking_participants, booking_status_history, bookings, email_items, email_outbox,
+    email_preferences, messages, notifications, read_cursors, support_conversations,
+    support_token_usage, users,
 };
 use super::{Db, DbError};
 use crate::db_run;
@@ -57,6 +58,19 @@ pub struct UserData {
     pub read_cursors: Vec<ReadCursorRow>,
     pub notifications: Vec<NotificationRow>,
     pub support: Vec<ExportedConversation>,
+    pub email_preferences: Option<super::email::PreferencesRow>,
+    pub emails: Vec<ExportedEmail>,
+}
+
+/// An email composed for the user (sent, failed or still queued).
+#[derive(Debug, Serialize)]
+pub struct ExportedEmail {
+    pub to_address: String,
+    pub subject: String,
+    pub text: String,
+    pub state: String,
+    pub created_at: i64,
+    pub sent_at: Option<i64>,
 }
 
 /// A support conversation the user opened, with every turn (theirs, the
@@ -84,6 +98,7 @@ pub struct Erasure {
     pub notifications_deleted: usize,
     pub read_cursors_deleted: usize,
     pub support_turns_blanked: usize,
+    pub emails_cancelled: usize,
     /// Booking rooms whose members lists named the user.
     #[serde(skip)]
     pub booking_rooms: Vec<String>,
@@ -192,7 +207,41 @@ impl Db {
                         .collect(),
                 });
             }
+            let email_preferences = email_preferences::table
+                .find(user_id)
+                .select(super::email::PreferencesRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            let emails: Vec<(String, String, String, String, i64, Option<i64>)> =
+                email_outbox::table
+                    .filter(email_outbox::user_id.eq(user_id))
+                    .order(email_outbox::created_at.asc())
+                    .select((
+                        email_outbox::to_address,
+                        email_outbox::subject,
+                        email_outbox::text,
+                        email_outbox::state,
+                        email_outbox::created_at,
+                        email_outbox::sent_at,
+                    ))
+                    .load(conn)
+                    .await?;
             Ok(UserData {
+                email_preferences,
+                emails: emails
+                    .into_iter()
+                    .map(
+                        |(to_address, subject, text, state, created_at, sent_at)| ExportedEmail {
+                            to_address,
+                            subject,
+                            text,
+                            state,
+                            created_at,
+                            sent_at,
+                        },
+                    )
+                    .collect(),
                 support,
                 profile,
                 bookings: exported_bookings,
@@ -288,13 +337,90 @@ impl Db {
                     .iter()
                     .map(|id| super::bookings::booking_room(id))
                     .collect();
+                // Nothing more is emailed: pending items end, queued emails
+                // not yet in a request are cancelled, and the content of
+                // the others is blanked (one already handed to a batch may
+                // still go out under its idempotency key).
+                diesel::update(
+                    email_items::table
+                        .filter(email_items::user_id.eq(user_id))
+                        .filter(email_items::state.eq(super::email::item_state::PENDING)),
+                )
+                .set((
+                    email_items::state.eq(super::email::item_state::NO_ADDRESS),
+                    email_items::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+                let emails_cancelled = diesel::update(
+                    email_outbox::table
+                        .filter(email_outbox::user_id.eq(user_id))
+                        .filter(email_outbox::state.eq(super::email::outbox_state::QUEUED))
+                        .filter(email_outbox::batch_id.is_null()),
+                )
+                .set((
+                    email_outbox::state.eq(super::email::outbox_state::FAILED),
+                    email_outbox::last_error.eq("recipient erased"),
+                ))
+                .execute(conn)
+                .await?;
+                diesel::update(
+                    email_outbox::table
+                        .filter(email_outbox::user_id.eq(user_id))
+                        .filter(email_outbox::state.ne(super::email::outbox_state::QUEUED)),
+                )
+                .set((
+                    email_outbox::to_address.eq(""),
+                    email_outbox::subject.eq(ERASED_BODY),
+                    email_outbox::html.eq(ERASED_BODY),
+                    email_outbox::text.eq(ERASED_BODY),
+                ))
+                .execute(conn)
+                .await?;
+                diesel::delete(email_preferences::table.find(user_id))
+                    .execute(conn)
+                    .await?;
                 Ok(Erasure {
+                    emails_cancelled,
                     booking_rooms,
                     support_turns_blanked,
                     messages_blanked,
                     notifications_deleted,
                     read_cursors_deleted,
                 })
+            })
+            .await
+        })
+    }
+}
+
+impl Db {
+    /// Deletes support conversations untouched since `before`, with their
+    /// messages (the retention period of the AI support log).
+    pub async fn prune_support_logs(&self, before: i64) -> Result<usize, DbError> {
+        use super::schema::rooms;
+        db_run!(self, |conn| {
+            use diesel_async::AsyncConnection;
+            conn.transaction::<_, DbError, _>(async |conn| {
+                let old: Vec<String> = support_conversations::table
+                    .filter(support_conversations::updated_at.lt(before))
+                    .select(support_conversations::id)
+                    .limit(1000)
+                    .load(conn)
+                    .await?;
+                let room_names: Vec<String> =
+                    old.iter().map(|id| format!("support:{id}")).collect();
+                diesel::delete(messages::table.filter(messages::room.eq_any(&room_names)))
+                    .execute(conn)
+                    .await?;
+                diesel::delete(rooms::table.filter(rooms::id.eq_any(&room_names)))
+                    .execute(conn)
+                    .await?;
+                Ok(diesel::delete(
+                    support_conversations::table.filter(support_conversations::id.eq_any(&old)),
+                )
+                .execute(conn)
+                .await?)
             })
             .await
         })

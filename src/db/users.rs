@@ -79,16 +79,22 @@ impl Db {
                 .execute(conn)
                 .await?;
             if inserted == 0 {
-                diesel::update(users::table.find(id))
-                    .filter(users::erased_at.is_null())
+                let unerased = users::table.find(id).filter(users::erased_at.is_null());
+                diesel::update(unerased)
                     .set((
-                        users::email.eq(email),
                         users::name.eq(name),
                         users::role.eq(role),
                         users::updated_at.eq(now),
                     ))
                     .execute(conn)
                     .await?;
+                // A token without an email claim leaves the known address.
+                if let Some(email) = email {
+                    diesel::update(unerased)
+                        .set(users::email.eq(email))
+                        .execute(conn)
+                        .await?;
+                }
             }
             Ok(())
         })

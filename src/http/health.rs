@@ -37,7 +37,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    // The outbox is shared by all nodes: its depth is read at scrape time.
+    if let Ok(queued) = state.db.queued_email_count().await {
+        state.metrics.email_outbox_queued.set(queued);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
+}
+
+/// `GET /v1/openapi.json`: the HTTP API described (docs/openapi.json).
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("../../docs/openapi.json"))
 }

@@ -35,6 +35,21 @@ pub async fn export(
             "room": c.room, "seq": c.seq, "updated_at": at(c.updated_at),
         })).collect::<Vec<_>>(),
         "notifications": data.notifications.iter().map(NotificationView::from).collect::<Vec<_>>(),
+        "email_preferences": data.email_preferences.map(|p| json!({
+            "chat": p.chat,
+            "booking": p.booking,
+            "support": p.support,
+            "marketing": p.marketing,
+            "chat_delay_secs": p.chat_delay_secs,
+        })),
+        "emails": data.emails.iter().map(|e| json!({
+            "to": e.to_address,
+            "subject": e.subject,
+            "text": e.text,
+            "state": e.state,
+            "created_at": at(e.created_at),
+            "sent_at": e.sent_at.map(at),
+        })).collect::<Vec<_>>(),
         "support_conversations": data.support.iter().map(|c| json!({
             "id": c.id,
             "status": c.status,

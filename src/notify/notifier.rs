@@ -38,9 +38,6 @@ const PRESENCE_RECHECK_MAX_MS: i64 = 60_000;
 const PRESENCE_RECHECK_MIN_MS: i64 = 1_000;
 /// After a storage error the notifier looks again this much later.
 const ERROR_RETRY_MS: i64 = 2_000;
-/// Decided items and sent emails are forgotten after this long.
-const HISTORY_KEPT_MS: i64 = 7 * 24 * 60 * 60 * 1000;
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Notifications were stored (booking updates, backend notifications).
 #[derive(Message, Clone)]
@@ -197,22 +194,6 @@ impl Actor for Notifier {
                 }),
         );
         ctx.run_interval(self.sweep_every, |notifier, ctx| notifier.dispatch(ctx));
-        ctx.run_interval(PRUNE_EVERY, |notifier, ctx| {
-            let db = notifier.db.clone();
-            ctx.spawn(
-                async move {
-                    match db
-                        .prune_email_history(crate::time::now_ms() - HISTORY_KEPT_MS)
-                        .await
-                    {
-                        Ok(pruned) if pruned > 0 => tracing::debug!(pruned, "email history pruned"),
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(%error, "cannot prune email history"),
-                    }
-                }
-                .into_actor(notifier),
-            );
-        });
     }
 }
 

@@ -105,6 +105,7 @@ impl RoomActor {
     /// Sends a frame to every member whose user is not in `except_users`.
     fn broadcast_event(&mut self, frame: &ByteString, except_users: &[String]) {
         let metrics = &self.metrics;
+        metrics.frames_out.inc_by(self.members.len() as u64);
         self.members.retain(|_, member| {
             except_users.contains(&member.user_id)
                 || offer(&member.recipient, ToSession::Event(frame.clone()), metrics)
@@ -206,6 +207,10 @@ impl RoomActor {
             self.last_seq = message.row.seq;
             let room = &self.name;
             let metrics = &self.metrics;
+            metrics
+                .fanout_seconds
+                .observe(message.known_since.elapsed().as_secs_f64());
+            metrics.frames_out.inc_by(self.members.len() as u64);
             // A member that stopped reading is told to close and leaves the
             // room; it resumes with `since` when it reconnects.
             self.members.retain(|_, member| {

@@ -24,12 +24,18 @@ use crate::ws::frames::message_frame;
 pub struct StoredMessage {
     pub row: MessageRow,
     pub frame: ByteString,
+    /// When this node had it (committed here or arrived from another node).
+    pub known_since: Instant,
 }
 
 impl StoredMessage {
     pub fn new(row: MessageRow) -> Arc<Self> {
         let frame = message_frame(&row);
-        Arc::new(StoredMessage { row, frame })
+        Arc::new(StoredMessage {
+            row,
+            frame,
+            known_since: Instant::now(),
+        })
     }
 }
 

@@ -231,6 +231,11 @@ impl Answer {
         }
 
         if self.shared.limiter.check_key(&user_id.to_owned()).is_err() {
+            self.state
+                .metrics
+                .rate_limited
+                .with_label_values(&["agent"])
+                .inc();
             return post_notice(&self.state, &self.room, notice_key, NOTICE_RATE_LIMITED).await;
         }
         let provider = &self.shared.provider;
@@ -246,8 +251,20 @@ impl Answer {
             history: self.history(user_id, message.seq).await?,
         };
         let tools = ConversationTools::new(self.state.clone(), &self.conversation_id, user_id);
+        let asked = std::time::Instant::now();
         let result = provider.reply(&request, &tools, &mut stream).await;
         let tokens = stream.input_tokens + stream.output_tokens;
+        let metrics = &self.state.metrics;
+        metrics.agent_tokens.inc_by(tokens);
+        match &result {
+            Ok(()) => metrics
+                .agent_answer_seconds
+                .observe(asked.elapsed().as_secs_f64()),
+            Err(_) => metrics
+                .agent_failures
+                .with_label_values(&[provider.name()])
+                .inc(),
+        }
         if tokens > 0 {
             self.state
                 .db

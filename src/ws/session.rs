@@ -84,14 +84,18 @@ pub struct WsSession {
     fragments: Option<Vec<u8>>,
     /// For the per-address connection limit.
     client_ip: Option<IpAddr>,
+    /// Every log line of this socket carries its session id (and user).
+    span: tracing::Span,
     /// Whether this socket counts towards its address's limit.
     counted_ip: bool,
 }
 
 impl WsSession {
     pub fn new(state: Arc<AppState>, client_ip: Option<IpAddr>) -> Self {
+        let id = uuid::Uuid::new_v4().to_string();
         WsSession {
-            id: uuid::Uuid::new_v4().to_string(),
+            span: tracing::info_span!("session", id = %id, user = tracing::field::Empty),
+            id,
             state,
             identity: None,
             last_heard: Instant::now(),
@@ -709,6 +713,8 @@ impl Handler<ToSession> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _in_session = span.enter();
         match msg {
             ToSession::Message { room, seq, frame } => {
                 if let Some(joined) = self.rooms.get_mut(&*room) {
@@ -737,6 +743,8 @@ impl Handler<ToSession> for WsSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _in_session = span.enter();
         self.last_heard = Instant::now();
         match item {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),

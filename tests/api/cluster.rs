@@ -386,3 +386,167 @@ async fn redis_restart_during_traffic() {
     let on_b = collect_messages(&mut sam_ws, 2).await;
     assert_eq!(on_b.iter().map(|m| m.0).collect::<Vec<_>>(), vec![2, 3]);
 }
+
+/// A TCP relay to PostgreSQL that the test can cut and restore, to play a
+/// database outage without touching the shared server.
+struct DatabaseRelay {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Relayed connections still open.
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DatabaseRelay {
+    /// Runs on a thread of its own: starting a test server blocks the
+    /// test's runtime while the server connects through the relay.
+    async fn start(target: String) -> DatabaseRelay {
+        use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (cut_flag, generation_now, open_now) = (cut.clone(), generation.clone(), open.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    // Counted before the flag is read: `cut` either waits
+                    // for this connection or the flag refuses it.
+                    let guard = OpenGuard::new(open_now.clone());
+                    let born = generation_now.load(Ordering::SeqCst);
+                    if cut_flag.load(Ordering::SeqCst) {
+                        continue; // dropped: the database is "down"
+                    }
+                    let target = target.clone();
+                    let generation_now = generation_now.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        // Relay until the connection ends or the relay is cut.
+                        let relay = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                        let severed = async {
+                            while generation_now.load(Ordering::SeqCst) == born {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        };
+                        tokio::select! { _ = relay => {}, _ = severed => {} }
+                    });
+                }
+            })
+        });
+        DatabaseRelay {
+            addr,
+            cut,
+            generation,
+            open,
+        }
+    }
+
+    /// Returns once every relayed connection is closed.
+    async fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the relay did not close its connections"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL goes away for a moment: a message sent meanwhile gets a clear
+/// `internal` error with a retry hint and no ack (it is not stored),
+/// `/readyz` reports the database, and the same send succeeds once the
+/// database is back.
+#[tokio::test]
+async fn a_database_outage_refuses_acks_until_it_is_over() {
+    let Some(backend) = Backend::postgres() else {
+        eprintln!("skipped: MIXROOM_TEST_DATABASE_URL not set");
+        return;
+    };
+    let url = backend.url().to_owned();
+    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap().to_owned();
+    let relay = DatabaseRelay::start(host_port.clone()).await;
+    let relayed = url.replacen(&host_port, &relay.addr.to_string(), 1);
+    let relayed_backend = RelayedBackend(relayed);
+    let server = TestServer::spawn_with_url(&relayed_backend.0, &[]);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    ava_ws.send_msg(&room, "before", "before the outage").await;
+
+    relay.cut().await;
+    let reply = ava_ws
+        .request(
+            json!({"type": "send", "room": room, "client_id": "during", "body": "during", "ref": "during"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(
+        reply["type"], "error",
+        "no ack while the database is down: {reply}"
+    );
+    assert_eq!(reply["code"], "internal", "{reply}");
+    assert!(reply["retry_after_ms"].as_u64().is_some(), "{reply}");
+    let body = wait_for_readyz(&server, 503).await;
+    assert_eq!(body["database"], "unreachable", "{body}");
+
+    relay.restore();
+    wait_for_readyz(&server, 200).await;
+    let history = server.history_over_http(&sam, &room, None, None).await;
+    assert!(
+        history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["client_id"] != "during"),
+        "a refused message is not stored: {history}"
+    );
+    let ack = ava_ws.send_msg(&room, "during", "during").await;
+    assert_eq!(ack["seq"], 2, "{ack}");
+}
+
+/// The relayed URL stands in for the backend's own (which stays alive so
+/// its database is dropped at the end).
+struct RelayedBackend(String);
+
+/// Counts a relayed connection until it ends.
+struct OpenGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> OpenGuard {
+        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}

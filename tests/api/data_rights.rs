@@ -7,7 +7,8 @@ use crate::helpers::{Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY};
 
 both_backends!(
     export_holds_everything_about_the_caller,
-    erasure_keeps_booking_records_only
+    erasure_keeps_booking_records_only,
+    retention_deletes_old_support_logs,
 );
 
 async fn export(server: &TestServer, user: &TestUser) -> Value {
@@ -216,5 +217,70 @@ async fn erasure_keeps_booking_records_only(backend: Backend) {
             .unwrap()
             .len(),
         2
+    );
+}
+
+/// With a retention of zero days, the periodic job deletes a finished
+/// support conversation and its log; the booking chat stays.
+async fn retention_deletes_old_support_logs(backend: Backend) {
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            ("MIXROOM__RETENTION__SUPPORT_LOG_DAYS", "0"),
+            ("MIXROOM__RETENTION__INTERVAL_SECS", "1"),
+        ],
+    );
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let nia = TestUser::admin("Nia");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    ava_ws
+        .send_msg(&room, "keep", "booking chat is not a support log")
+        .await;
+    let support: Value = server
+        .http_client()
+        .post(server.http("/v1/support/conversations"))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = support["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = server
+            .http_client()
+            .get(server.http(&format!("/v1/admin/support/conversations/{id}")))
+            .bearer_auth(&nia.token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the support log was never pruned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        export(&server, &ava).await["support_conversations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let history = server.history_over_http(&sam, &room, None, None).await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        1,
+        "{history}"
     );
 }

@@ -204,6 +204,15 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts the server on `backend` and waits until it listens.
+    /// A server on a database URL of the test's making (e.g. through a relay).
+    pub fn spawn_with_url(database_url: &str, extra_env: &[(&str, &str)]) -> TestServer {
+        let extra_env = extra_env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        TestServer::start(database_url.to_owned(), extra_env)
+    }
+
     pub fn spawn(backend: &Backend, extra_env: &[(&str, &str)]) -> TestServer {
         let extra_env = extra_env
             .iter()

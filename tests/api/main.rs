@@ -21,6 +21,7 @@ mod email_fallback;
 mod fake_anthropic;
 mod fake_resend;
 mod lifecycle;
+mod operations;
 mod restart;
 mod soak;
 mod support;

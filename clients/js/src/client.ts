@@ -234,7 +234,7 @@ interface PendingRequest {
 }
 
 const RETRYABLE_CODES: ReadonlySet<string> = new Set(["rate_limited", "internal"]);
-/** A client-side close code: the heartbeat found the connection dead. */
+/** A client-side close code: the connection looked dead (no welcome, or silence). */
 const CLOSE_HEARTBEAT_TIMEOUT = 4000;
 /** Never refresh the token more often than this (a `getToken` that returns the same token). */
 const MIN_REFRESH_DELAY_MS = 1000;
@@ -383,6 +383,12 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     this.socket = socket;
     this.token = token;
     this.lastHeardAt = Date.now();
+    // A connect that hangs (a black-holed SYN, a server that never answers
+    // `auth`) is given up like a dropped one; `welcome` replaces this timer
+    // with the heartbeat.
+    this.heartbeatTimer = setTimeout(() => {
+      if (generation === this.generation) this.dropSocket(CLOSE_HEARTBEAT_TIMEOUT, "no welcome in time");
+    }, this.options.requestTimeoutMs);
     socket.onopen = () => {
       if (generation !== this.generation) return;
       this.setState("authenticating");

@@ -181,12 +181,12 @@ describe("against one server", () => {
     const { room } = await server.openBooking(ava, [sam]);
     let issued = 0;
     const avaClient = clientFor(server.wsUrl, ava, {
-      // 3-second tokens, refreshed one second before they expire.
+      // 4-second tokens, refreshed 1.5 s before they expire.
       getToken: () => {
         issued += 1;
-        return mintToken(ava, 3);
+        return mintToken(ava, 4);
       },
-      refreshMarginMs: 1000,
+      refreshMarginMs: 1500,
     });
     const disconnects: number[] = [];
     let refreshed = 0;
@@ -194,7 +194,7 @@ describe("against one server", () => {
     avaClient.on("token_refreshed", () => (refreshed += 1));
     await connected(avaClient);
     await avaClient.join(room);
-    await sleep(7_500);
+    await sleep(9_000); // more than twice a token's lifetime
     expect(disconnects).toEqual([]);
     expect(refreshed).toBeGreaterThanOrEqual(3);
     expect(issued).toBe(refreshed + 1);

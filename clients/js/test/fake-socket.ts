@@ -82,3 +82,12 @@ export class FakeSocket implements WebSocketLike {
 export function tick(ms = 0): Promise<void> {
   return new Promise((done) => setTimeout(done, ms));
 }
+
+/** Polls until `condition` holds (timers in these tests are real). */
+export async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await tick(5);
+  }
+}

@@ -13,7 +13,7 @@ import {
   tokenExpiresAt,
   type MessageFrame,
 } from "../src/index.js";
-import { FakeSocket, tick } from "./fake-socket.js";
+import { FakeSocket, tick, until } from "./fake-socket.js";
 
 function unsignedToken(expiresInSeconds: number): string {
   const encode = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString("base64url");
@@ -80,16 +80,55 @@ describe("backoff", () => {
     const delays: number[] = [];
     client.on("reconnecting", ({ delayMs }) => delays.push(delayMs));
     client.connect();
-    await tick(250);
+    await until(() => delays.length >= 5, "five retries");
     expect(delays.slice(0, 5)).toEqual([5, 10, 20, 40, 40]);
     FakeSocket.refuse = false;
-    await tick(60);
+    const sockets = FakeSocket.instances.length;
+    await until(() => FakeSocket.instances.length > sockets && client.state === "authenticating", "a socket that opens");
     FakeSocket.latest().welcome();
     expect(client.state).toBe("open");
     FakeSocket.latest().serverClose(1006);
     expect(delays.at(-1)).toBe(5);
     client.close();
     expect(client.state).toBe("closed");
+  });
+});
+
+describe("liveness", () => {
+  test("a socket that never gets its welcome is given up and retried", async () => {
+    const client = new MixroomClient({
+      url: "ws://mixroom.test/v1/ws",
+      getToken: () => unsignedToken(3600),
+      WebSocket: FakeSocket,
+      backoff: { initialMs: 10, maxMs: 10 },
+      requestTimeoutMs: 100,
+    });
+    const closes: number[] = [];
+    client.on("disconnected", ({ code }) => closes.push(code));
+    client.connect();
+    await until(() => FakeSocket.instances.length === 2, "a second socket");
+    expect(closes).toEqual([4000]);
+    expect(FakeSocket.instances[0]?.sentOfType("auth")).toHaveLength(1);
+    client.close();
+  });
+
+  test("a silent connection is pinged, then given up", async () => {
+    const { client, socket } = await connectedClient();
+    socket.receive({
+      type: "welcome",
+      user_id: "u1",
+      session_id: "s1",
+      server_time: new Date().toISOString(),
+      heartbeat_ms: 1000,
+    });
+    const closes: number[] = [];
+    client.on("disconnected", ({ code }) => closes.push(code));
+    await until(() => socket.sentOfType("ping").length >= 1, "a ping after a silent heartbeat");
+    expect(closes).toEqual([]);
+    await until(() => closes.length === 1, "the silent socket given up", 6000);
+    expect(closes).toEqual([4000]);
+    expect(client.state).toBe("reconnecting");
+    client.close();
   });
 });
 
@@ -111,7 +150,9 @@ describe("tokens", () => {
       refreshMarginMs: 1000,
     });
     expect(issued).toBe(1);
-    await tick(1300);
+    await tick(500);
+    expect(socket.sentOfType("auth")).toHaveLength(1); // not refreshed early
+    await until(() => socket.sentOfType("auth").length === 2, "the refresh");
     const auths = socket.sentOfType("auth");
     expect(auths).toHaveLength(2);
     expect(issued).toBe(2);
@@ -172,7 +213,7 @@ describe("delivery", () => {
     expect(socket.sentOfType("read")).toEqual([{ type: "read", room: "booking:b1", seq: 2 }]);
     socket.serverClose(1001, "server shutting down");
     expect(client.state).toBe("reconnecting");
-    await tick(80);
+    await until(() => client.state === "authenticating", "the reconnect");
     const second = FakeSocket.latest();
     expect(second).not.toBe(socket);
     second.welcome();
@@ -219,7 +260,7 @@ describe("send queue", () => {
     const second = client.send("booking:b1", "two", { clientId: "c-2" });
     expect(socket.sentOfType("send").map((f) => f.client_id)).toEqual(["c-1"]);
     socket.receive({ type: "error", ref: "send:c-1", code: "rate_limited", message: "slow down", retry_after_ms: 30 });
-    await tick(50);
+    await until(() => socket.sentOfType("send").length === 2, "the retry after retry_after_ms");
     expect(socket.sentOfType("send").map((f) => f.client_id)).toEqual(["c-1", "c-1"]);
     socket.receive({ type: "ack", ref: "send:c-1", client_id: "c-1", id: "m1", seq: 1, sent_at: "t" });
     await expect(first).resolves.toMatchObject({ seq: 1 });
@@ -235,7 +276,7 @@ describe("send queue", () => {
     const sent = client.send("booking:b1", "hello", { clientId: "c-9" });
     expect(socket.sentOfType("send")).toHaveLength(1);
     socket.serverClose(1006);
-    await tick(80);
+    await until(() => client.state === "authenticating", "the reconnect");
     const next = FakeSocket.latest();
     next.welcome();
     expect(next.sentOfType("send")).toEqual([

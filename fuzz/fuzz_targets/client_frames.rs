@@ -1,0 +1,36 @@
+//! Any text a client may send: parsing never panics, every refusal is an
+//! `invalid` error, and what parses passes the same validation the session
+//! applies (room names, history limits) without panicking.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mixroom_realtime::error::ErrorCode;
+use mixroom_realtime::rooms::RoomName;
+use mixroom_realtime::ws::frames::{parse_client_frame, ClientFrame};
+use mixroom_realtime::ws::session::history_limit;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_client_frame(text) {
+        Err((_, error)) => assert_eq!(error.code(), ErrorCode::Invalid),
+        Ok(envelope) => match envelope.frame {
+            ClientFrame::Join { room, .. }
+            | ClientFrame::Leave { room }
+            | ClientFrame::Typing { room }
+            | ClientFrame::Read { room, .. }
+            | ClientFrame::Send { room, .. } => {
+                let _ = RoomName::parse(&room);
+            }
+            ClientFrame::History { room, limit, .. } => {
+                let _ = RoomName::parse(&room);
+                if let Ok(n) = history_limit(limit) {
+                    assert!((1..=100).contains(&n));
+                }
+            }
+            ClientFrame::Auth { .. } | ClientFrame::Ping => {}
+        },
+    }
+});

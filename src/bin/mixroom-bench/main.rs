@@ -1,0 +1,109 @@
+//! `mixroom-bench`: the load generator of BENCHMARKS.md. It speaks the real
+//! protocol with real tokens to a server on a loopback address (attached
+//! with `--url`/`--pid`, or started with `--spawn` and pinned to one core
+//! while the generator pins itself to another), runs one bounded workload,
+//! reads the server's CPU time and memory from `/proc`, and prints JSON
+//! lines plus a one-line summary.
+//!
+//! ```sh
+//! cargo build --release --features bench
+//! target/release/mixroom-bench fanout --spawn target/release/mixroom-realtime --sweep
+//! ```
+//!
+//! The generator is one thread (a current-thread runtime, one task per
+//! socket) with its own minimal WebSocket client: frames are parsed in
+//! place and only the fields a workload needs are read.
+
+mod fanout;
+mod idle;
+mod measure;
+mod pairs;
+mod procfs;
+mod session;
+mod stats;
+mod target;
+mod ws;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::target::{Target, TargetArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "mixroom-bench",
+    about = "Load generator for mixroom-realtime (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// S subscribers in one booking room, one sender at R messages/s.
+    Fanout(fanout::FanoutArgs),
+    /// K booking rooms × 2 members, each sending r messages/s.
+    Pairs(pairs::PairsArgs),
+    /// C idle authenticated sockets joined to rooms: memory per connection.
+    Idle(idle::IdleArgs),
+    /// Authenticated connections per second.
+    Connect(idle::ConnectArgs),
+}
+
+impl Workload {
+    fn target(&self) -> &TargetArgs {
+        match self {
+            Workload::Fanout(a) => &a.target,
+            Workload::Pairs(a) => &a.target,
+            Workload::Idle(a) => &a.target,
+            Workload::Connect(a) => &a.target,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    stats::init_clock();
+    let bench_core = &cli.workload.target().bench_core;
+    if bench_core != "none" {
+        match bench_core.parse() {
+            Ok(core) if procfs::pin_to_cpu(core) => {}
+            _ => eprintln!("could not pin the generator to core {bench_core}; running unpinned"),
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&runtime, run(cli.workload)) {
+        Ok(summary) => {
+            println!("summary: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("mixroom-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(workload: Workload) -> anyhow::Result<String> {
+    let target = Target::open(workload.target()).await?;
+    let result = match &workload {
+        Workload::Fanout(args) => fanout::run(&target, args).await,
+        Workload::Pairs(args) => pairs::run(&target, args).await,
+        Workload::Idle(args) => idle::idle(&target, args).await,
+        Workload::Connect(args) => idle::connect(&target, args).await,
+    };
+    target.shutdown().await;
+    result
+}

@@ -1,0 +1,53 @@
+//! CPU time of the server, the generator and PostgreSQL around a measured
+//! window, turned into per-delivery figures.
+
+use serde_json::{json, Value};
+
+use crate::procfs::{self, Cpu};
+use crate::stats::{now_ns, round};
+use crate::target::Target;
+
+pub struct Snapshot {
+    at_ns: u64,
+    server: Option<Cpu>,
+    bench: Cpu,
+    postgres: Option<Cpu>,
+}
+
+impl Snapshot {
+    pub fn take(target: &Target) -> Snapshot {
+        Snapshot {
+            at_ns: now_ns(),
+            server: target.pid.and_then(procfs::process_cpu),
+            bench: procfs::self_cpu(),
+            postgres: (target.backend == "postgres").then(procfs::postgres_cpu),
+        }
+    }
+}
+
+/// The window's CPU figures; `per` is what one unit is (deliveries,
+/// connections) and `count` how many there were.
+pub fn cpu_report(before: &Snapshot, after: &Snapshot, per: &str, count: u64) -> Value {
+    let wall = (after.at_ns - before.at_ns) as f64 / 1e9;
+    let count_f = count.max(1) as f64;
+    let mut report = json!({
+        "window_s": round(wall, 3),
+        "bench_cpu_s": round(after.bench.since(&before.bench).total(), 3),
+        format!("bench_cpu_us_per_{per}"):
+            round(after.bench.since(&before.bench).total() * 1e6 / count_f, 3),
+    });
+    if let (Some(b), Some(a)) = (before.server, after.server) {
+        let used = a.since(&b);
+        report["server_cpu_s"] = json!(round(used.total(), 3));
+        report["server_cpu_util"] = json!(round(used.total() / wall.max(1e-9), 3));
+        report["server_sys_share"] = json!(round(used.system / used.total().max(1e-9), 3));
+        report[format!("server_cpu_us_per_{per}")] = json!(round(used.total() * 1e6 / count_f, 3));
+    }
+    if let (Some(b), Some(a)) = (before.postgres, after.postgres) {
+        let used = a.since(&b);
+        report["postgres_cpu_s"] = json!(round(used.total(), 3));
+        report[format!("postgres_cpu_us_per_{per}")] =
+            json!(round(used.total() * 1e6 / count_f, 3));
+    }
+    report
+}

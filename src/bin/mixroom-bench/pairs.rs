@@ -1,0 +1,302 @@
+//! `pairs`: K booking rooms of two members, each member sending r messages
+//! per second to its room. Every message is stored and acked; the other
+//! member receives it. Sends are spread evenly over time and members.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use futures_util::{stream, StreamExt};
+use memchr::memmem::Finder;
+use serde_json::json;
+
+use crate::fanout::{body_padding, settle};
+use crate::measure::{cpu_report, Snapshot};
+use crate::session::{self, is_type, two_numbers_after};
+use crate::stats::{now_ns, round, Samples};
+use crate::target::{Target, TargetArgs};
+use crate::ws::{Event, WsReader, WsWriter};
+
+#[derive(Args, Debug, Clone)]
+pub struct PairsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Booking rooms (two members each).
+    #[arg(long, default_value_t = 2000)]
+    pub rooms: usize,
+    /// Messages per second from each member.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 64)]
+    pub body_bytes: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_ms: f64,
+}
+
+#[derive(Default)]
+struct Tally {
+    deliveries: Cell<u64>,
+    echoes: Cell<u64>,
+    reordered: Cell<u64>,
+    acks: Cell<u64>,
+    errors: Cell<u64>,
+    closed: Cell<u64>,
+    other_frames: Cell<u64>,
+    last_ns: Cell<u64>,
+    latency: RefCell<Samples>,
+    ack_latency: RefCell<Samples>,
+}
+
+/// One member's reader: its acks, and its peer's messages (its own come
+/// back too, as to every member).
+async fn member(mut reader: WsReader, me: u64, tally: Rc<Tally>) {
+    let body = Finder::new(b"\"body\":\"m");
+    let client_id = Finder::new(b"\"client_id\":\"c");
+    let k_at = Finder::new(b" k");
+    let mut highest: Option<u64> = None;
+    loop {
+        match reader.next().await {
+            Ok(Event::Text(range)) => {
+                let text = reader.text(range);
+                let now = now_ns();
+                if is_type(text, b"ack") {
+                    if let Some((_, sent_ns)) = two_numbers_after(&client_id, text) {
+                        tally.ack_latency.borrow_mut().record_since(sent_ns, now);
+                        tally.acks.set(tally.acks.get() + 1);
+                        tally.last_ns.set(now);
+                        continue;
+                    }
+                } else if is_type(text, b"message") {
+                    // Body: `m<member> k<n> t<ns> ...`
+                    if let Some((who, _)) = two_numbers_after(&body, text) {
+                        if who == me {
+                            tally.echoes.set(tally.echoes.get() + 1);
+                            continue;
+                        }
+                        if let Some((n, sent_ns)) = two_numbers_after(&k_at, text) {
+                            tally.latency.borrow_mut().record_since(sent_ns, now);
+                            tally.deliveries.set(tally.deliveries.get() + 1);
+                            tally.last_ns.set(now);
+                            if highest.is_some_and(|h| n <= h) {
+                                tally.reordered.set(tally.reordered.get() + 1);
+                            } else {
+                                highest = Some(n);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                if is_type(text, b"error") {
+                    tally.errors.set(tally.errors.get() + 1);
+                } else {
+                    tally.other_frames.set(tally.other_frames.get() + 1);
+                }
+            }
+            Ok(Event::Closed(_)) | Err(_) => {
+                tally.closed.set(tally.closed.get() + 1);
+                return;
+            }
+        }
+    }
+}
+
+pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
+    let rooms = args.rooms;
+    let members = rooms * 2;
+    let setup_started = now_ns();
+    // (room, [client, provider]) per booking.
+    let bookings: Vec<(String, [String; 2])> = (0..rooms)
+        .map(|_| {
+            (
+                uuid::Uuid::new_v4().to_string(),
+                [
+                    uuid::Uuid::new_v4().to_string(),
+                    uuid::Uuid::new_v4().to_string(),
+                ],
+            )
+        })
+        .collect();
+    let created: Vec<anyhow::Result<()>> = stream::iter(&bookings)
+        .map(|(booking, [client, provider])| async move {
+            target
+                .put_booking(booking, client, std::slice::from_ref(provider))
+                .await
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    if let Some(error) = created.into_iter().find_map(Result::err) {
+        bail!("cannot mirror the bookings: {error:#}");
+    }
+    let tally = Rc::new(Tally::default());
+    let opened: Vec<(usize, anyhow::Result<session::Opened>)> = stream::iter(0..members)
+        .map(|i| {
+            let (booking, users) = &bookings[i / 2];
+            let role = if i % 2 == 0 { "client" } else { "studio_owner" };
+            let token = target.token(&users[i % 2], role, &format!("Member {i}"));
+            let room = format!("booking:{booking}");
+            async move {
+                (
+                    i,
+                    session::open(target, &token, Some(&room), 8 * 1024, i as u32).await,
+                )
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    let mut writers: Vec<Option<Rc<WsWriter>>> = vec![None; members];
+    let mut tasks = Vec::with_capacity(members);
+    let mut first_error = None;
+    for (i, result) in opened {
+        match result {
+            Ok(opened) => {
+                writers[i] = Some(opened.writer);
+                tasks.push(tokio::task::spawn_local(member(
+                    opened.reader,
+                    (i % 2) as u64,
+                    tally.clone(),
+                )));
+            }
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        for task in &tasks {
+            task.abort();
+        }
+        bail!("not every member could join: {error:#}");
+    }
+    let writers: Vec<Rc<WsWriter>> = writers.into_iter().map(Option::unwrap).collect();
+    let counter = tally.clone();
+    settle(
+        move || counter.other_frames.get(),
+        Duration::from_millis(500),
+        Duration::from_secs(120),
+    )
+    .await;
+    let setup_s = (now_ns() - setup_started) as f64 / 1e9;
+
+    // Send `index` = member `index % members`'s message `index / members`.
+    let total_rate = args.rate * members as f64;
+    let total = (total_rate * args.duration).round() as u64;
+    let before = Snapshot::take(target);
+    let start_ns = now_ns();
+    let started = tokio::time::Instant::now();
+    let mut sent: u64 = 0;
+    let mut frame = String::with_capacity(args.body_bytes + 256);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < total {
+        tick.tick().await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let due = ((elapsed * total_rate) as u64 + 1).min(total);
+        while sent < due {
+            let member = (sent % members as u64) as usize;
+            let n = sent / members as u64;
+            let (booking, _) = &bookings[member / 2];
+            let sent_ns = now_ns();
+            let head = format!("m{} k{n} t{sent_ns} ", member % 2);
+            frame.clear();
+            frame.push_str(&format!(
+                r#"{{"type":"send","room":"booking:{booking}","client_id":"c{n}_{sent_ns}","body":"{head}"#
+            ));
+            frame.push_str(&body_padding(args.body_bytes, head.len()));
+            frame.push_str("\"}");
+            writers[member].send_text(frame.as_bytes()).await?;
+            sent += 1;
+        }
+    }
+    let send_s = (now_ns() - start_ns) as f64 / 1e9;
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last_seen = 0;
+    let mut still_since = tokio::time::Instant::now();
+    while tally.deliveries.get() < total || tally.acks.get() < total {
+        if tokio::time::Instant::now() > drain_deadline
+            || still_since.elapsed() > Duration::from_secs(3)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let seen = tally.deliveries.get() + tally.acks.get();
+        if seen != last_seen {
+            last_seen = seen;
+            still_since = tokio::time::Instant::now();
+        }
+    }
+    let after = Snapshot::take(target);
+    for task in &tasks {
+        task.abort();
+    }
+    drop(writers);
+
+    let deliveries = tally.deliveries.get();
+    let acks = tally.acks.get();
+    let active_s = (tally.last_ns.get().max(start_ns) - start_ns) as f64 / 1e9;
+    let latency = tally.latency.borrow_mut().summary();
+    let ack_latency = tally.ack_latency.borrow_mut().summary();
+    let missing = total.saturating_sub(deliveries);
+    let unacked = total.saturating_sub(acks);
+    let pass = missing == 0
+        && unacked == 0
+        && tally.closed.get() == 0
+        && tally.errors.get() == 0
+        && tally.reordered.get() == 0
+        && ack_latency.p99 < args.p99_ms
+        && send_s <= args.duration * 1.1 + 0.1;
+    let mut cpu = cpu_report(&before, &after, "message", total);
+    if let Some(server) = cpu["server_cpu_s"].as_f64() {
+        // Each message is one stored row, one ack and two deliveries.
+        cpu["server_cpu_us_per_delivery"] =
+            json!(round(server * 1e6 / (2 * deliveries).max(1) as f64, 3));
+    }
+    let line = json!({
+        "workload": "pairs",
+        "target": target.backend,
+        "rooms": rooms,
+        "rate_per_member": args.rate,
+        "duration_s": args.duration,
+        "body_bytes": args.body_bytes,
+        "setup_s": round(setup_s, 2),
+        "send_s": round(send_s, 3),
+        "sent": total,
+        "acks": acks,
+        "acks_per_s": round(acks as f64 / active_s.max(1e-9), 0),
+        "deliveries": deliveries,
+        "deliveries_per_s": round(deliveries as f64 / active_s.max(1e-9), 0),
+        "missing": missing,
+        "unacked": unacked,
+        "reordered": tally.reordered.get(),
+        "echoes": tally.echoes.get(),
+        "errors": tally.errors.get(),
+        "closed": tally.closed.get(),
+        "ack_ms": ack_latency.json(),
+        "latency_ms": latency.json(),
+        "cpu": cpu,
+        "pass": pass,
+    });
+    println!("{line}");
+    Ok(format!(
+        "pairs {} {rooms} rooms × 2 × {}/s: {:.0} acks/s, ack p50/p99 {:.1}/{:.1} ms, delivery p50/p99 {:.1}/{:.1} ms, missing {missing}, {} µs server CPU/message{}",
+        target.backend,
+        args.rate,
+        acks as f64 / active_s.max(1e-9),
+        ack_latency.p50,
+        ack_latency.p99,
+        latency.p50,
+        latency.p99,
+        cpu["server_cpu_us_per_message"]
+            .as_f64()
+            .map_or("?".into(), |c| format!("{c:.1}")),
+        if pass { "" } else { " (FAIL)" }
+    ))
+}

@@ -1,0 +1,178 @@
+//! What operators and integrators read: the OpenAPI document matches the
+//! routes the server really has, and /metrics exposes the promised series.
+
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY};
+
+/// Every route of the server, with sample path values.
+const ROUTES: &[(&str, &str, &str)] = &[
+    ("get", "/healthz", "/healthz"),
+    ("get", "/readyz", "/readyz"),
+    ("get", "/metrics", "/metrics"),
+    ("get", "/v1/openapi.json", "/v1/openapi.json"),
+    (
+        "get",
+        "/v1/rooms/{room}/messages",
+        "/v1/rooms/booking:x/messages",
+    ),
+    ("get", "/v1/notifications", "/v1/notifications"),
+    (
+        "post",
+        "/v1/notifications/{id}/read",
+        "/v1/notifications/x/read",
+    ),
+    (
+        "post",
+        "/v1/notifications/read-all",
+        "/v1/notifications/read-all",
+    ),
+    ("get", "/v1/me/unread", "/v1/me/unread"),
+    ("get", "/v1/me/preferences", "/v1/me/preferences"),
+    ("put", "/v1/me/preferences", "/v1/me/preferences"),
+    ("get", "/v1/me/export", "/v1/me/export"),
+    ("delete", "/v1/me", "/v1/me"),
+    ("get", "/v1/unsubscribe", "/v1/unsubscribe?token=x"),
+    ("post", "/v1/unsubscribe", "/v1/unsubscribe?token=x"),
+    (
+        "post",
+        "/v1/support/conversations",
+        "/v1/support/conversations",
+    ),
+    (
+        "get",
+        "/v1/admin/support/conversations",
+        "/v1/admin/support/conversations",
+    ),
+    (
+        "get",
+        "/v1/admin/support/conversations/{id}",
+        "/v1/admin/support/conversations/x",
+    ),
+    (
+        "post",
+        "/v1/admin/support/conversations/{id}/takeover",
+        "/v1/admin/support/conversations/x/takeover",
+    ),
+    ("put", "/v1/internal/users/{id}", "/v1/internal/users/x"),
+    (
+        "put",
+        "/v1/internal/bookings/{id}",
+        "/v1/internal/bookings/x",
+    ),
+    (
+        "post",
+        "/v1/internal/notifications",
+        "/v1/internal/notifications",
+    ),
+    (
+        "post",
+        "/v1/internal/rooms/{room}/messages",
+        "/v1/internal/rooms/booking:x/messages",
+    ),
+    ("post", "/v1/webhooks/stripe", "/v1/webhooks/stripe"),
+];
+
+/// The document lists every route, and every listed route exists (a route
+/// the server lacks answers actix's bare 404; ours always carry a body).
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(&backend, &[]);
+    let doc: Value = server
+        .http_client()
+        .get(server.http("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let documented: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.clone(), path.clone()))
+        })
+        .filter(|(_, path)| path != "/v1/ws")
+        .collect();
+    for (method, template, _) in ROUTES {
+        assert!(
+            documented.contains(&(method.to_string(), template.to_string())),
+            "{method} {template} is not in docs/openapi.json"
+        );
+    }
+    assert_eq!(
+        documented.len(),
+        ROUTES.len(),
+        "the document lists routes the server lacks: {documented:?}"
+    );
+
+    let ava = TestUser::client("Ava");
+    for (method, template, sample) in ROUTES {
+        let url = server.http(sample);
+        let client = server.http_client();
+        let request = match *method {
+            "get" => client.get(url),
+            "post" => client.post(url),
+            "put" => client.put(url),
+            _ => client.delete(url),
+        };
+        let bearer = if sample.starts_with("/v1/internal") {
+            INTERNAL_API_KEY
+        } else {
+            &ava.token
+        };
+        let response = request.bearer_auth(bearer).send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert!(
+            !(status == 404 && body.is_empty()),
+            "{method} {template}: the server has no such route"
+        );
+    }
+}
+
+/// The series an operator's dashboard is built on.
+#[tokio::test]
+async fn metrics_expose_connections_rooms_frames_and_latencies() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(&backend, &[]);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&room, None).await;
+    ava_ws.send_msg(&room, "m1", "hello").await;
+    let text = server
+        .http_client()
+        .get(server.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "mixroom_ws_sessions 1",
+        "mixroom_rooms_active 1",
+        "mixroom_ws_frames_in_total",
+        "mixroom_ws_frames_out_total",
+        "mixroom_messages_stored_total 1",
+        "mixroom_store_commit_seconds_bucket",
+        "mixroom_fanout_seconds_count 1",
+        "mixroom_email_outbox_queued",
+        "mixroom_emails_sent_total",
+        "mixroom_emails_failed_total",
+        "mixroom_agent_answer_seconds",
+        "mixroom_agent_tokens_total",
+        "mixroom_rate_limited_total",
+    ] {
+        assert!(text.contains(series), "/metrics lacks `{series}`:\n{text}");
+    }
+}
