@@ -19,7 +19,7 @@ use std::io::Write;
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -35,6 +35,27 @@ struct Frame<'a> {
     client_id: Option<&'a str>,
     #[serde(default)]
     body: Option<String>,
+}
+
+/// The `message` frame, fields in the order of the real server's.
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    room: &'a str,
+    seq: u64,
+    id: &'a str,
+    client_id: &'a str,
+    sender: Sender<'a>,
+    body: &'a str,
+    sent_at: &'a str,
+}
+
+#[derive(Serialize)]
+struct Sender<'a> {
+    user_id: &'a str,
+    name: &'a str,
+    role: &'a str,
 }
 
 struct Member {
@@ -150,18 +171,19 @@ async fn serve(
                         room.seq += 1;
                         let seq = room.seq;
                         let message_id = format!("01900000-0000-7000-8000-{seq:012}");
-                        let message = serde_json::json!({
-                            "type": "message",
-                            "room": room_name,
-                            "seq": seq,
-                            "id": message_id,
-                            "client_id": client_id,
-                            "sender": {"user_id": &*user_id, "name": "Sender", "role": "client"},
-                            "body": frame.body.unwrap_or_default(),
-                            "sent_at": "2026-01-01T00:00:00.000Z",
-                        });
+                        let message = MessageFrame {
+                            kind: "message",
+                            room: room_name,
+                            seq,
+                            id: &message_id,
+                            client_id,
+                            sender: Sender { user_id: &user_id, name: "Sender", role: "client" },
+                            body: frame.body.as_deref().unwrap_or_default(),
+                            sent_at: "2026-01-01T00:00:00.000Z",
+                        };
                         // Serialised once; every member gets the same bytes.
-                        let shared = Message::Text(Utf8Bytes::from(message.to_string()));
+                        let text = serde_json::to_string(&message).unwrap_or_default();
+                        let shared = Message::Text(Utf8Bytes::from(text));
                         room.members.retain(|m| m.queue.send(shared.clone()).is_ok());
                         format!(
                             r#"{{"type":"ack","client_id":"{client_id}","id":"{message_id}","seq":{seq},"sent_at":"2026-01-01T00:00:00.000Z"}}"#

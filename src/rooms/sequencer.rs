@@ -44,10 +44,40 @@ impl StoredMessage {
 #[rtype(result = "()")]
 pub struct Committed(pub Vec<Arc<StoredMessage>>);
 
+/// The outcome of a [`Sequencer::submit`], sent to the submitter.
+#[derive(actix::Message, Debug)]
+#[rtype(result = "()")]
+pub struct StoreOutcome {
+    /// What the submitter attached (the frame's `ref`).
+    pub reference: Option<String>,
+    pub result: Result<Appended, Arc<crate::db::DbError>>,
+}
+
+/// Where an append's outcome goes.
+enum Reply {
+    Waiting(oneshot::Sender<Result<Appended, Arc<crate::db::DbError>>>),
+    /// A message to an actor: a socket with many sends in flight holds no
+    /// future per send.
+    Actor(Recipient<StoreOutcome>, Option<String>),
+}
+
+impl Reply {
+    fn send(self, result: Result<Appended, Arc<crate::db::DbError>>) {
+        match self {
+            Reply::Waiting(sender) => {
+                let _ = sender.send(result);
+            }
+            Reply::Actor(recipient, reference) => {
+                recipient.do_send(StoreOutcome { reference, result })
+            }
+        }
+    }
+}
+
 enum Request {
     Append {
         message: NewMessage,
-        reply: oneshot::Sender<Result<Appended, Arc<crate::db::DbError>>>,
+        reply: Reply,
     },
     /// Answered once everything queued before it is committed.
     Flush(oneshot::Sender<()>),
@@ -78,7 +108,10 @@ impl Sequencer {
     pub async fn append(&self, message: NewMessage) -> Result<Appended, AppError> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request::Append { message, reply })
+            .send(Request::Append {
+                message,
+                reply: Reply::Waiting(reply),
+            })
             .await
             .map_err(|_| AppError::internal(anyhow::anyhow!("sequencer stopped")))?;
         match answer.await {
@@ -88,6 +121,29 @@ impl Sequencer {
                 "sequencer dropped the append"
             ))),
         }
+    }
+
+    /// Queues a message without waiting; the outcome is sent to `notify`.
+    /// A full queue (the store far behind) is refused at once.
+    pub fn submit(
+        &self,
+        message: NewMessage,
+        notify: Recipient<StoreOutcome>,
+        reference: Option<String>,
+    ) -> Result<(), AppError> {
+        self.requests
+            .try_send(Request::Append {
+                message,
+                reply: Reply::Actor(notify, reference),
+            })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => AppError::RateLimited {
+                    retry_after_ms: 100,
+                },
+                mpsc::error::TrySendError::Closed(_) => {
+                    AppError::internal(anyhow::anyhow!("sequencer stopped"))
+                }
+            })
     }
 
     /// Waits until every append queued so far is committed.
@@ -128,10 +184,7 @@ async fn run_writer(
     }
 }
 
-type Pending = (
-    NewMessage,
-    oneshot::Sender<Result<Appended, Arc<crate::db::DbError>>>,
-);
+type Pending = (NewMessage, Reply);
 
 async fn commit(db: &Db, batch: Vec<Pending>, publish: &Recipient<Committed>, metrics: &Metrics) {
     let started = Instant::now();
@@ -167,7 +220,7 @@ async fn commit(db: &Db, batch: Vec<Pending>, publish: &Recipient<Committed>, me
         if let Err(error) = &result {
             tracing::error!(%error, "message not stored");
         }
-        let _ = reply.send(result);
+        reply.send(result);
     }
     metrics.messages_stored.inc_by(committed.len() as u64);
     if !committed.is_empty() {

@@ -25,6 +25,7 @@ use crate::rooms::hub::{
     CloseConnection, JoinRoom, OpenConnection, RegisterSession, UnregisterSession,
 };
 use crate::rooms::room::{Leave, ReadReceipt, RoomActor, RoomMember, Typing};
+use crate::rooms::sequencer::StoreOutcome;
 use crate::rooms::{authorize_read, authorize_write, RoomKind, RoomName};
 
 /// Close codes of the contract.
@@ -42,6 +43,8 @@ const HISTORY_MAX: i64 = 100;
 /// Replay reads the store in pages of this many messages.
 const REPLAY_PAGE: i64 = 500;
 const CLIENT_ID_MAX: usize = 128;
+/// How long a write-access check of a room not joined stays valid.
+const WRITE_ACCESS_TTL: Duration = Duration::from_secs(30);
 
 /// What other actors send to a session.
 #[derive(Message, Clone)]
@@ -77,6 +80,12 @@ pub struct WsSession {
     identity: Option<Identity>,
     last_heard: Instant,
     rooms: HashMap<String, JoinedRoom>,
+    /// Rooms this socket may write to without having joined them, and
+    /// when that was checked (checks expire, so a participant removed
+    /// from a booking loses write access).
+    writable: HashMap<String, Instant>,
+    /// Sends to a room whose write access is being checked, in order.
+    awaiting_access: HashMap<String, Vec<(NewMessage, Option<String>)>>,
     expiry: Option<SpawnHandle>,
     /// `rate_limited` answers in a row; too many closes the socket.
     strikes: u32,
@@ -100,6 +109,8 @@ impl WsSession {
             identity: None,
             last_heard: Instant::now(),
             rooms: HashMap::new(),
+            writable: HashMap::new(),
+            awaiting_access: HashMap::new(),
             expiry: None,
             strikes: 0,
             fragments: None,
@@ -490,8 +501,6 @@ impl WsSession {
                 body.len()
             )));
         }
-        let joined = self.rooms.contains_key(room.as_str());
-        let state = self.state.clone();
         let message = NewMessage {
             id: None,
             room: room.to_string(),
@@ -501,29 +510,52 @@ impl WsSession {
             client_id: Some(client_id),
             body,
         };
+        let checked_recently = self
+            .writable
+            .get(room.as_str())
+            .is_some_and(|checked| checked.elapsed() < WRITE_ACCESS_TTL);
+        if self.rooms.contains_key(room.as_str()) || checked_recently {
+            // No future per send: the ack comes back as a `StoreOutcome`.
+            return self
+                .state
+                .sequencer
+                .submit(message, ctx.address().recipient(), reference);
+        }
+        // Not joined: one access check per room, the sends queued behind it
+        // in order (a client may pipeline many before the answer).
+        if let Some(queue) = self.awaiting_access.get_mut(room.as_str()) {
+            queue.push((message, reference));
+            return Ok(());
+        }
+        self.awaiting_access
+            .insert(room.to_string(), vec![(message, reference)]);
+        let db = self.state.db.clone();
         ctx.spawn(
             async move {
-                if !joined {
-                    authorize_write(&state.db, &identity, &room).await?;
-                }
-                state.sequencer.append(message).await
+                let access = authorize_write(&db, &identity, &room).await;
+                (room, access)
             }
             .into_actor(self)
-            .map(move |result, session, ctx| match result {
-                Ok(appended) => {
-                    let row = &appended.row;
-                    ctx.text(
-                        ServerFrame::Ack {
-                            reference: reference.as_deref(),
-                            client_id: row.client_id.as_deref().unwrap_or_default(),
-                            id: &row.id,
-                            seq: row.seq,
-                            sent_at: crate::time::rfc3339_ms(row.sent_at),
-                        }
-                        .encode(),
-                    );
+            .map(|(room, access), session, ctx| {
+                let queued = session
+                    .awaiting_access
+                    .remove(room.as_str())
+                    .unwrap_or_default();
+                if access.is_ok() {
+                    session.writable.insert(room.to_string(), Instant::now());
                 }
-                Err(error) => session.send_error(ctx, reference.as_deref(), &error),
+                for (message, reference) in queued {
+                    let submitted = access.as_ref().map_err(clone_error).and_then(|()| {
+                        session.state.sequencer.submit(
+                            message,
+                            ctx.address().recipient(),
+                            reference.clone(),
+                        )
+                    });
+                    if let Err(error) = submitted {
+                        session.send_error(ctx, reference.as_deref(), &error);
+                    }
+                }
             }),
         );
         Ok(())
@@ -623,6 +655,22 @@ impl WsSession {
     }
 }
 
+/// Access errors are answered once per queued send.
+fn clone_error(error: &AppError) -> AppError {
+    match error {
+        AppError::Invalid(m) => AppError::Invalid(m.clone()),
+        AppError::Unprocessable(m) => AppError::Unprocessable(m.clone()),
+        AppError::Unauthorized(m) => AppError::Unauthorized(m.clone()),
+        AppError::Forbidden(m) => AppError::Forbidden(m.clone()),
+        AppError::NotFound(m) => AppError::NotFound(m.clone()),
+        AppError::TooLarge(m) => AppError::TooLarge(m.clone()),
+        AppError::RateLimited { retry_after_ms } => AppError::RateLimited {
+            retry_after_ms: *retry_after_ms,
+        },
+        AppError::Internal(source) => AppError::internal(anyhow::anyhow!("{source:#}")),
+    }
+}
+
 /// The contract's history limit: default 50, at most 100.
 pub fn history_limit(limit: Option<i64>) -> Result<i64, AppError> {
     match limit {
@@ -705,6 +753,34 @@ impl Actor for WsSession {
                 session_id: self.id.clone(),
                 user_id: identity.user_id.clone(),
             });
+        }
+    }
+}
+
+/// A message this socket sent was stored (or could not be): the `ack`.
+impl Handler<StoreOutcome> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, outcome: StoreOutcome, ctx: &mut Self::Context) {
+        let reference = outcome.reference.as_deref();
+        match outcome.result {
+            Ok(appended) => {
+                let row = &appended.row;
+                ctx.text(
+                    ServerFrame::Ack {
+                        reference,
+                        client_id: row.client_id.as_deref().unwrap_or_default(),
+                        id: &row.id,
+                        seq: row.seq,
+                        sent_at: crate::time::rfc3339_ms(row.sent_at),
+                    }
+                    .encode(),
+                );
+            }
+            Err(error) => {
+                let error = AppError::internal(anyhow::anyhow!("{error}"));
+                self.send_error(ctx, reference, &error);
+            }
         }
     }
 }
