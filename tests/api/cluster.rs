@@ -550,3 +550,100 @@ impl Drop for OpenGuard {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Three nodes share the outbox: Sam, offline, gets exactly one email for
+/// Ava's messages, sent by one node.
+#[tokio::test]
+async fn each_email_goes_out_once_with_three_nodes() {
+    use crate::fake_resend::FakeResend;
+
+    let Some((backend, redis)) = services() else {
+        return;
+    };
+    let fake = FakeResend::start();
+    let base_url = fake.base_url();
+    let mut env = node_env(&redis);
+    env.extend([
+        (
+            "MIXROOM__EMAIL__RESEND_API_KEY",
+            "re_test_cluster".to_owned(),
+        ),
+        ("MIXROOM__EMAIL__RESEND_BASE_URL", base_url),
+        ("MIXROOM__EMAIL__OFFLINE_DELAY_SECS", "1".to_owned()),
+        ("MIXROOM__EMAIL__SWEEP_INTERVAL_MS", "200".to_owned()),
+    ]);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let nodes: Vec<TestServer> = (0..3)
+        .map(|_| TestServer::spawn(&backend, &pairs))
+        .collect();
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = nodes[0].open_booking(&ava, &[&sam]).await;
+    let mut ava_ws = WsClient::connect_as(&nodes[1], &ava).await;
+    ava_ws.join(&room, None).await;
+    for i in 0..3 {
+        ava_ws
+            .send_msg(&room, &format!("m{i}"), &format!("Take {i} is up"))
+            .await;
+    }
+    let emails = fake
+        .wait_for_emails_to(&sam.email(), 1, Duration::from_secs(20))
+        .await;
+    assert!(
+        emails[0].text.contains("Take 2 is up"),
+        "one digest of all three"
+    );
+    // Every node sweeps the outbox every 200 ms: none sends it again.
+    fake.expect_no_more_emails(1, std::time::Instant::now() + Duration::from_secs(3))
+        .await;
+    fake.assert_no_violations();
+}
+
+/// A support question asked through one node is answered once, however
+/// many nodes run; an admin on another node watches the answer stream in.
+#[tokio::test]
+async fn the_support_agent_answers_once_across_nodes() {
+    let Some((backend, redis)) = services() else {
+        return;
+    };
+    let nodes: Vec<TestServer> = (0..3).map(|_| spawn_node(&backend, &redis)).collect();
+    let ava = TestUser::client("Ava");
+    let nia = TestUser::admin("Nia");
+    nodes[0].put_user(&ava).await;
+    nodes[0].put_user(&nia).await;
+    let opened: Value = nodes[0]
+        .http_client()
+        .post(nodes[0].http("/v1/support/conversations"))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room = format!("support:{}", opened["id"].as_str().unwrap());
+    let mut nia_ws = WsClient::connect_as(&nodes[2], &nia).await;
+    nia_ws.join(&room, None).await;
+    let mut ava_ws = WsClient::connect_as(&nodes[1], &ava).await;
+    ava_ws.join(&room, None).await;
+    ava_ws
+        .send_msg(&room, "q1", "How do I cancel a booking?")
+        .await;
+
+    let delta = nia_ws.recv_type("message.delta").await;
+    let answer = nia_ws
+        .recv_matching("the agent's answer", |f| {
+            f["type"] == "message" && f["sender"]["role"] == "agent"
+        })
+        .await;
+    assert_eq!(delta["id"], answer["id"], "the deltas belong to the answer");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let history = nodes[0].history_over_http(&nia, &room, None, None).await;
+    let agent_turns = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["sender"]["role"] == "agent")
+        .count();
+    assert_eq!(agent_turns, 1, "answered once: {history}");
+}
