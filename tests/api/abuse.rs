@@ -54,18 +54,19 @@ async fn a_flooding_client_is_limited_then_closed() {
         }
     };
     assert_eq!(code, 4029, "closed for flooding");
-    assert!(acked <= 5, "only the burst went through: {acked}");
+    assert!(acked <= 4, "only the burst went through: {acked}");
     assert!(
         limited >= 9,
         "told to slow down before being closed: {limited}"
     );
 
-    // Nothing over the budget was stored, and the server is fine.
+    // Nothing over the budget was stored (what was within it is stored
+    // even when the close overtook its ack), and the server is fine.
     let history = server.history_over_http(&sam, &room, None, Some(100)).await;
-    assert_eq!(
-        history["messages"].as_array().unwrap().len(),
-        acked,
-        "{history}"
+    let stored = history["messages"].as_array().unwrap().len();
+    assert!(
+        stored >= acked && stored <= 4,
+        "{stored} stored, {acked} acked (burst 5, one spent on join): {history}"
     );
     let mut sam_ws = WsClient::connect_as(&server, &sam).await;
     sam_ws.ping().await;
@@ -264,7 +265,7 @@ async fn a_client_that_stops_reading_is_dropped_and_resumes() {
         }
         ava_ws.wait_ack(&format!("m{sent}")).await;
         ava_ws.drain_pending();
-        if metric(&server, "slow_consumers_dropped_total").await >= 1 {
+        if server.metric("mixroom_slow_consumers_dropped_total").await >= 1.0 {
             break;
         }
         assert!(
@@ -291,22 +292,6 @@ async fn a_client_that_stops_reading_is_dropped_and_resumes() {
         let message = sam_ws.recv_type("message").await;
         assert_eq!(message["seq"], expected);
     }
-}
-
-async fn metric(server: &TestServer, name: &str) -> i64 {
-    let text = server
-        .http_client()
-        .get(server.http("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("mixroom_{name} ")))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map_or(0, |value| value as i64)
 }
 
 /// Thousands of random frames — garbage bytes, broken JSON, known frame

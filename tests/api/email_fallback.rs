@@ -124,36 +124,6 @@ async fn put_preferences(server: &TestServer, user: &TestUser, body: Value) -> r
 }
 
 /// The value of one Prometheus sample, e.g. `mixroom_emails_sent_total`.
-async fn metric(server: &TestServer, sample: &str) -> f64 {
-    let text = server
-        .http_client()
-        .get(server.http("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
-}
-
-async fn wait_for_metric(server: &TestServer, sample: &str, expected: f64) {
-    let deadline = Instant::now() + EMAIL_WAIT;
-    loop {
-        let value = metric(server, sample).await;
-        if value == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sample} is {value}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The link after `Stop emails about <label>: ` in the text part.
 fn unsubscribe_url(email: &Email, label: &str) -> String {
     let prefix = format!("Stop emails about {label}: ");
@@ -386,12 +356,13 @@ async fn rate_limited_send_waits_for_retry_after(backend: Backend) {
     );
     fake.expect_no_more_emails(1, Instant::now() + Duration::from_secs(2))
         .await;
-    wait_for_metric(
-        &server,
-        "mixroom_email_retries_total{reason=\"rate_limited\"}",
-        1.0,
-    )
-    .await;
+    server
+        .wait_for_metric(
+            "mixroom_email_retries_total{reason=\"rate_limited\"}",
+            1.0,
+            EMAIL_WAIT,
+        )
+        .await;
     fake.assert_no_violations();
 }
 
@@ -417,13 +388,16 @@ async fn server_errors_are_retried_until_accepted(backend: Backend) {
         // Backoff from 300 ms with jitter: at least half of it.
         assert!(gap >= Duration::from_millis(140), "retried after {gap:?}");
     }
-    wait_for_metric(
-        &server,
-        "mixroom_email_retries_total{reason=\"transient\"}",
-        2.0,
-    )
-    .await;
-    wait_for_metric(&server, "mixroom_emails_sent_total", 1.0).await;
+    server
+        .wait_for_metric(
+            "mixroom_email_retries_total{reason=\"transient\"}",
+            2.0,
+            EMAIL_WAIT,
+        )
+        .await;
+    server
+        .wait_for_metric("mixroom_emails_sent_total", 1.0, EMAIL_WAIT)
+        .await;
     fake.assert_no_violations();
 }
 
@@ -437,7 +411,9 @@ async fn permanent_failure_is_given_up_and_counted(backend: Backend) {
     let (_ava, _sam, room, mut ava_ws) = ava_writes_to_sam(&server).await;
     ava_ws.send_msg(&room, "m1", "Doomed").await;
 
-    wait_for_metric(&server, "mixroom_emails_failed_total", 1.0).await;
+    server
+        .wait_for_metric("mixroom_emails_failed_total", 1.0, EMAIL_WAIT)
+        .await;
     // Several backoffs later, still two requests: no retry loop.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
@@ -517,7 +493,9 @@ async fn crash_during_send_is_deduplicated_by_the_idempotency_key(backend: Backe
     drop(ava_ws);
     server.restart();
 
-    wait_for_metric(&server, "mixroom_emails_sent_total", 1.0).await;
+    server
+        .wait_for_metric("mixroom_emails_sent_total", 1.0, EMAIL_WAIT)
+        .await;
     let requests = fake.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(requests[0].idempotency_key, requests[1].idempotency_key);
@@ -817,20 +795,19 @@ async fn user_without_address_is_skipped(backend: Backend) {
 
     let emails = fake.wait_for_emails_to(&eli.email(), 1, EMAIL_WAIT).await;
     assert!(emails[0].text.contains("Hello both"));
-    wait_for_metric(
-        &server,
-        "mixroom_email_items_dropped_total{reason=\"no_address\"}",
-        1.0,
-    )
-    .await;
+    server
+        .wait_for_metric(
+            "mixroom_email_items_dropped_total{reason=\"no_address\"}",
+            1.0,
+            EMAIL_WAIT,
+        )
+        .await;
     fake.expect_no_more_emails(1, Instant::now() + Duration::from_secs(2))
         .await;
     assert_eq!(
-        metric(
-            &server,
-            "mixroom_email_items_dropped_total{reason=\"no_address\"}"
-        )
-        .await,
+        server
+            .metric("mixroom_email_items_dropped_total{reason=\"no_address\"}")
+            .await,
         1.0,
         "decided once, not retried"
     );
@@ -890,6 +867,8 @@ async fn embedded_default_writes_outbox_files(backend: Backend) {
         written.contains("&lt;hello&gt; from the outbox"),
         "html part: {written}"
     );
-    wait_for_metric(&server, "mixroom_emails_sent_total", 1.0).await;
+    server
+        .wait_for_metric("mixroom_emails_sent_total", 1.0, EMAIL_WAIT)
+        .await;
     let _ = std::fs::remove_dir_all(&dir);
 }

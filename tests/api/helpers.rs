@@ -360,6 +360,39 @@ impl TestServer {
         *self = next;
     }
 
+    /// A sample of `/metrics` by its full name (labels included, e.g.
+    /// `mixroom_rate_limited_total{limit="http"}`); 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.http("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a metric value"))
+    }
+
+    /// Polls `/metrics` until `sample` equals `expected`.
+    pub async fn wait_for_metric(&self, sample: &str, expected: f64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let value = self.metric(sample).await;
+            if value == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} stayed {value}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `PUT /v1/internal/users/{id}`, as the Mixroom backend mirrors a profile.
     pub async fn put_user(&self, user: &TestUser) {
         let response = self

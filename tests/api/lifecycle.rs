@@ -73,38 +73,6 @@ async fn asymmetric_tokens_are_verified_through_jwks() {
     }
 }
 
-async fn gauge(server: &TestServer, name: &str) -> i64 {
-    let text = server
-        .http_client()
-        .get(server.http("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("mixroom_{name} ")))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as i64)
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
-async fn wait_for_gauge(server: &TestServer, name: &str, expected: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let value = gauge(server, name).await;
-        if value == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed {value}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A tab closed politely, a laptop that went to sleep mid-session (its
 /// socket never answers pings again), and the room they were in: the
 /// server drops all three, and the room comes back on the next join.
@@ -130,22 +98,32 @@ async fn closed_and_silent_sessions_and_idle_rooms_are_dropped() {
     // From here on Sam's socket stays open but is never read again: the
     // server's pings go unanswered.
     let silent_since = Instant::now();
-    wait_for_gauge(&server, "ws_sessions", 2).await;
-    wait_for_gauge(&server, "rooms_active", 1).await;
+    server
+        .wait_for_metric("mixroom_ws_sessions", 2.0, Duration::from_secs(10))
+        .await;
+    server
+        .wait_for_metric("mixroom_rooms_active", 1.0, Duration::from_secs(10))
+        .await;
 
     // Ava closes her tab; Sam's socket goes silent. (Sam may already be
     // dropped by the time Ava's close is seen when the machine is busy, so
     // only the end state and the silence timing are checked.)
     ava_ws.disconnect().await;
 
-    wait_for_gauge(&server, "ws_sessions", 0).await;
+    server
+        .wait_for_metric("mixroom_ws_sessions", 0.0, Duration::from_secs(10))
+        .await;
     assert!(
         silent_since.elapsed() >= Duration::from_millis(1900),
         "dropped after the client timeout (2 s), not before: {:?}",
         silent_since.elapsed()
     );
-    wait_for_gauge(&server, "users_online", 0).await;
-    wait_for_gauge(&server, "rooms_active", 0).await;
+    server
+        .wait_for_metric("mixroom_users_online", 0.0, Duration::from_secs(10))
+        .await;
+    server
+        .wait_for_metric("mixroom_rooms_active", 0.0, Duration::from_secs(10))
+        .await;
     drop(sam_ws);
 
     // The room is started again on demand, where its sequence left off.
@@ -153,5 +131,7 @@ async fn closed_and_silent_sessions_and_idle_rooms_are_dropped() {
     ava_ws.join(&room, None).await;
     let ack = ava_ws.send_msg(&room, "after-idle", "still here").await;
     assert_eq!(ack["seq"], 1, "{ack}");
-    wait_for_gauge(&server, "rooms_active", 1).await;
+    server
+        .wait_for_metric("mixroom_rooms_active", 1.0, Duration::from_secs(10))
+        .await;
 }
