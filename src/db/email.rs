@@ -352,20 +352,29 @@ impl Db {
         if rows.is_empty() {
             return Ok(0);
         }
-        db_run!(self, |conn| {
-            conn.transaction::<_, DbError, _>(async |conn| {
+        match self {
+            // One blocking call for all rows, not one thread hop per row.
+            Db::Sqlite(pool) => {
+                let rows = rows.to_vec();
+                let mut pooled = pool.get().await?;
+                Ok(pooled
+                    .spawn_blocking(move |conn| sqlite_items::insert(conn, &rows))
+                    .await?)
+            }
+            // Multi-row statements, not one round trip per row.
+            Db::Postgres(pool) => {
+                let mut pooled = pool.get().await?;
                 let mut inserted = 0;
-                for row in rows {
+                for chunk in rows.chunks(1000) {
                     inserted += diesel::insert_into(email_items::table)
-                        .values(row)
+                        .values(chunk)
                         .on_conflict_do_nothing()
-                        .execute(conn)
+                        .execute(&mut *pooled)
                         .await?;
                 }
                 Ok(inserted)
-            })
-            .await
-        })
+            }
+        }
     }
 
     /// Recipients with a pending item due by `now`.
@@ -1055,6 +1064,29 @@ impl Db {
                 .count()
                 .get_result(conn)
                 .await?)
+        })
+    }
+}
+
+/// Item inserts on SQLite's synchronous connection (inside one
+/// `spawn_blocking` call).
+mod sqlite_items {
+    use diesel::prelude::*;
+    use diesel::RunQueryDsl;
+
+    use super::EmailItemRow;
+    use crate::db::schema::email_items;
+
+    pub(super) fn insert(conn: &mut SqliteConnection, rows: &[EmailItemRow]) -> QueryResult<usize> {
+        conn.immediate_transaction(|conn| {
+            let mut inserted = 0;
+            for row in rows {
+                inserted += diesel::insert_into(email_items::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute(conn)?;
+            }
+            Ok(inserted)
         })
     }
 }

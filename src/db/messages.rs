@@ -1,12 +1,12 @@
 //! Chat messages: the group-committed append that assigns each room's
 //! gap-free sequence, history, replay and read cursors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::models::{MessageRow, NewRoom, ReadCursorRow};
+use super::models::{MessageRow, ReadCursorRow};
 use super::schema::{messages, read_cursors, rooms};
 use super::{Db, DbError};
 use crate::db_run;
@@ -34,152 +34,377 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
-/// The batch's statements, identical for both backends. Within one
-/// transaction, for each room in order of first appearance:
-/// 1. take the room row's write lock and read `last_seq` (an UPDATE that
-///    changes nothing, so concurrent writers on other nodes wait here);
-/// 2. look up `client_id`s already stored by their senders (dedup for good);
-/// 3. give the new messages `last_seq + 1 ..` and store them;
-/// 4. move `last_seq` forward.
-///
-/// Seqs are therefore assigned under the lock and committed with the rows:
-/// no gaps, no two writers with one seq, and no ack for an uncommitted row.
-macro_rules! append_in_transaction {
-    ($conn:ident, $batch:expr, $now:expr) => {{
-        let batch: Vec<NewMessage> = $batch;
-        let now: i64 = $now;
-        $conn
-            .transaction::<_, DbError, _>(async |conn| {
-                let mut results: Vec<Option<Appended>> = vec![None; batch.len()];
-                let mut by_room: Vec<(String, Vec<usize>)> = Vec::new();
-                for (index, message) in batch.iter().enumerate() {
-                    match by_room.iter_mut().find(|(room, _)| *room == message.room) {
-                        Some((_, indexes)) => indexes.push(index),
-                        None => by_room.push((message.room.clone(), vec![index])),
-                    }
-                }
-                let mut new_rows = Vec::new();
-                for (room, indexes) in by_room {
-                    diesel::insert_into(rooms::table)
-                        .values(&NewRoom {
-                            id: &room,
-                            last_seq: 0,
-                            created_at: now,
-                        })
-                        .on_conflict_do_nothing()
-                        .execute(conn)
-                        .await?;
-                    let mut last_seq: i64 = diesel::update(rooms::table.find(&room))
-                        .set(rooms::last_seq.eq(rooms::last_seq))
-                        .returning(rooms::last_seq)
-                        .get_result(conn)
-                        .await?;
-                    let client_ids: Vec<&str> = indexes
-                        .iter()
-                        .filter_map(|&i| batch[i].client_id.as_deref())
-                        .collect();
-                    let mut seen: HashMap<(Option<String>, String), MessageRow> =
-                        if client_ids.is_empty() {
-                            HashMap::new()
-                        } else {
-                            messages::table
-                                .filter(messages::room.eq(&room))
-                                .filter(messages::client_id.eq_any(&client_ids))
-                                .select(MessageRow::as_select())
-                                .load::<MessageRow>(conn)
-                                .await?
-                                .into_iter()
-                                .filter_map(|row| {
-                                    let key = (row.sender_id.clone(), row.client_id.clone()?);
-                                    Some((key, row))
+/// Seqs for a batch, given each room's `last_seq` (read under the room's
+/// write lock) and the rows already stored under the batch's
+/// `(room, sender, client_id)` keys. Pure: both backends share it.
+struct Assigned {
+    /// One answer per input, in input order.
+    results: Vec<Appended>,
+    /// Rows to insert.
+    new_rows: Vec<MessageRow>,
+    /// Rooms whose `last_seq` moved, with the new value.
+    moved: Vec<(String, i64)>,
+}
+
+/// `(room, sender_id, client_id)`: a resend of the same key is a duplicate.
+type DedupKey = (String, Option<String>, String);
+
+fn dedup_key(message: &NewMessage) -> Option<DedupKey> {
+    message.client_id.as_ref().map(|client_id| {
+        (
+            message.room.clone(),
+            message.sender_id.clone(),
+            client_id.clone(),
+        )
+    })
+}
+
+fn assign(
+    batch: &[NewMessage],
+    mut last_seq: HashMap<String, i64>,
+    mut stored: HashMap<DedupKey, MessageRow>,
+    now: i64,
+) -> Assigned {
+    let mut results = Vec::with_capacity(batch.len());
+    let mut new_rows = Vec::with_capacity(batch.len());
+    let mut moved: Vec<String> = Vec::new();
+    let mut moved_rooms: HashSet<&str> = HashSet::new();
+    for message in batch {
+        let key = dedup_key(message);
+        if let Some(existing) = key.as_ref().and_then(|k| stored.get(k)) {
+            results.push(Appended {
+                row: existing.clone(),
+                duplicate: true,
+            });
+            continue;
+        }
+        let seq = last_seq
+            .get_mut(&message.room)
+            .expect("every room of the batch was read");
+        if !moved_rooms.contains(message.room.as_str()) {
+            moved_rooms.insert(message.room.as_str());
+            moved.push(message.room.clone());
+        }
+        *seq += 1;
+        let row = MessageRow {
+            id: message
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            room: message.room.clone(),
+            seq: *seq,
+            sender_id: message.sender_id.clone(),
+            sender_name: message.sender_name.clone(),
+            sender_role: message.sender_role.clone(),
+            client_id: message.client_id.clone(),
+            body: message.body.clone(),
+            sent_at: now,
+        };
+        if let Some(key) = key {
+            stored.insert(key, row.clone());
+        }
+        results.push(Appended {
+            row: row.clone(),
+            duplicate: false,
+        });
+        new_rows.push(row);
+    }
+    let moved = moved
+        .into_iter()
+        .map(|room| {
+            let seq = last_seq[&room];
+            (room, seq)
+        })
+        .collect();
+    Assigned {
+        results,
+        new_rows,
+        moved,
+    }
+}
+
+/// The SQLite append, synchronous (diesel's blocking API): it runs inside
+/// one `spawn_blocking` call.
+mod sqlite_append {
+    use std::collections::HashMap;
+
+    use diesel::prelude::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+    use diesel::RunQueryDsl;
+
+    use super::{dedup_key, Appended, DedupKey, NewMessage};
+    use crate::db::models::{MessageRow, NewRoom};
+    use crate::db::schema::{messages, rooms};
+
+    /// SQLite: the whole batch in one call on the blocking thread (not one
+    /// thread hop per statement), each statement prepared once and cached.
+    /// `BEGIN IMMEDIATE` takes the write lock first, so seqs are assigned
+    /// under it and committed with the rows: no gaps, no two writers with
+    /// one seq, no ack for an uncommitted row.
+    ///
+    /// Per message one INSERT, which the unique `(room, sender_id,
+    /// client_id)` index turns into nothing for a resend (then the stored
+    /// row is read back); per room one read and one update of `last_seq`.
+    pub(super) fn append_sqlite(
+        conn: &mut diesel::SqliteConnection,
+        batch: &[NewMessage],
+        now: i64,
+    ) -> QueryResult<Vec<Appended>> {
+        conn.immediate_transaction(|conn| {
+            // Each room's `last_seq` as read, and as it stands now.
+            let mut seqs: HashMap<&str, (i64, i64)> = HashMap::new();
+            let mut rooms_in_order: Vec<&str> = Vec::new();
+            let mut in_batch: HashMap<DedupKey, MessageRow> = HashMap::new();
+            let mut results = Vec::with_capacity(batch.len());
+            for message in batch {
+                let room = message.room.as_str();
+                if !seqs.contains_key(room) {
+                    let stored: Option<i64> = rooms::table
+                        .find(room)
+                        .select(rooms::last_seq)
+                        .first(conn)
+                        .optional()?;
+                    let read = match stored {
+                        Some(seq) => seq,
+                        None => {
+                            diesel::insert_into(rooms::table)
+                                .values(&NewRoom {
+                                    id: room,
+                                    last_seq: 0,
+                                    created_at: now,
                                 })
-                                .collect()
-                        };
-                    let first_new = new_rows.len();
-                    for index in indexes {
-                        let message = &batch[index];
-                        let key = message
-                            .client_id
-                            .clone()
-                            .map(|client_id| (message.sender_id.clone(), client_id));
-                        if let Some(existing) = key.as_ref().and_then(|k| seen.get(k)) {
-                            results[index] = Some(Appended {
-                                row: existing.clone(),
-                                duplicate: true,
-                            });
-                            continue;
+                                .execute(conn)?;
+                            0
                         }
-                        last_seq += 1;
-                        let row = MessageRow {
-                            id: message
-                                .id
-                                .clone()
-                                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                            room: room.clone(),
-                            seq: last_seq,
-                            sender_id: message.sender_id.clone(),
-                            sender_name: message.sender_name.clone(),
-                            sender_role: message.sender_role.clone(),
-                            client_id: message.client_id.clone(),
-                            body: message.body.clone(),
-                            sent_at: now,
-                        };
-                        if let Some(key) = key {
-                            seen.insert(key, row.clone());
-                        }
-                        results[index] = Some(Appended {
-                            row: row.clone(),
-                            duplicate: false,
+                    };
+                    seqs.insert(room, (read, read));
+                    rooms_in_order.push(room);
+                }
+                let key = dedup_key(message);
+                if let Some(existing) = key.as_ref().and_then(|k| in_batch.get(k)) {
+                    results.push(Appended {
+                        row: existing.clone(),
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                // A NULL sender never conflicts in the unique index: look.
+                if let (Some((_, None, client_id)), true) = (&key, message.sender_id.is_none()) {
+                    if let Some(existing) = stored_duplicate(conn, room, None, client_id)? {
+                        in_batch.insert(key.clone().expect("keyed"), existing.clone());
+                        results.push(Appended {
+                            row: existing,
+                            duplicate: true,
                         });
-                        new_rows.push(row);
-                    }
-                    if new_rows.len() > first_new {
-                        diesel::update(rooms::table.find(&room))
-                            .set(rooms::last_seq.eq(last_seq))
-                            .execute(conn)
-                            .await?;
+                        continue;
                     }
                 }
-                conn.insert_message_rows(&new_rows).await?;
-                Ok(results
-                    .into_iter()
-                    .map(|r| r.expect("every index answered"))
-                    .collect())
+                let current = &mut seqs.get_mut(room).expect("read above").1;
+                let row = MessageRow {
+                    id: message
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                    room: message.room.clone(),
+                    seq: *current + 1,
+                    sender_id: message.sender_id.clone(),
+                    sender_name: message.sender_name.clone(),
+                    sender_role: message.sender_role.clone(),
+                    client_id: message.client_id.clone(),
+                    body: message.body.clone(),
+                    sent_at: now,
+                };
+                let inserted = diesel::insert_into(messages::table)
+                    .values(&row)
+                    .on_conflict((messages::room, messages::sender_id, messages::client_id))
+                    .do_nothing()
+                    .execute(conn)?;
+                if inserted == 0 {
+                    let (_, sender_id, client_id) = key.as_ref().ok_or_else(conflict)?;
+                    let existing = stored_duplicate(conn, room, sender_id.as_deref(), client_id)?
+                        .ok_or_else(conflict)?;
+                    in_batch.insert(key.expect("keyed"), existing.clone());
+                    results.push(Appended {
+                        row: existing,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                *current += 1;
+                if let Some(key) = key {
+                    in_batch.insert(key, row.clone());
+                }
+                results.push(Appended {
+                    row,
+                    duplicate: false,
+                });
+            }
+            for room in rooms_in_order {
+                let (read, now_at) = seqs[room];
+                if now_at != read {
+                    diesel::update(rooms::table.find(room))
+                        .set(rooms::last_seq.eq(now_at))
+                        .execute(conn)?;
+                }
+            }
+            Ok(results)
+        })
+    }
+
+    fn stored_duplicate(
+        conn: &mut SqliteConnection,
+        room: &str,
+        sender_id: Option<&str>,
+        client_id: &str,
+    ) -> QueryResult<Option<MessageRow>> {
+        let query = messages::table
+            .filter(messages::room.eq(room))
+            .filter(messages::client_id.eq(client_id))
+            .select(MessageRow::as_select());
+        match sender_id {
+            Some(sender_id) => query
+                .filter(messages::sender_id.eq(sender_id))
+                .first(conn)
+                .optional(),
+            None => query
+                .filter(messages::sender_id.is_null())
+                .first(conn)
+                .optional(),
+        }
+    }
+
+    /// Nothing was inserted, yet no stored duplicate explains it.
+    fn conflict() -> Error {
+        Error::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            Box::new("message conflicts with a stored one".to_owned()),
+        )
+    }
+}
+
+#[derive(QueryableByName)]
+struct RoomSeq {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_seq: i64,
+}
+
+/// PostgreSQL: a fixed number of round trips per batch, whatever the
+/// number of rooms in it. Rooms are locked in id order (two nodes' batches
+/// never wait for each other in a cycle), seqs assigned under the locks.
+async fn append_postgres(
+    conn: &mut diesel_async::AsyncPgConnection,
+    batch: Vec<NewMessage>,
+    now: i64,
+) -> Result<Vec<Appended>, DbError> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    conn.transaction::<_, DbError, _>(async |conn| {
+        let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        diesel::sql_query(
+            "INSERT INTO rooms (id, last_seq, created_at) \
+             SELECT r, 0, $2 FROM unnest($1::text[]) AS r ON CONFLICT (id) DO NOTHING",
+        )
+        .bind::<Array<Text>, _>(&rooms)
+        .bind::<BigInt, _>(now)
+        .execute(conn)
+        .await?;
+        let locked: Vec<RoomSeq> = diesel::sql_query(
+            "SELECT id, last_seq FROM rooms WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind::<Array<Text>, _>(&rooms)
+        .load(conn)
+        .await?;
+        let last_seq: HashMap<String, i64> =
+            locked.into_iter().map(|r| (r.id, r.last_seq)).collect();
+
+        let mut keyed_rooms = Vec::new();
+        let mut keyed_senders = Vec::new();
+        let mut keyed_clients = Vec::new();
+        let mut system_rooms = Vec::new();
+        let mut system_clients = Vec::new();
+        for message in &batch {
+            let Some(client_id) = message.client_id.as_deref() else {
+                continue;
+            };
+            match message.sender_id.as_deref() {
+                Some(sender_id) => {
+                    keyed_rooms.push(message.room.as_str());
+                    keyed_senders.push(sender_id);
+                    keyed_clients.push(client_id);
+                }
+                None => {
+                    system_rooms.push(message.room.as_str());
+                    system_clients.push(client_id);
+                }
+            }
+        }
+        let mut found: Vec<MessageRow> = Vec::new();
+        if !keyed_rooms.is_empty() {
+            found.extend(
+                diesel::sql_query(
+                    "SELECT m.id, m.room, m.seq, m.sender_id, m.sender_name, m.sender_role, \
+                     m.client_id, m.body, m.sent_at FROM messages m \
+                     JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(room, sender_id, client_id) \
+                     ON m.room = k.room AND m.sender_id = k.sender_id AND m.client_id = k.client_id",
+                )
+                .bind::<Array<Text>, _>(&keyed_rooms)
+                .bind::<Array<Text>, _>(&keyed_senders)
+                .bind::<Array<Text>, _>(&keyed_clients)
+                .load::<MessageRow>(conn)
+                .await?,
+            );
+        }
+        if !system_rooms.is_empty() {
+            found.extend(
+                diesel::sql_query(
+                    "SELECT m.id, m.room, m.seq, m.sender_id, m.sender_name, m.sender_role, \
+                     m.client_id, m.body, m.sent_at FROM messages m \
+                     JOIN unnest($1::text[], $2::text[]) AS k(room, client_id) \
+                     ON m.room = k.room AND m.sender_id IS NULL AND m.client_id = k.client_id",
+                )
+                .bind::<Array<Text>, _>(&system_rooms)
+                .bind::<Array<Text>, _>(&system_clients)
+                .load::<MessageRow>(conn)
+                .await?,
+            );
+        }
+        let stored: HashMap<DedupKey, MessageRow> = found
+            .into_iter()
+            .filter_map(|row| {
+                let key = (row.room.clone(), row.sender_id.clone(), row.client_id.clone()?);
+                Some((key, row))
             })
-            .await
-    }};
-}
+            .collect();
 
-/// Inserting many rows: PostgreSQL takes them in multi-row statements;
-/// Diesel has no multi-row insert for SQLite behind an async wrapper, and
-/// row by row costs SQLite nothing (no round trips, one transaction).
-pub(crate) trait InsertMessageRows {
-    async fn insert_message_rows(&mut self, rows: &[MessageRow]) -> QueryResult<()>;
-}
-
-impl InsertMessageRows for diesel_async::AsyncPgConnection {
-    async fn insert_message_rows(&mut self, rows: &[MessageRow]) -> QueryResult<()> {
+        let assigned = assign(&batch, last_seq, stored, now);
+        if !assigned.moved.is_empty() {
+            let (ids, seqs): (Vec<&str>, Vec<i64>) = assigned
+                .moved
+                .iter()
+                .map(|(room, seq)| (room.as_str(), *seq))
+                .unzip();
+            diesel::sql_query(
+                "UPDATE rooms SET last_seq = v.seq \
+                 FROM unnest($1::text[], $2::bigint[]) AS v(id, seq) WHERE rooms.id = v.id",
+            )
+            .bind::<Array<Text>, _>(&ids)
+            .bind::<Array<BigInt>, _>(&seqs)
+            .execute(conn)
+            .await?;
+        }
         // Bounded chunks stay far below the limit of bound parameters.
-        for chunk in rows.chunks(1000) {
+        for chunk in assigned.new_rows.chunks(1000) {
             diesel::insert_into(messages::table)
                 .values(chunk)
-                .execute(self)
+                .execute(conn)
                 .await?;
         }
-        Ok(())
-    }
-}
-
-impl InsertMessageRows for super::SqliteConn {
-    async fn insert_message_rows(&mut self, rows: &[MessageRow]) -> QueryResult<()> {
-        for row in rows {
-            diesel::insert_into(messages::table)
-                .values(row)
-                .execute(self)
-                .await?;
-        }
-        Ok(())
-    }
+        Ok(assigned.results)
+    })
+    .await
 }
 
 impl Db {
@@ -187,7 +412,18 @@ impl Db {
     /// Every message is answered in input order, duplicates included.
     pub async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, DbError> {
         let now = crate::time::now_ms();
-        db_run!(self, |conn| append_in_transaction!(conn, batch, now))
+        match self {
+            Db::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                Ok(pooled
+                    .spawn_blocking(move |conn| sqlite_append::append_sqlite(conn, &batch, now))
+                    .await?)
+            }
+            Db::Postgres(pool) => {
+                let mut pooled = pool.get().await?;
+                append_postgres(&mut pooled, batch, now).await
+            }
+        }
     }
 
     /// The highest stored seq of a room (0 when it has none).

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use diesel::SqliteConnection;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -78,7 +80,8 @@ const MIGRATION_LOCK_ID: i64 = 0x006d_6978_726f_6f6d;
 /// Per-connection SQLite settings: WAL so readers never block the writer,
 /// `synchronous=FULL` because an ack promises the message is durable.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000; \
+     PRAGMA cache_size = -8000; PRAGMA mmap_size = 268435456;";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -152,7 +155,10 @@ impl Db {
     pub async fn connect(url: &SecretString, pool_size: usize) -> Result<Self, DbError> {
         match backend(url.expose_secret()) {
             Backend::Postgres(url) => {
-                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+                let mut config = ManagerConfig::default();
+                config.recycling_method = RecyclingMethod::Fast;
+                let manager =
+                    AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
                 let pool = Pool::builder(manager)
                     .max_size(pool_size)
                     .wait_timeout(Some(Duration::from_secs(10)))
@@ -170,6 +176,7 @@ impl Db {
                     }
                 }
                 let mut config = ManagerConfig::default();
+                config.recycling_method = RecyclingMethod::Fast;
                 config.custom_setup = Box::new(|path| {
                     async move {
                         let mut conn = SqliteConn::establish(path).await?;

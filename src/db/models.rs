@@ -8,6 +8,7 @@ use super::schema::{booking_participants, bookings, messages, read_cursors, room
     Debug,
     Clone,
     Queryable,
+    QueryableByName,
     Selectable,
     Insertable,
     PartialEq,

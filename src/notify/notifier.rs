@@ -38,6 +38,12 @@ const PRESENCE_RECHECK_MAX_MS: i64 = 60_000;
 const PRESENCE_RECHECK_MIN_MS: i64 = 1_000;
 /// After a storage error the notifier looks again this much later.
 const ERROR_RETRY_MS: i64 = 2_000;
+/// Committed chat messages are turned into items together, at most this
+/// often: one query and one write for many messages (items are due minutes
+/// later; a crash meanwhile is covered by the catch-up of the next start).
+const CHAT_ITEMS_EVERY: Duration = Duration::from_millis(200);
+/// ... or as soon as this many messages wait.
+const CHAT_ITEMS_MAX: usize = 5_000;
 
 /// Notifications were stored (booking updates, backend notifications).
 #[derive(Message, Clone)]
@@ -61,6 +67,9 @@ pub struct Notifier {
     dispatching: bool,
     dispatch_again: bool,
     wake: Option<(i64, SpawnHandle)>,
+    /// Committed chat messages waiting to become items.
+    unread_chat: Vec<MessageRow>,
+    chat_flush: Option<SpawnHandle>,
 }
 
 impl Notifier {
@@ -85,6 +94,8 @@ impl Notifier {
             dispatching: false,
             dispatch_again: false,
             wake: None,
+            unread_chat: Vec::new(),
+            chat_flush: None,
         }
     }
 
@@ -150,6 +161,20 @@ impl Notifier {
         self.wake = Some((at, handle));
     }
 
+    /// Items for the committed chat messages gathered so far.
+    fn store_chat_items(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.chat_flush.take() {
+            ctx.cancel_future(handle);
+        }
+        let messages = std::mem::take(&mut self.unread_chat);
+        if messages.is_empty() {
+            return;
+        }
+        let db = self.db.clone();
+        let delays = self.composer.delays;
+        self.store_items(async move { chat_items(&db, delays, &messages).await }, ctx);
+    }
+
     /// Stores items, then makes sure the earliest of them is looked at.
     fn store_items<F>(&mut self, items: F, ctx: &mut Context<Self>)
     where
@@ -201,18 +226,21 @@ impl Handler<Committed> for Notifier {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
-        let messages: Vec<MessageRow> = msg
-            .0
-            .iter()
-            .map(|stored| stored.row.clone())
-            .filter(is_chat)
-            .collect();
-        if messages.is_empty() {
-            return;
+        let waiting = self.unread_chat.len();
+        self.unread_chat.extend(
+            msg.0
+                .iter()
+                .filter(|stored| is_chat(&stored.row))
+                .map(|stored| stored.row.clone()),
+        );
+        if self.unread_chat.len() >= CHAT_ITEMS_MAX {
+            self.store_chat_items(ctx);
+        } else if self.unread_chat.len() > waiting && self.chat_flush.is_none() {
+            self.chat_flush = Some(ctx.run_later(CHAT_ITEMS_EVERY, |notifier, ctx| {
+                notifier.chat_flush = None;
+                notifier.store_chat_items(ctx);
+            }));
         }
-        let db = self.db.clone();
-        let delays = self.composer.delays;
-        self.store_items(async move { chat_items(&db, delays, &messages).await }, ctx);
     }
 }
 

@@ -6,7 +6,7 @@
 //! load batches grow by themselves and the store is not the bottleneck.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Recipient;
 use bytestring::ByteString;
@@ -88,6 +88,13 @@ pub struct Sequencer {
     requests: mpsc::Sender<Request>,
 }
 
+/// Commits start at least this far apart. Each durable commit costs the
+/// same (an fsync on SQLite, a WAL flush and a round trip on PostgreSQL)
+/// whatever it carries; a short pause under load lets one commit carry
+/// many messages, at the price of at most this much ack latency. An idle
+/// store commits a lone message at once.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
+
 /// How many appends may wait for the store before senders wait too.
 const QUEUE_CAPACITY: usize = 65_536;
 
@@ -164,18 +171,34 @@ async fn run_writer(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut flushes = Vec::new();
+    // When the last commit started: commits are at least `COMMIT_INTERVAL`
+    // apart, so under load each one carries more messages.
+    let mut last_commit: Option<Instant> = None;
     while let Some(first) = inbox.recv().await {
         let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                Request::Append { message, reply } => batch.push((message, reply)),
-                Request::Flush(done) => flushes.push(done),
+        loop {
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Append { message, reply } => batch.push((message, reply)),
+                    Request::Flush(done) => flushes.push(done),
+                }
+                if batch.len() < max_batch {
+                    next = inbox.try_recv().ok();
+                }
             }
-            if batch.len() < max_batch {
-                next = inbox.try_recv().ok();
+            let due = last_commit.map(|at| at + COMMIT_INTERVAL);
+            let Some(due) = due.filter(|due| *due > Instant::now() && batch.len() < max_batch)
+            else {
+                break;
+            };
+            match tokio::time::timeout_at(due.into(), inbox.recv()).await {
+                Ok(Some(request)) => next = Some(request),
+                // Closed or due: commit what there is.
+                Ok(None) | Err(_) => break,
             }
         }
         if !batch.is_empty() {
+            last_commit = Some(Instant::now());
             commit(&db, std::mem::take(&mut batch), &publish, &metrics).await;
         }
         for done in flushes.drain(..) {

@@ -298,15 +298,17 @@ impl WsSession {
         let state = self.state.clone();
         let user_id = identity.user_id.clone();
         ctx.spawn(
-            async move { crate::notifications::unread_summary(&state, &user_id).await }
-                .into_actor(self)
-                .map(|result, _, ctx| match result {
-                    Ok(mut summary) => {
-                        summary["type"] = "unread".into();
-                        ctx.text(summary.to_string());
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot count unread items"),
-                }),
+            off_context(
+                async move { crate::notifications::unread_summary(&state, &user_id).await },
+            )
+            .into_actor(self)
+            .map(|result, _, ctx| match result {
+                Ok(mut summary) => {
+                    summary["type"] = "unread".into();
+                    ctx.text(summary.to_string());
+                }
+                Err(error) => tracing::warn!(%error, "cannot count unread items"),
+            }),
         );
     }
 
@@ -530,13 +532,10 @@ impl WsSession {
         self.awaiting_access
             .insert(room.to_string(), vec![(message, reference)]);
         let db = self.state.db.clone();
-        ctx.spawn(
-            async move {
-                let access = authorize_write(&db, &identity, &room).await;
-                (room, access)
-            }
-            .into_actor(self)
-            .map(|(room, access), session, ctx| {
+        let checked = room.clone();
+        let access = off_context(async move { authorize_write(&db, &identity, &checked).await });
+        ctx.spawn(async move { (room, access.await) }.into_actor(self).map(
+            |(room, access), session, ctx| {
                 let queued = session
                     .awaiting_access
                     .remove(room.as_str())
@@ -556,8 +555,8 @@ impl WsSession {
                         session.send_error(ctx, reference.as_deref(), &error);
                     }
                 }
-            }),
-        );
+            },
+        ));
         Ok(())
     }
 
@@ -593,11 +592,11 @@ impl WsSession {
         let limit = history_limit(limit)?;
         let db = self.state.db.clone();
         ctx.spawn(
-            async move {
+            off_context(async move {
                 authorize_read(&db, &identity, &room).await?;
                 let (rows, has_more) = db.messages_before(room.as_str(), before, limit).await?;
                 Ok::<_, AppError>((room, rows, has_more))
-            }
+            })
             .into_actor(self)
             .map(move |result, session, ctx| match result {
                 Ok((room, rows, has_more)) => ctx.text(
@@ -669,6 +668,18 @@ fn clone_error(error: &AppError) -> AppError {
         },
         AppError::Internal(source) => AppError::internal(anyhow::anyhow!("{source:#}")),
     }
+}
+
+/// Runs a session's database work as a task of its own and hands back the
+/// result. A context under `ctx.wait` (a join) polls none of its other
+/// futures, so a pool wait parked in a `ctx.spawn` future would sit on the
+/// connection the pool hands it meanwhile; in a burst of joins that was
+/// every connection of the pool, while the joins waited for a new room
+/// actor that waited for the pool.
+async fn off_context<T: 'static>(
+    work: impl std::future::Future<Output = Result<T, AppError>> + 'static,
+) -> Result<T, AppError> {
+    actix_rt::spawn(work).await.map_err(AppError::internal)?
 }
 
 /// The contract's history limit: default 50, at most 100.

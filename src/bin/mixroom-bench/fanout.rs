@@ -175,12 +175,19 @@ pub async fn step(
 
     let tally = Rc::new(Tally::default());
     let setup_started = now_ns();
-    let opened: Vec<anyhow::Result<session::Opened>> =
+    // Each socket is read from the moment it joined (presence frames of
+    // later joins must not pile up unread).
+    let opened: Vec<anyhow::Result<tokio::task::JoinHandle<()>>> =
         stream::iter(subscriber_ids.iter().enumerate())
             .map(|(i, id)| {
                 let token = target.token(id, "engineer", &format!("Sub {i}"));
                 let room = room.clone();
-                async move { session::open(target, &token, Some(&room), 16 * 1024, i as u32).await }
+                let tally = tally.clone();
+                async move {
+                    let opened =
+                        session::open(target, &token, Some(&room), 16 * 1024, i as u32).await?;
+                    Ok(tokio::task::spawn_local(subscriber(opened.reader, tally)))
+                }
             })
             .buffer_unordered(args.concurrency)
             .collect()
@@ -190,10 +197,7 @@ pub async fn step(
     let mut first_error = None;
     for result in opened {
         match result {
-            Ok(opened) => tasks.push(tokio::task::spawn_local(subscriber(
-                opened.reader,
-                tally.clone(),
-            ))),
+            Ok(task) => tasks.push(task),
             Err(error) => {
                 failures += 1;
                 first_error.get_or_insert(error);

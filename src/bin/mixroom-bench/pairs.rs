@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::fanout::{body_padding, settle};
 use crate::measure::{cpu_report, Snapshot};
 use crate::session::{self, is_type, two_numbers_after};
-use crate::stats::{now_ns, round, Samples};
+use crate::stats::{leading_number, now_ns, round, Samples};
 use crate::target::{Target, TargetArgs};
 use crate::ws::{Event, WsReader, WsWriter};
 
@@ -75,7 +75,10 @@ async fn member(mut reader: WsReader, me: u64, tally: Rc<Tally>) {
                     }
                 } else if is_type(text, b"message") {
                     // Body: `m<member> k<n> t<ns> ...`
-                    if let Some((who, _)) = two_numbers_after(&body, text) {
+                    let who = body
+                        .find(text)
+                        .and_then(|at| leading_number(&text[at + body.needle().len()..]));
+                    if let Some((who, _)) = who {
                         if who == me {
                             tally.echoes.set(tally.echoes.get() + 1);
                             continue;
