@@ -207,6 +207,9 @@ pub(crate) trait LockRecipient {
     async fn lock_email_recipient(&mut self, user_id: &str) -> QueryResult<()>;
 }
 
+/// SQLite: email items stored per transaction (see [`crate::db::WriteGate`]).
+const SQLITE_ITEMS_PER_TRANSACTION: usize = 500;
+
 /// Advisory lock namespace of the email recipients (two-key form, so it
 /// cannot meet the migration lock's one-key id).
 const RECIPIENT_LOCK_NAMESPACE: i32 = 0x6d61_696c;
@@ -353,13 +356,20 @@ impl Db {
             return Ok(0);
         }
         match self {
-            // One blocking call for all rows, not one thread hop per row.
-            Db::Sqlite(pool) => {
-                let rows = rows.to_vec();
+            // One blocking call per chunk, not one thread hop per row; a
+            // transaction per chunk, so chat appends waiting at the write
+            // gate wait for one chunk, not for all of a busy room's items.
+            Db::Sqlite(pool, gate) => {
                 let mut pooled = pool.get().await?;
-                Ok(pooled
-                    .spawn_blocking(move |conn| sqlite_items::insert(conn, &rows))
-                    .await?)
+                let mut inserted = 0;
+                for chunk in rows.chunks(SQLITE_ITEMS_PER_TRANSACTION) {
+                    let chunk = chunk.to_vec();
+                    let _turn = gate.lock().await;
+                    inserted += pooled
+                        .spawn_blocking(move |conn| sqlite_items::insert(conn, &chunk))
+                        .await?;
+                }
+                Ok(inserted)
             }
             // Multi-row statements, not one round trip per row.
             Db::Postgres(pool) => {

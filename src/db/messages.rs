@@ -413,8 +413,9 @@ impl Db {
     pub async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, DbError> {
         let now = crate::time::now_ms();
         match self {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pool, gate) => {
                 let mut pooled = pool.get().await?;
+                let _turn = gate.lock().await;
                 Ok(pooled
                     .spawn_blocking(move |conn| sqlite_append::append_sqlite(conn, &batch, now))
                     .await?)

@@ -111,8 +111,15 @@ impl DbError {
 #[derive(Clone)]
 pub enum Db {
     Postgres(Pool<AsyncPgConnection>),
-    Sqlite(Pool<SqliteConn>),
+    Sqlite(Pool<SqliteConn>, WriteGate),
 }
+
+/// SQLite has one writer at a time, and a writer that finds the lock taken
+/// sleeps in growing steps (up to 100 ms) before it tries again. The two
+/// bulk writers, the message store and the notifier's email items, take
+/// turns through this first-come-first-served gate instead: a chat append
+/// waits for at most one chunk of items, never for a sleeping retry.
+pub type WriteGate = std::sync::Arc<tokio::sync::Mutex<()>>;
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
 /// backend is configured. `?` inside converts into the caller's error type.
@@ -129,7 +136,7 @@ macro_rules! db_run {
                 let $conn = &mut *pooled;
                 $body
             }
-            $crate::db::Db::Sqlite(pool) => {
+            $crate::db::Db::Sqlite(pool, _) => {
                 let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
                 let $conn = &mut *pooled;
                 $body
@@ -195,7 +202,7 @@ impl Db {
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .map_err(|e| DbError::Migration(e.to_string()))?;
-                Ok(Db::Sqlite(pool))
+                Ok(Db::Sqlite(pool, WriteGate::default()))
             }
         }
     }
@@ -203,7 +210,7 @@ impl Db {
     pub fn backend_name(&self) -> &'static str {
         match self {
             Db::Postgres(_) => "postgres",
-            Db::Sqlite(_) => "sqlite",
+            Db::Sqlite(..) => "sqlite",
         }
     }
 

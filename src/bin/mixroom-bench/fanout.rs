@@ -51,6 +51,11 @@ pub struct FanoutArgs {
     /// Sockets opened at once during setup.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Who the subscribers are: `participant` (providers of the booking:
+    /// each message also stores an email item for each of them) or `admin`
+    /// (admins watching the room, not participants: no email items).
+    #[arg(long, default_value = "participant", value_parser = ["participant", "admin"])]
+    pub subscriber_role: String,
 }
 
 #[derive(Default)]
@@ -169,9 +174,10 @@ pub async fn step(
     let subscriber_ids: Vec<String> = (0..subscribers)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
-    target
-        .put_booking(&booking, &sender_id, &subscriber_ids)
-        .await?;
+    let admins = args.subscriber_role == "admin";
+    let providers: &[String] = if admins { &[] } else { &subscriber_ids };
+    target.put_booking(&booking, &sender_id, providers).await?;
+    let subscriber_role = if admins { "admin" } else { "engineer" };
 
     let tally = Rc::new(Tally::default());
     let setup_started = now_ns();
@@ -180,7 +186,7 @@ pub async fn step(
     let opened: Vec<anyhow::Result<tokio::task::JoinHandle<()>>> =
         stream::iter(subscriber_ids.iter().enumerate())
             .map(|(i, id)| {
-                let token = target.token(id, "engineer", &format!("Sub {i}"));
+                let token = target.token(id, subscriber_role, &format!("Sub {i}"));
                 let room = room.clone();
                 let tally = tally.clone();
                 async move {
@@ -296,6 +302,7 @@ pub async fn step(
         "target": target.backend,
         "step": step,
         "subscribers": subscribers,
+        "subscriber_role": args.subscriber_role,
         "rate": rate,
         "duration_s": args.duration,
         "body_bytes": args.body_bytes,

@@ -12,7 +12,7 @@ use futures_util::{stream, StreamExt};
 use serde_json::json;
 
 use crate::fanout::settle;
-use crate::measure::{cpu_report, Snapshot};
+use crate::measure::{cpu_report, settle_server, Snapshot};
 use crate::procfs;
 use crate::session;
 use crate::stats::{now_ns, round, Samples};
@@ -32,6 +32,13 @@ pub struct IdleArgs {
     /// again at the end).
     #[arg(long, default_value_t = 5.0)]
     pub hold: f64,
+    /// Connections opened first; the marginal figure is the growth from
+    /// there (one-time costs such as database caches excluded).
+    #[arg(long, default_value_t = 1000)]
+    pub warmup: usize,
+    /// Authenticate only, join no room.
+    #[arg(long)]
+    pub no_join: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,34 +122,51 @@ pub async fn idle(target: &Target, args: &IdleArgs) -> anyhow::Result<String> {
     let tally = Rc::new(Idle::default());
     let before = Snapshot::take(target);
     let connect_started = now_ns();
-    let opened: Vec<anyhow::Result<session::Opened>> = stream::iter(0..connections)
-        .map(|i| {
-            let (booking, users) = &bookings[i / 2];
-            let role = if i % 2 == 0 { "client" } else { "engineer" };
-            let token = target.token(&users[i % 2], role, &format!("Idle {i}"));
-            let room = format!("booking:{booking}");
-            async move { session::open(target, &token, Some(&room), 1024, i as u32).await }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect()
-        .await;
-    let after_connect = Snapshot::take(target);
-    let connect_s = (now_ns() - connect_started) as f64 / 1e9;
+    let warmup = args.warmup.min(connections / 2);
     let mut tasks = Vec::with_capacity(connections);
     let mut failures = 0;
     let mut first_error = None;
-    for result in opened {
-        match result {
-            Ok(opened) => tasks.push(tokio::task::spawn_local(idle_reader(
-                opened.reader,
-                tally.clone(),
-            ))),
-            Err(error) => {
-                failures += 1;
-                first_error.get_or_insert(error);
+    let mut rss_after_warmup = rss_before;
+    for phase in [0..warmup, warmup..connections] {
+        let starts_at = phase.start;
+        let opened: Vec<anyhow::Result<tokio::task::JoinHandle<()>>> = stream::iter(phase)
+            .map(|i| {
+                let (booking, users) = &bookings[i / 2];
+                let role = if i % 2 == 0 { "client" } else { "engineer" };
+                let token = target.token(&users[i % 2], role, &format!("Idle {i}"));
+                let room = (!args.no_join).then(|| format!("booking:{booking}"));
+                let tally = tally.clone();
+                async move {
+                    let opened =
+                        session::open(target, &token, room.as_deref(), 1024, i as u32).await?;
+                    Ok(tokio::task::spawn_local(idle_reader(opened.reader, tally)))
+                }
+            })
+            .buffer_unordered(args.concurrency)
+            .collect()
+            .await;
+        for result in opened {
+            match result {
+                Ok(task) => tasks.push(task),
+                Err(error) => {
+                    failures += 1;
+                    first_error.get_or_insert(error);
+                }
             }
         }
+        if starts_at == 0 {
+            let counter = tally.clone();
+            settle(
+                move || counter.frames.get(),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            )
+            .await;
+            rss_after_warmup = procfs::status_bytes(pid, "VmRSS").unwrap_or(0);
+        }
     }
+    let after_connect = Snapshot::take(target);
+    let connect_s = (now_ns() - connect_started) as f64 / 1e9;
     let counter = tally.clone();
     settle(
         move || counter.frames.get(),
@@ -161,6 +185,8 @@ pub async fn idle(target: &Target, args: &IdleArgs) -> anyhow::Result<String> {
     let open = tasks.len().max(1) as f64;
     let per_conn = rss_held.saturating_sub(rss_before) as f64 / open;
     let per_conn_settled = rss_settled.saturating_sub(rss_before) as f64 / open;
+    let marginal = rss_held.saturating_sub(rss_after_warmup) as f64
+        / (tasks.len().saturating_sub(warmup)).max(1) as f64;
     let line = json!({
         "workload": "idle",
         "target": target.backend,
@@ -172,24 +198,30 @@ pub async fn idle(target: &Target, args: &IdleArgs) -> anyhow::Result<String> {
         "closed_by_server": tally.closed.get(),
         "mirror_s": round(mirror_s, 2),
         "connect_join_s": round(connect_s, 2),
+        "joined": !args.no_join,
+        "warmup": warmup,
         "rss_before_bytes": rss_before,
+        "rss_after_warmup_bytes": rss_after_warmup,
         "rss_settled_bytes": rss_settled,
         "rss_end_bytes": rss_held,
         "vm_hwm_bytes": hwm,
         "bytes_per_connection": round(per_conn, 0),
         "bytes_per_connection_settled": round(per_conn_settled, 0),
         "kb_per_connection": round(per_conn / 1000.0, 2),
+        "marginal_bytes_per_connection": round(marginal, 0),
         "cpu_connect_and_join": cpu_report(&before, &after_connect, "connection", tasks.len() as u64),
     });
     println!("{line}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(format!(
-        "idle {} {} connections joined: {:.2} KB (1000 B) per connection (RSS {:.1} MB → {:.1} MB), {} failed",
+        "idle {} {} connections{}: {:.2} KB (1000 B) per connection (RSS {:.1} MB → {:.1} MB; {:.2} KB each beyond the first {warmup}), {} failed",
         target.backend,
         tasks.len(),
+        if args.no_join { ", not joined" } else { " joined" },
         per_conn / 1000.0,
         rss_before as f64 / 1e6,
         rss_held as f64 / 1e6,
+        marginal / 1000.0,
         failures,
     ))
 }
@@ -221,6 +253,9 @@ pub async fn connect(target: &Target, args: &ConnectArgs) -> anyhow::Result<Stri
         .await;
     let wall = (now_ns() - started) as f64 / 1e9;
     let after = Snapshot::take(target);
+    // And including what the server does after each `welcome`.
+    settle_server(target).await;
+    let settled = Snapshot::take(target);
     let mut latency = Samples::with_capacity(connections);
     let mut ok = 0u64;
     let mut first_error = None;
@@ -252,6 +287,7 @@ pub async fn connect(target: &Target, args: &ConnectArgs) -> anyhow::Result<Stri
         "connects_per_s": round(rate, 0),
         "connect_ms": summary.json(),
         "cpu": cpu_report(&before, &after, "connection", ok),
+        "cpu_until_settled": cpu_report(&before, &settled, "connection", ok),
     });
     println!("{line}");
     // Let the server close them before it is stopped.

@@ -7,6 +7,28 @@ use crate::procfs::{self, Cpu};
 use crate::stats::{now_ns, round};
 use crate::target::Target;
 
+/// Waits until the server's CPU time stops growing (work queued behind
+/// the measured window, such as database writes after a `welcome`, is
+/// then done): at most 1 tick per 250 ms twice in a row, at most 30 s.
+pub async fn settle_server(target: &Target) {
+    let Some(pid) = target.pid else { return };
+    let mut last = procfs::process_cpu(pid).map(|c| c.total()).unwrap_or(0.0);
+    let mut quiet = 0;
+    for _ in 0..120 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now = procfs::process_cpu(pid).map(|c| c.total()).unwrap_or(0.0);
+        if now - last <= 0.0101 {
+            quiet += 1;
+            if quiet >= 2 {
+                return;
+            }
+        } else {
+            quiet = 0;
+        }
+        last = now;
+    }
+}
+
 pub struct Snapshot {
     at_ns: u64,
     server: Option<Cpu>,

@@ -15,8 +15,6 @@ use crate::ws::{self, Event, WsReader, WsWriter};
 pub struct Opened {
     pub reader: WsReader,
     pub writer: Rc<WsWriter>,
-    /// `last_seq` of the joined room (0 without a join).
-    pub last_seq: i64,
 }
 
 /// Time allowed for connect + auth + join.
@@ -48,29 +46,23 @@ async fn open_inner(
     let auth = format!(r#"{{"type":"auth","token":"{token}"}}"#);
     writer.send_text(auth.as_bytes()).await?;
     wait_for(&mut reader, b"welcome").await?;
-    let mut last_seq = 0;
     if let Some(room) = room {
         let join = format!(r#"{{"type":"join","room":"{room}"}}"#);
         writer.send_text(join.as_bytes()).await?;
-        let joined = wait_for(&mut reader, b"joined").await?;
-        last_seq = number_after(&joined, b"\"last_seq\":").unwrap_or(0) as i64;
+        wait_for(&mut reader, b"joined").await?;
     }
-    Ok(Opened {
-        reader,
-        writer,
-        last_seq,
-    })
+    Ok(Opened { reader, writer })
 }
 
 /// Skips frames until one of `kind`; an `error` frame or a close fails.
-async fn wait_for(reader: &mut WsReader, kind: &[u8]) -> anyhow::Result<Vec<u8>> {
+async fn wait_for(reader: &mut WsReader, kind: &[u8]) -> anyhow::Result<()> {
     loop {
         match reader.next().await? {
             Event::Text(range) => {
                 let text = reader.text(range);
                 let found = frame_type(text);
                 if found == kind {
-                    return Ok(text.to_vec());
+                    return Ok(());
                 }
                 if found == b"error" {
                     bail!(
@@ -107,12 +99,6 @@ pub fn is_type(text: &[u8], kind: &[u8]) -> bool {
         && text[TYPE_PREFIX.len() + kind.len()] == b'"'
 }
 
-/// The number right after `key` (e.g. `"seq":`).
-pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memmem::find(text, key)? + key.len();
-    leading_number(&text[at..]).map(|(n, _)| n)
-}
-
 /// Bench bodies and client ids carry `<tag><a> t<b>` or `<tag><a>_<b>`:
 /// reads the two numbers after `key` (the field name and the tag).
 pub fn two_numbers_after(finder: &memmem::Finder<'_>, text: &[u8]) -> Option<(u64, u64)> {
@@ -138,7 +124,6 @@ mod tests {
         assert_eq!(frame_type(f), b"message");
         assert!(is_type(f, b"message"));
         assert!(!is_type(f, b"mess"));
-        assert_eq!(number_after(f, b"\"seq\":"), Some(12));
         let body = memmem::Finder::new(b"\"body\":\"k");
         assert_eq!(two_numbers_after(&body, f), Some((7, 123)));
         let ack = br#"{"type":"ack","client_id":"c5_99","id":"x","seq":3}"#;

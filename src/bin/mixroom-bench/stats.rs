@@ -31,10 +31,6 @@ impl Samples {
         self.0.push(micros.min(u32::MAX as u64) as u32);
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// p50, p99, max in milliseconds (sorts in place).
     pub fn summary(&mut self) -> Summary {
         if self.0.is_empty() {
