@@ -12,7 +12,7 @@ use futures_util::{stream, StreamExt};
 use memchr::memmem::Finder;
 use serde_json::{json, Value};
 
-use crate::measure::{cpu_report, Snapshot};
+use crate::measure::{cpu_report, drain, settle, Snapshot};
 use crate::session::{self, is_type, two_numbers_after};
 use crate::stats::{now_ns, round, Samples};
 use crate::target::{Target, TargetArgs};
@@ -140,23 +140,6 @@ async fn sender_reader(mut reader: WsReader, tally: Rc<Tally>) {
     }
 }
 
-/// Waits until `counter` stops moving for `quiet` (at most `limit`).
-pub async fn settle(counter: impl Fn() -> u64, quiet: Duration, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut last = counter();
-    let mut still_since = tokio::time::Instant::now();
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = counter();
-        if now != last {
-            last = now;
-            still_since = tokio::time::Instant::now();
-        } else if still_since.elapsed() >= quiet {
-            return;
-        }
-    }
-}
-
 pub fn body_padding(body_bytes: usize, used: usize) -> String {
     "x".repeat(body_bytes.saturating_sub(used))
 }
@@ -258,22 +241,13 @@ pub async fn step(
     let send_s = (now_ns() - start_ns) as f64 / 1e9;
     let expected = total * subscribers as u64;
     // Drain: until everything arrived, or nothing more arrives for 2 s.
-    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut last_seen = tally.deliveries.get();
-    let mut still_since = tokio::time::Instant::now();
-    while tally.deliveries.get() < expected || tally.acks.get() < total {
-        if tokio::time::Instant::now() > drain_deadline
-            || still_since.elapsed() > Duration::from_secs(2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let seen = tally.deliveries.get() + tally.acks.get();
-        if seen != last_seen {
-            last_seen = seen;
-            still_since = tokio::time::Instant::now();
-        }
-    }
+    drain(
+        || tally.deliveries.get() >= expected && tally.acks.get() >= total,
+        || tally.deliveries.get() + tally.acks.get(),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .await;
     let after = Snapshot::take(target);
     for task in &tasks {
         task.abort();

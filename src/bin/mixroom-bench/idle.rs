@@ -11,8 +11,7 @@ use clap::Args;
 use futures_util::{stream, StreamExt};
 use serde_json::json;
 
-use crate::fanout::settle;
-use crate::measure::{cpu_report, settle_server, Snapshot};
+use crate::measure::{cpu_report, settle, settle_server, Snapshot};
 use crate::procfs;
 use crate::session;
 use crate::stats::{now_ns, round, Samples};
@@ -90,30 +89,8 @@ pub async fn idle(target: &Target, args: &IdleArgs) -> anyhow::Result<String> {
     };
     let connections = args.connections;
     let rooms = connections.div_ceil(2);
-    let bookings: Vec<(String, [String; 2])> = (0..rooms)
-        .map(|_| {
-            (
-                uuid::Uuid::new_v4().to_string(),
-                [
-                    uuid::Uuid::new_v4().to_string(),
-                    uuid::Uuid::new_v4().to_string(),
-                ],
-            )
-        })
-        .collect();
     let setup_started = now_ns();
-    let created: Vec<anyhow::Result<()>> = stream::iter(&bookings)
-        .map(|(booking, [client, provider])| async move {
-            target
-                .put_booking(booking, client, std::slice::from_ref(provider))
-                .await
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    if let Some(error) = created.into_iter().find_map(Result::err) {
-        bail!("cannot mirror the bookings: {error:#}");
-    }
+    let bookings = target.put_pair_bookings(rooms).await?;
     let mirror_s = (now_ns() - setup_started) as f64 / 1e9;
     // The work of mirroring settles before the baseline is read.
     tokio::time::sleep(Duration::from_secs(2)).await;

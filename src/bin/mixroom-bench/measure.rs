@@ -1,6 +1,8 @@
 //! CPU time of the server, the generator and PostgreSQL around a measured
 //! window, turned into per-delivery figures.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::procfs::{self, Cpu};
@@ -26,6 +28,35 @@ pub async fn settle_server(target: &Target) {
             quiet = 0;
         }
         last = now;
+    }
+}
+
+/// Waits until `counter` stops moving for `quiet` (at most `limit`).
+pub async fn settle(counter: impl Fn() -> u64, quiet: Duration, limit: Duration) {
+    drain(|| false, counter, quiet, limit).await;
+}
+
+/// Waits until `done()`, or until `progress` stops moving for `quiet`, at
+/// most `limit`: the end of a workload, when what is still on its way
+/// arrives or never will.
+pub async fn drain(
+    done: impl Fn() -> bool,
+    progress: impl Fn() -> u64,
+    quiet: Duration,
+    limit: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = progress();
+    let mut still_since = tokio::time::Instant::now();
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = progress();
+        if now != last {
+            last = now;
+            still_since = tokio::time::Instant::now();
+        } else if still_since.elapsed() >= quiet {
+            return;
+        }
     }
 }
 

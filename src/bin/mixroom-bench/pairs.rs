@@ -12,8 +12,8 @@ use futures_util::{stream, StreamExt};
 use memchr::memmem::Finder;
 use serde_json::json;
 
-use crate::fanout::{body_padding, settle};
-use crate::measure::{cpu_report, Snapshot};
+use crate::fanout::body_padding;
+use crate::measure::{cpu_report, drain, settle, Snapshot};
 use crate::session::{self, is_type, two_numbers_after};
 use crate::stats::{leading_number, now_ns, round, Samples};
 use crate::target::{Target, TargetArgs};
@@ -114,30 +114,7 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
     let rooms = args.rooms;
     let members = rooms * 2;
     let setup_started = now_ns();
-    // (room, [client, provider]) per booking.
-    let bookings: Vec<(String, [String; 2])> = (0..rooms)
-        .map(|_| {
-            (
-                uuid::Uuid::new_v4().to_string(),
-                [
-                    uuid::Uuid::new_v4().to_string(),
-                    uuid::Uuid::new_v4().to_string(),
-                ],
-            )
-        })
-        .collect();
-    let created: Vec<anyhow::Result<()>> = stream::iter(&bookings)
-        .map(|(booking, [client, provider])| async move {
-            target
-                .put_booking(booking, client, std::slice::from_ref(provider))
-                .await
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    if let Some(error) = created.into_iter().find_map(Result::err) {
-        bail!("cannot mirror the bookings: {error:#}");
-    }
+    let bookings = target.put_pair_bookings(rooms).await?;
     let tally = Rc::new(Tally::default());
     let opened: Vec<(usize, anyhow::Result<session::Opened>)> = stream::iter(0..members)
         .map(|i| {
@@ -220,22 +197,13 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
         }
     }
     let send_s = (now_ns() - start_ns) as f64 / 1e9;
-    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut last_seen = 0;
-    let mut still_since = tokio::time::Instant::now();
-    while tally.deliveries.get() < total || tally.acks.get() < total {
-        if tokio::time::Instant::now() > drain_deadline
-            || still_since.elapsed() > Duration::from_secs(3)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let seen = tally.deliveries.get() + tally.acks.get();
-        if seen != last_seen {
-            last_seen = seen;
-            still_since = tokio::time::Instant::now();
-        }
-    }
+    drain(
+        || tally.deliveries.get() >= total && tally.acks.get() >= total,
+        || tally.deliveries.get() + tally.acks.get(),
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .await;
     let after = Snapshot::take(target);
     for task in &tasks {
         task.abort();

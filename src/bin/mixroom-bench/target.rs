@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
@@ -321,6 +322,29 @@ impl Target {
             bail!("PUT booking {booking_id}: {status} {body}");
         }
         Ok(())
+    }
+
+    /// Mirrors `rooms` confirmed bookings of a client and a provider each,
+    /// all new users: `(booking, [client, provider])`.
+    pub async fn put_pair_bookings(
+        &self,
+        rooms: usize,
+    ) -> anyhow::Result<Vec<(String, [String; 2])>> {
+        let new_id = || uuid::Uuid::new_v4().to_string();
+        let bookings: Vec<(String, [String; 2])> = (0..rooms)
+            .map(|_| (new_id(), [new_id(), new_id()]))
+            .collect();
+        let created: Vec<anyhow::Result<()>> = futures_util::stream::iter(&bookings)
+            .map(|(booking, [client, provider])| {
+                self.put_booking(booking, client, std::slice::from_ref(provider))
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        if let Some(error) = created.into_iter().find_map(Result::err) {
+            bail!("cannot mirror the bookings: {error:#}");
+        }
+        Ok(bookings)
     }
 
     /// Stops a spawned server (SIGTERM, then SIGKILL) and removes its data.
