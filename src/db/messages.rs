@@ -34,6 +34,16 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+impl Appended {
+    /// The answer to a resend: the row stored the first time.
+    fn duplicate_of(row: MessageRow) -> Appended {
+        Appended {
+            row,
+            duplicate: true,
+        }
+    }
+}
+
 /// Seqs for a batch, given each room's `last_seq` (read under the room's
 /// write lock) and the rows already stored under the batch's
 /// `(room, sender, client_id)` keys. Pure: both backends share it.
@@ -72,10 +82,7 @@ fn assign(
     for message in batch {
         let key = dedup_key(message);
         if let Some(existing) = key.as_ref().and_then(|k| stored.get(k)) {
-            results.push(Appended {
-                row: existing.clone(),
-                duplicate: true,
-            });
+            results.push(Appended::duplicate_of(existing.clone()));
             continue;
         }
         let seq = last_seq
@@ -182,20 +189,14 @@ mod sqlite_append {
                 }
                 let key = dedup_key(message);
                 if let Some(existing) = key.as_ref().and_then(|k| in_batch.get(k)) {
-                    results.push(Appended {
-                        row: existing.clone(),
-                        duplicate: true,
-                    });
+                    results.push(Appended::duplicate_of(existing.clone()));
                     continue;
                 }
                 // A NULL sender never conflicts in the unique index: look.
                 if let (Some((_, None, client_id)), true) = (&key, message.sender_id.is_none()) {
                     if let Some(existing) = stored_duplicate(conn, room, None, client_id)? {
                         in_batch.insert(key.clone().expect("keyed"), existing.clone());
-                        results.push(Appended {
-                            row: existing,
-                            duplicate: true,
-                        });
+                        results.push(Appended::duplicate_of(existing));
                         continue;
                     }
                 }
@@ -224,10 +225,7 @@ mod sqlite_append {
                     let existing = stored_duplicate(conn, room, sender_id.as_deref(), client_id)?
                         .ok_or_else(conflict)?;
                     in_batch.insert(key.expect("keyed"), existing.clone());
-                    results.push(Appended {
-                        row: existing,
-                        duplicate: true,
-                    });
+                    results.push(Appended::duplicate_of(existing));
                     continue;
                 }
                 *current += 1;
