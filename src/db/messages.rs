@@ -166,10 +166,12 @@ mod sqlite_append {
             for message in batch {
                 let room = message.room.as_str();
                 if !seqs.contains_key(room) {
+                    // `get_result`, not `first`: a bound `LIMIT` makes
+                    // SQLite re-prepare the statement on every call.
                     let stored: Option<i64> = rooms::table
                         .find(room)
                         .select(rooms::last_seq)
-                        .first(conn)
+                        .get_result(conn)
                         .optional()?;
                     let read = match stored {
                         Some(seq) => seq,

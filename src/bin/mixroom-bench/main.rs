@@ -21,6 +21,7 @@ mod pairs;
 mod procfs;
 mod session;
 mod stats;
+mod store;
 mod target;
 mod ws;
 
@@ -50,15 +51,19 @@ enum Workload {
     Idle(idle::IdleArgs),
     /// Authenticated connections per second.
     Connect(idle::ConnectArgs),
+    /// The durable write path alone (no server): CPU per stored message.
+    Store(store::StoreArgs),
 }
 
 impl Workload {
-    fn target(&self) -> &TargetArgs {
+    /// The server under load; `None` for `store`, which has none.
+    fn target(&self) -> Option<&TargetArgs> {
         match self {
-            Workload::Fanout(a) => &a.target,
-            Workload::Pairs(a) => &a.target,
-            Workload::Idle(a) => &a.target,
-            Workload::Connect(a) => &a.target,
+            Workload::Fanout(a) => Some(&a.target),
+            Workload::Pairs(a) => Some(&a.target),
+            Workload::Idle(a) => Some(&a.target),
+            Workload::Connect(a) => Some(&a.target),
+            Workload::Store(_) => None,
         }
     }
 }
@@ -66,11 +71,15 @@ impl Workload {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     stats::init_clock();
-    let bench_core = &cli.workload.target().bench_core;
-    if bench_core != "none" {
-        match bench_core.parse() {
-            Ok(core) if procfs::pin_to_cpu(core) => {}
-            _ => eprintln!("could not pin the generator to core {bench_core}; running unpinned"),
+    if let Some(target) = cli.workload.target() {
+        let bench_core = &target.bench_core;
+        if bench_core != "none" {
+            match bench_core.parse() {
+                Ok(core) if procfs::pin_to_cpu(core) => {}
+                _ => {
+                    eprintln!("could not pin the generator to core {bench_core}; running unpinned")
+                }
+            }
         }
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -97,12 +106,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(workload: Workload) -> anyhow::Result<String> {
-    let target = Target::open(workload.target()).await?;
+    let Some(target_args) = workload.target() else {
+        return match &workload {
+            Workload::Store(args) => store::run(args).await,
+            _ => unreachable!("every other workload has a target"),
+        };
+    };
+    let target = Target::open(target_args).await?;
     let result = match &workload {
         Workload::Fanout(args) => fanout::run(&target, args).await,
         Workload::Pairs(args) => pairs::run(&target, args).await,
         Workload::Idle(args) => idle::idle(&target, args).await,
         Workload::Connect(args) => idle::connect(&target, args).await,
+        Workload::Store(_) => unreachable!("handled above"),
     };
     target.shutdown().await;
     result

@@ -98,7 +98,7 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn unique_suffix() -> String {
+pub fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -127,7 +127,7 @@ async fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// `postgres://u@h:5432/db?x` with another database name.
-fn with_database(url: &str, database: &str) -> String {
+pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),
@@ -144,7 +144,7 @@ fn with_database(url: &str, database: &str) -> String {
     replaced
 }
 
-async fn admin_sql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
+pub async fn admin_sql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
     let (client, connection) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_postgres::connect(admin_url, tokio_postgres::NoTls),
