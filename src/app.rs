@@ -66,9 +66,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         hub.do_send(UseCluster(cluster.clone()));
         cluster
     };
+    // SQLite takes one writer at a time: more writers would only queue.
+    let writers = match &db {
+        Db::Postgres(_) => settings.database.writers,
+        Db::Sqlite(..) => 1,
+    };
     let sequencer = Sequencer::start(
         db.clone(),
         settings.database.max_batch,
+        writers,
         hub.clone().recipient(),
         metrics.clone(),
     );

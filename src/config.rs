@@ -61,6 +61,9 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub pool_size: usize,
     pub max_batch: usize,
+    /// Group commits in flight at once on PostgreSQL, rooms split between
+    /// them (SQLite has one writer whatever this says).
+    pub writers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,9 +1,13 @@
-//! The sequencer stores chat messages: one task takes every pending append,
-//! commits them in one transaction (group commit), answers each sender with
-//! its ack, then publishes the committed messages for fan-out.
+//! The sequencer stores chat messages: a writer task takes every pending
+//! append, commits them in one transaction (group commit), answers each
+//! sender with its ack, then publishes the committed messages for fan-out.
 //!
 //! While a transaction is in flight the next batch accumulates, so under
-//! load batches grow by themselves and the store is not the bottleneck.
+//! load batches grow by themselves. On PostgreSQL one transaction is worked
+//! by one backend process, one core: past that, rooms are split between
+//! several writers (`database.writers`), each with its own transaction in
+//! flight. A room always goes to the same writer, so its messages are
+//! stored and published in order.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,7 +89,8 @@ enum Request {
 
 #[derive(Clone)]
 pub struct Sequencer {
-    requests: mpsc::Sender<Request>,
+    /// One queue per writer task; a room's appends always go to the same one.
+    writers: Arc<[mpsc::Sender<Request>]>,
 }
 
 /// Commits start at least this far apart. Each durable commit costs the
@@ -95,26 +100,53 @@ pub struct Sequencer {
 /// store commits a lone message at once.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 
-/// How many appends may wait for the store before senders wait too.
+/// How many appends may wait for the store (all writers together) before
+/// senders wait too.
 const QUEUE_CAPACITY: usize = 65_536;
 
 impl Sequencer {
-    /// Spawns the writer task on the current runtime.
+    /// Spawns `writers` writer tasks on the current runtime (at least one).
     pub fn start(
         db: Db,
         max_batch: usize,
+        writers: usize,
         publish: Recipient<Committed>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_writer(db, max_batch.max(1), inbox, publish, metrics));
-        Sequencer { requests }
+        let writers = writers.max(1);
+        let writers = (0..writers)
+            .map(|_| {
+                let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY / writers);
+                tokio::spawn(run_writer(
+                    db.clone(),
+                    max_batch.max(1),
+                    inbox,
+                    publish.clone(),
+                    metrics.clone(),
+                ));
+                requests
+            })
+            .collect();
+        Sequencer { writers }
+    }
+
+    /// The writer that stores `room`'s messages.
+    fn writer_for(&self, room: &str) -> &mpsc::Sender<Request> {
+        if self.writers.len() == 1 {
+            return &self.writers[0];
+        }
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        // A fixed hasher: the same room maps to the same writer for the
+        // life of the process (any mapping would do, it only must not move).
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(room);
+        &self.writers[(hash % self.writers.len() as u64) as usize]
     }
 
     /// Stores a message; returns once it is committed (or was already).
     pub async fn append(&self, message: NewMessage) -> Result<Appended, AppError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
+        self.writer_for(&message.room)
             .send(Request::Append {
                 message,
                 reply: Reply::Waiting(reply),
@@ -138,7 +170,7 @@ impl Sequencer {
         notify: Recipient<StoreOutcome>,
         reference: Option<String>,
     ) -> Result<(), AppError> {
-        self.requests
+        self.writer_for(&message.room)
             .try_send(Request::Append {
                 message,
                 reply: Reply::Actor(notify, reference),
@@ -155,9 +187,15 @@ impl Sequencer {
 
     /// Waits until every append queued so far is committed.
     pub async fn flush(&self) {
-        let (done, finished) = oneshot::channel();
-        if self.requests.send(Request::Flush(done)).await.is_ok() {
-            let _ = finished.await;
+        let mut finished = Vec::with_capacity(self.writers.len());
+        for writer in self.writers.iter() {
+            let (done, answer) = oneshot::channel();
+            if writer.send(Request::Flush(done)).await.is_ok() {
+                finished.push(answer);
+            }
+        }
+        for answer in finished {
+            let _ = answer.await;
         }
     }
 }

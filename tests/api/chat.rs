@@ -15,6 +15,7 @@ both_backends!(
     typing_and_read_receipts,
     presence,
     ping_pong_and_token_refresh,
+    busy_rooms_keep_their_order,
 );
 
 /// Ava (the client) and Sam (the studio owner) talk about their session.
@@ -159,6 +160,71 @@ async fn duplicate_client_id(backend: Backend) {
 
     let history = server.history_over_http(&sam, &room, None, None).await;
     assert_eq!(seqs(&history), [2, 1], "{history}");
+}
+
+/// Ava runs six bookings at once and fires messages into all of them
+/// without waiting; the server stores them with several writers (on
+/// PostgreSQL). Every room keeps her order: acks and deliveries count
+/// 1, 2, 3… in the order she wrote.
+async fn busy_rooms_keep_their_order(backend: Backend) {
+    const ROOMS: usize = 6;
+    const PER_ROOM: usize = 30;
+    let mut env = NO_RATE_LIMIT.to_vec();
+    env.push(("MIXROOM__DATABASE__WRITERS", "4"));
+    let server = TestServer::spawn(&backend, &env);
+    let ava = TestUser::client("Ava");
+    let mut rooms = Vec::new();
+    for i in 0..ROOMS {
+        let studio = TestUser::studio_owner(&format!("Studio {i}"));
+        rooms.push(server.open_booking(&ava, &[&studio]).await);
+    }
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    for room in &rooms {
+        ava_ws.join(room, None).await;
+    }
+
+    for n in 1..=PER_ROOM {
+        for (r, room) in rooms.iter().enumerate() {
+            ava_ws
+                .send_message_frame(room, &format!("r{r}-{n}"), &format!("take {n}"))
+                .await;
+        }
+    }
+    let mut acked: Vec<Vec<(i64, i64)>> = vec![Vec::new(); ROOMS];
+    let mut delivered: Vec<Vec<(i64, String)>> = vec![Vec::new(); ROOMS];
+    while acked.iter().any(|got| got.len() < PER_ROOM)
+        || delivered.iter().any(|got| got.len() < PER_ROOM)
+    {
+        let frame = ava_ws.recv().await;
+        let room_of = |frame: &Value| rooms.iter().position(|room| frame["room"] == room.as_str());
+        match frame["type"].as_str() {
+            Some("ack") => {
+                let client_id = frame["client_id"].as_str().unwrap_or_default();
+                let (r, n) = client_id[1..]
+                    .split_once('-')
+                    .map(|(r, n)| (r.parse::<usize>().unwrap(), n.parse::<i64>().unwrap()))
+                    .unwrap_or_else(|| panic!("an ack for a send not made: {frame}"));
+                acked[r].push((n, frame["seq"].as_i64().unwrap_or(-1)));
+            }
+            Some("message") => {
+                let r = room_of(&frame).unwrap_or_else(|| panic!("a stranger room: {frame}"));
+                let body = frame["body"].as_str().unwrap_or_default().to_owned();
+                delivered[r].push((frame["seq"].as_i64().unwrap_or(-1), body));
+            }
+            Some("error") => panic!("a send was refused: {frame}"),
+            _ => {}
+        }
+    }
+    for r in 0..ROOMS {
+        let in_order: Vec<(i64, i64)> = (1..=PER_ROOM as i64).map(|n| (n, n)).collect();
+        let mut acks = acked[r].clone();
+        acks.sort_unstable();
+        assert_eq!(acks, in_order, "room {r}: (take, seq) of the acks");
+        let expected: Vec<(i64, String)> = (1..=PER_ROOM as i64)
+            .map(|n| (n, format!("take {n}")))
+            .collect();
+        assert_eq!(delivered[r], expected, "room {r}: deliveries in order");
+    }
 }
 
 /// Sam's connection drops; when he comes back he gets exactly what he missed.
