@@ -61,8 +61,8 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub pool_size: usize,
     pub max_batch: usize,
-    /// Group commits in flight at once on PostgreSQL, rooms split between
-    /// them (SQLite has one writer whatever this says).
+    /// Group commits in flight at most at once on PostgreSQL; more than
+    /// one only while a commit is slow (SQLite: always one).
     pub writers: usize,
 }
 

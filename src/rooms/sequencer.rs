@@ -4,17 +4,19 @@
 //!
 //! While a transaction is in flight the next batch accumulates, so under
 //! load batches grow by themselves. On PostgreSQL one transaction is worked
-//! by one backend process, one core: past that, rooms are split between
-//! several writers (`database.writers`), each with its own transaction in
-//! flight. A room always goes to the same writer, so its messages are
-//! stored and published in order.
+//! by one backend process, one core: when a commit is slow, the appends
+//! waiting for other rooms get a commit of their own beside it, up to
+//! `database.writers` at once. A room is never in two commits at once, so
+//! its messages are stored and published in order.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
 use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::db::messages::{Appended, NewMessage};
 use crate::db::models::MessageRow;
@@ -89,8 +91,7 @@ enum Request {
 
 #[derive(Clone)]
 pub struct Sequencer {
-    /// One queue per writer task; a room's appends always go to the same one.
-    writers: Arc<[mpsc::Sender<Request>]>,
+    requests: mpsc::Sender<Request>,
 }
 
 /// Commits start at least this far apart. Each durable commit costs the
@@ -100,12 +101,18 @@ pub struct Sequencer {
 /// store commits a lone message at once.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 
-/// How many appends may wait for the store (all writers together) before
-/// senders wait too.
+/// A commit in flight longer than this is slow: the appends waiting behind
+/// it for other rooms get a commit of their own (up to `writers` at once).
+/// Below it one commit at a time carries everything, in the largest
+/// batches, for the least work per message.
+const SLOW_COMMIT: Duration = Duration::from_millis(10);
+
+/// How many appends may wait for the store before senders are refused.
 const QUEUE_CAPACITY: usize = 65_536;
 
 impl Sequencer {
-    /// Spawns `writers` writer tasks on the current runtime (at least one).
+    /// Spawns the writer task on the current runtime; it keeps up to
+    /// `writers` commits in flight (at least one).
     pub fn start(
         db: Db,
         max_batch: usize,
@@ -113,40 +120,22 @@ impl Sequencer {
         publish: Recipient<Committed>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let writers = writers.max(1);
-        let writers = (0..writers)
-            .map(|_| {
-                let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY / writers);
-                tokio::spawn(run_writer(
-                    db.clone(),
-                    max_batch.max(1),
-                    inbox,
-                    publish.clone(),
-                    metrics.clone(),
-                ));
-                requests
-            })
-            .collect();
-        Sequencer { writers }
-    }
-
-    /// The writer that stores `room`'s messages.
-    fn writer_for(&self, room: &str) -> &mpsc::Sender<Request> {
-        if self.writers.len() == 1 {
-            return &self.writers[0];
-        }
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        // A fixed hasher: the same room maps to the same writer for the
-        // life of the process (any mapping would do, it only must not move).
-        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .hash_one(room);
-        &self.writers[(hash % self.writers.len() as u64) as usize]
+        let (requests, inbox) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            db,
+            max_batch: max_batch.max(1),
+            max_in_flight: writers.max(1),
+            publish,
+            metrics,
+        };
+        tokio::spawn(writer.run(inbox));
+        Sequencer { requests }
     }
 
     /// Stores a message; returns once it is committed (or was already).
     pub async fn append(&self, message: NewMessage) -> Result<Appended, AppError> {
         let (reply, answer) = oneshot::channel();
-        self.writer_for(&message.room)
+        self.requests
             .send(Request::Append {
                 message,
                 reply: Reply::Waiting(reply),
@@ -170,7 +159,7 @@ impl Sequencer {
         notify: Recipient<StoreOutcome>,
         reference: Option<String>,
     ) -> Result<(), AppError> {
-        self.writer_for(&message.room)
+        self.requests
             .try_send(Request::Append {
                 message,
                 reply: Reply::Actor(notify, reference),
@@ -187,62 +176,211 @@ impl Sequencer {
 
     /// Waits until every append queued so far is committed.
     pub async fn flush(&self) {
-        let mut finished = Vec::with_capacity(self.writers.len());
-        for writer in self.writers.iter() {
-            let (done, answer) = oneshot::channel();
-            if writer.send(Request::Flush(done)).await.is_ok() {
-                finished.push(answer);
-            }
-        }
-        for answer in finished {
-            let _ = answer.await;
+        let (done, finished) = oneshot::channel();
+        if self.requests.send(Request::Flush(done)).await.is_ok() {
+            let _ = finished.await;
         }
     }
 }
 
-async fn run_writer(
+/// An append waiting for its commit, numbered in arrival order.
+struct Queued {
+    number: u64,
+    message: NewMessage,
+    reply: Reply,
+}
+
+/// A commit in flight: the rooms it holds and its first append's number.
+struct InFlight {
+    rooms: Vec<String>,
+    first: u64,
+    started: Instant,
+}
+
+struct Writer {
     db: Db,
     max_batch: usize,
-    mut inbox: mpsc::Receiver<Request>,
+    max_in_flight: usize,
     publish: Recipient<Committed>,
     metrics: Arc<Metrics>,
-) {
-    let mut batch = Vec::with_capacity(max_batch);
-    let mut flushes = Vec::new();
-    // When the last commit started: commits are at least `COMMIT_INTERVAL`
-    // apart, so under load each one carries more messages.
-    let mut last_commit: Option<Instant> = None;
-    while let Some(first) = inbox.recv().await {
-        let mut next = Some(first);
+}
+
+impl Writer {
+    /// Takes appends in arrival order and commits them in batches. A room
+    /// is in at most one commit in flight, and its appends leave the queue
+    /// in order: each room's messages are stored, acked and published in
+    /// the order they came, whatever runs beside them.
+    async fn run(self, mut inbox: mpsc::Receiver<Request>) {
+        let mut queue: VecDeque<Queued> = VecDeque::new();
+        let mut arrived: u64 = 0;
+        // (appends that arrived before it, answer)
+        let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+        let mut commits: JoinSet<()> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut last_start: Option<Instant> = None;
+        let mut open = true;
+        // Appends are taken off the channel only this far ahead: past it the
+        // channel fills and senders are refused (`rate_limited`).
+        let lookahead = self.max_batch * self.max_in_flight;
         loop {
-            while let Some(request) = next.take() {
-                match request {
-                    Request::Append { message, reply } => batch.push((message, reply)),
-                    Request::Flush(done) => flushes.push(done),
-                }
-                if batch.len() < max_batch {
-                    next = inbox.try_recv().ok();
+            while open && queue.len() < lookahead {
+                match inbox.try_recv() {
+                    Ok(request) => accept(request, &mut queue, &mut flushes, &mut arrived),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             }
-            let due = last_commit.map(|at| at + COMMIT_INTERVAL);
-            let Some(due) = due.filter(|due| *due > Instant::now() && batch.len() < max_batch)
-            else {
+            let unfinished = queue
+                .front()
+                .map(|q| q.number)
+                .into_iter()
+                .chain(in_flight.values().map(|c| c.first))
+                .min()
+                .unwrap_or(arrived);
+            let (answered, waiting) = std::mem::take(&mut flushes)
+                .into_iter()
+                .partition(|(before, _)| *before <= unfinished);
+            flushes = waiting;
+            for (_, done) in answered {
+                let _ = done.send(());
+            }
+
+            let now = Instant::now();
+            let start_at = self.next_start(&queue, &in_flight, &busy, last_start, now);
+            if start_at.is_some_and(|at| at <= now) {
+                let batch = take_batch(&mut queue, &busy, self.max_batch);
+                if !batch.is_empty() {
+                    let rooms: Vec<String> = batch
+                        .iter()
+                        .map(|q| q.message.room.clone())
+                        .collect::<HashSet<_>>()
+                        .into_iter()
+                        .collect();
+                    busy.extend(rooms.iter().cloned());
+                    let first = batch.iter().map(|q| q.number).min().unwrap_or(arrived);
+                    let (db, publish, metrics) =
+                        (self.db.clone(), self.publish.clone(), self.metrics.clone());
+                    let batch: Vec<Pending> =
+                        batch.into_iter().map(|q| (q.message, q.reply)).collect();
+                    let handle =
+                        commits.spawn(async move { commit(&db, batch, &publish, &metrics).await });
+                    in_flight.insert(
+                        handle.id(),
+                        InFlight {
+                            rooms,
+                            first,
+                            started: now,
+                        },
+                    );
+                    last_start = Some(now);
+                    continue;
+                }
+            }
+            if !open && queue.is_empty() && commits.is_empty() {
                 break;
-            };
-            match tokio::time::timeout_at(due.into(), inbox.recv()).await {
-                Ok(Some(request)) => next = Some(request),
-                // Closed or due: commit what there is.
-                Ok(None) | Err(_) => break,
+            }
+            let wake = start_at.unwrap_or_else(|| now + Duration::from_secs(3600));
+            tokio::select! {
+                Some(done) = commits.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(error) => {
+                            tracing::error!(%error, "a commit task failed");
+                            error.id()
+                        }
+                    };
+                    if let Some(finished) = in_flight.remove(&id) {
+                        for room in finished.rooms {
+                            busy.remove(&room);
+                        }
+                    }
+                }
+                request = inbox.recv(), if open && queue.len() < lookahead => match request {
+                    Some(request) => accept(request, &mut queue, &mut flushes, &mut arrived),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep_until(wake.into()), if start_at.is_some() => {}
             }
         }
-        if !batch.is_empty() {
-            last_commit = Some(Instant::now());
-            commit(&db, std::mem::take(&mut batch), &publish, &metrics).await;
-        }
-        for done in flushes.drain(..) {
+        for (_, done) in flushes {
             let _ = done.send(());
         }
     }
+
+    /// When the next commit may start, if one should.
+    fn next_start(
+        &self,
+        queue: &VecDeque<Queued>,
+        in_flight: &HashMap<tokio::task::Id, InFlight>,
+        busy: &HashSet<String>,
+        last_start: Option<Instant>,
+        now: Instant,
+    ) -> Option<Instant> {
+        if queue.is_empty() || in_flight.len() >= self.max_in_flight {
+            return None;
+        }
+        let spaced = last_start.map_or(now, |at| at + COMMIT_INTERVAL);
+        let Some(oldest) = in_flight.values().map(|c| c.started).min() else {
+            // Nothing in flight: at once when a batch is full, else once
+            // commits are far enough apart (at once when idle).
+            return Some(if queue.len() >= self.max_batch {
+                now
+            } else {
+                spaced
+            });
+        };
+        // Another commit beside a slow one, for rooms it does not hold.
+        if queue.iter().all(|q| busy.contains(&q.message.room)) {
+            return None;
+        }
+        Some(spaced.max(oldest + SLOW_COMMIT))
+    }
+}
+
+fn accept(
+    request: Request,
+    queue: &mut VecDeque<Queued>,
+    flushes: &mut Vec<(u64, oneshot::Sender<()>)>,
+    arrived: &mut u64,
+) {
+    match request {
+        Request::Append { message, reply } => {
+            queue.push_back(Queued {
+                number: *arrived,
+                message,
+                reply,
+            });
+            *arrived += 1;
+        }
+        Request::Flush(done) => flushes.push((*arrived, done)),
+    }
+}
+
+/// Up to `max_batch` appends in arrival order, skipping rooms held by a
+/// commit in flight; once a room has an append left behind, its later
+/// appends stay behind too (its order holds).
+fn take_batch(
+    queue: &mut VecDeque<Queued>,
+    busy: &HashSet<String>,
+    max_batch: usize,
+) -> Vec<Queued> {
+    let mut batch = Vec::new();
+    let mut held: HashSet<String> = HashSet::new();
+    let mut kept = VecDeque::with_capacity(queue.len());
+    for queued in queue.drain(..) {
+        let room = queued.message.room.as_str();
+        if batch.len() < max_batch && !busy.contains(room) && !held.contains(room) {
+            batch.push(queued);
+        } else {
+            if !held.contains(room) {
+                held.insert(room.to_owned());
+            }
+            kept.push_back(queued);
+        }
+    }
+    *queue = kept;
+    batch
 }
 
 type Pending = (NewMessage, Reply);
@@ -286,5 +424,62 @@ async fn commit(db: &Db, batch: Vec<Pending>, publish: &Recipient<Committed>, me
     metrics.messages_stored.inc_by(committed.len() as u64);
     if !committed.is_empty() {
         publish.do_send(Committed(committed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(number: u64, room: &str) -> Queued {
+        let (reply, _) = oneshot::channel();
+        Queued {
+            number,
+            message: NewMessage {
+                id: None,
+                room: room.to_owned(),
+                sender_id: Some("u".into()),
+                sender_name: "U".into(),
+                sender_role: "client".into(),
+                client_id: Some(format!("c{number}")),
+                body: "b".into(),
+            },
+            reply: Reply::Waiting(reply),
+        }
+    }
+
+    fn numbers(queue: impl IntoIterator<Item = Queued>) -> Vec<u64> {
+        queue.into_iter().map(|q| q.number).collect()
+    }
+
+    #[test]
+    fn a_batch_skips_rooms_in_flight_and_keeps_each_rooms_order() {
+        let rooms = ["a", "b", "a", "c", "b"];
+        let mut queue: VecDeque<Queued> = rooms
+            .iter()
+            .enumerate()
+            .map(|(n, room)| queued(n as u64, room))
+            .collect();
+        let busy: HashSet<String> = ["b".to_owned()].into();
+        let batch = take_batch(&mut queue, &busy, 10);
+        assert_eq!(numbers(batch), [0, 2, 3]);
+        assert_eq!(numbers(queue), [1, 4]);
+    }
+
+    #[test]
+    fn a_room_cut_by_the_batch_size_waits_whole() {
+        let rooms = ["a", "b", "a", "b"];
+        let mut queue: VecDeque<Queued> = rooms
+            .iter()
+            .enumerate()
+            .map(|(n, room)| queued(n as u64, room))
+            .collect();
+        let first = take_batch(&mut queue, &HashSet::new(), 1);
+        assert_eq!(numbers(first), [0]);
+        // `a` is now in flight; `b` goes, and `a`'s second append waits.
+        let busy: HashSet<String> = ["a".to_owned()].into();
+        let second = take_batch(&mut queue, &busy, 10);
+        assert_eq!(numbers(second), [1, 3]);
+        assert_eq!(numbers(queue), [2]);
     }
 }

@@ -163,7 +163,7 @@ async fn duplicate_client_id(backend: Backend) {
 }
 
 /// Ava runs six bookings at once and fires messages into all of them
-/// without waiting; the server stores them with several writers (on
+/// without waiting, to a server that may keep four commits in flight (on
 /// PostgreSQL). Every room keeps her order: acks and deliveries count
 /// 1, 2, 3… in the order she wrote.
 async fn busy_rooms_keep_their_order(backend: Backend) {
@@ -225,6 +225,58 @@ async fn busy_rooms_keep_their_order(backend: Backend) {
             .collect();
         assert_eq!(delivered[r], expected, "room {r}: deliveries in order");
     }
+}
+
+/// PostgreSQL: a booking room's row is held by someone else's
+/// transaction, so storing its next message waits. Ava's messages in her
+/// other booking are stored and acked meanwhile (a second commit beside
+/// the stuck one), and the stuck room keeps its order once it is free.
+#[tokio::test]
+async fn a_stuck_room_does_not_hold_up_the_others() {
+    let Some(backend) = Backend::postgres() else {
+        eprintln!("skipped: MIXROOM_TEST_DATABASE_URL not set");
+        return;
+    };
+    let server = TestServer::spawn(&backend, &[("MIXROOM__DATABASE__WRITERS", "2")]);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let eli = TestUser::engineer("Eli");
+    let stuck = server.open_booking(&ava, &[&sam]).await;
+    let free = server.open_booking(&ava, &[&eli]).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&stuck, None).await;
+    ava_ws.join(&free, None).await;
+    assert_eq!(ava_ws.send_msg(&stuck, "s-1", "first").await["seq"], 1);
+
+    // Another session of the database holds the stuck room's row.
+    let (client, connection) = tokio_postgres::connect(backend.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM rooms WHERE id = '{stuck}' FOR UPDATE"
+        ))
+        .await
+        .expect("lock the room row");
+
+    ava_ws.send_message_frame(&stuck, "s-2", "second").await;
+    ava_ws.send_message_frame(&stuck, "s-3", "third").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ack = ava_ws.send_msg(&free, "f-1", "meanwhile").await;
+    assert_eq!(ack["seq"], 1, "{ack}");
+    ava_ws.expect_silence(100, &["ack"]).await;
+
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .expect("release the row");
+    assert_eq!(ava_ws.wait_ack("s-2").await["seq"], 2);
+    assert_eq!(ava_ws.wait_ack("s-3").await["seq"], 3);
+    drop(client);
+    let _ = driver.await;
+    let history = server.history_over_http(&ava, &stuck, None, None).await;
+    assert_eq!(seqs(&history), [3, 2, 1], "{history}");
 }
 
 /// Sam's connection drops; when he comes back he gets exactly what he missed.
