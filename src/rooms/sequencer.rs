@@ -219,6 +219,9 @@ impl Writer {
         let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
         let mut busy: HashSet<String> = HashSet::new();
         let mut last_start: Option<Instant> = None;
+        // Everything queued is for rooms in flight: no commit can start until
+        // one ends or an append for another room comes (no rescan per append).
+        let mut stalled = false;
         let mut open = true;
         // Appends are taken off the channel only this far ahead: past it the
         // channel fills and senders are refused (`rate_limited`).
@@ -226,7 +229,9 @@ impl Writer {
         loop {
             while open && queue.len() < lookahead {
                 match inbox.try_recv() {
-                    Ok(request) => accept(request, &mut queue, &mut flushes, &mut arrived),
+                    Ok(request) => {
+                        stalled &= !accept(request, &busy, &mut queue, &mut flushes, &mut arrived)
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
@@ -247,9 +252,14 @@ impl Writer {
             }
 
             let now = Instant::now();
-            let start_at = self.next_start(&queue, &in_flight, &busy, last_start, now);
+            let start_at = if stalled {
+                None
+            } else {
+                self.next_start(&queue, &in_flight, last_start, now)
+            };
             if start_at.is_some_and(|at| at <= now) {
                 let batch = take_batch(&mut queue, &busy, self.max_batch);
+                stalled = batch.is_empty();
                 if !batch.is_empty() {
                     let rooms: Vec<String> = batch
                         .iter()
@@ -295,9 +305,12 @@ impl Writer {
                             busy.remove(&room);
                         }
                     }
+                    stalled = false;
                 }
                 request = inbox.recv(), if open && queue.len() < lookahead => match request {
-                    Some(request) => accept(request, &mut queue, &mut flushes, &mut arrived),
+                    Some(request) => {
+                        stalled &= !accept(request, &busy, &mut queue, &mut flushes, &mut arrived)
+                    }
                     None => open = false,
                 },
                 _ = tokio::time::sleep_until(wake.into()), if start_at.is_some() => {}
@@ -313,7 +326,6 @@ impl Writer {
         &self,
         queue: &VecDeque<Queued>,
         in_flight: &HashMap<tokio::task::Id, InFlight>,
-        busy: &HashSet<String>,
         last_start: Option<Instant>,
         now: Instant,
     ) -> Option<Instant> {
@@ -331,29 +343,34 @@ impl Writer {
             });
         };
         // Another commit beside a slow one, for rooms it does not hold.
-        if queue.iter().all(|q| busy.contains(&q.message.room)) {
-            return None;
-        }
         Some(spaced.max(oldest + SLOW_COMMIT))
     }
 }
 
+/// Queues a request; true when it is an append for a room no commit in
+/// flight holds.
 fn accept(
     request: Request,
+    busy: &HashSet<String>,
     queue: &mut VecDeque<Queued>,
     flushes: &mut Vec<(u64, oneshot::Sender<()>)>,
     arrived: &mut u64,
-) {
+) -> bool {
     match request {
         Request::Append { message, reply } => {
+            let free = !busy.contains(&message.room);
             queue.push_back(Queued {
                 number: *arrived,
                 message,
                 reply,
             });
             *arrived += 1;
+            free
         }
-        Request::Flush(done) => flushes.push((*arrived, done)),
+        Request::Flush(done) => {
+            flushes.push((*arrived, done));
+            false
+        }
     }
 }
 
