@@ -10,6 +10,7 @@
 //!   with one atomic `UPDATE ... WHERE` that a second node cannot also win.
 
 use diesel::prelude::*;
+use diesel::upsert::DecoratableTarget;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::models::{BookingRow, MessageRow, NotificationRow, UserRow};
@@ -106,9 +107,11 @@ pub struct EmailItemRow {
     pub id: String,
     pub user_id: String,
     pub kind: String,
-    /// `message:<id>` or `notification:<id>`: unique per user.
+    /// `message:<id>`, `notification:<id>` or, for a chat range,
+    /// `range:<room>:<item id>`: unique per user.
     pub source: String,
     pub room: Option<String>,
+    /// A chat item's first message (see `up_to_seq`).
     pub seq: Option<i64>,
     pub message_id: Option<String>,
     pub notification_id: Option<String>,
@@ -118,6 +121,19 @@ pub struct EmailItemRow {
     pub state: String,
     pub outbox_id: Option<String>,
     pub updated_at: i64,
+    /// A chat range's last message: the item covers the room's messages
+    /// `seq ..= up_to_seq`. NULL on items stored one per message before
+    /// ranges existed (their range is their one message).
+    pub up_to_seq: Option<i64>,
+}
+
+impl EmailItemRow {
+    /// The room and the messages a chat item covers.
+    pub fn chat_range(&self) -> Option<(&str, i64, i64)> {
+        let room = self.room.as_deref()?;
+        let first = self.seq?;
+        Some((room, first, self.up_to_seq.unwrap_or(first)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -173,15 +189,22 @@ pub struct PendingItem {
     pub source: ItemSource,
 }
 
-/// An item's message or notification as it is now.
+/// An item's messages or notification as they are now.
 #[derive(Debug, Clone)]
 pub enum ItemSource {
     Chat {
-        message: MessageRow,
+        /// The newest unread messages of the range (at most
+        /// [`DIGEST_MESSAGES_PER_ROOM`]), oldest first: not the recipient's
+        /// own, not status notices, none an earlier email showed.
+        messages: Vec<MessageRow>,
+        /// Unread messages of the range older than those shown.
+        more: i64,
+        /// When the oldest unread message of the range was sent.
+        oldest_unread_at: Option<i64>,
         /// The booking's title (booking rooms only).
         booking_title: Option<String>,
-        /// The recipient's read cursor in the room (0 when none).
-        read_up_to: i64,
+        /// Whether the recipient read the whole range.
+        read: bool,
         /// Whether the recipient still belongs to the room.
         member: bool,
     },
@@ -202,9 +225,32 @@ pub struct DispatchPlan {
     pub rescheduled: Vec<(String, i64)>,
 }
 
+/// A digest shows at most this many messages of one room (the newest);
+/// it counts the older ones.
+pub const DIGEST_MESSAGES_PER_ROOM: usize = 20;
+
+/// Messages of a range read to find those shown: a few more than shown,
+/// for the ones left out (status notices, shown by an earlier email).
+const DIGEST_MESSAGES_READ: i64 = 100;
+
+/// A booking status change posted into its room: each one is also a
+/// `booking` notification, which is what gets emailed.
+pub fn is_status_notice(message: &MessageRow) -> bool {
+    message.sender_role == "system"
+        && message
+            .client_id
+            .as_deref()
+            .is_some_and(|c| c.starts_with("status:"))
+}
+
 /// Serialises the deciding of one recipient's items across nodes.
 pub(crate) trait LockRecipient {
     async fn lock_email_recipient(&mut self, user_id: &str) -> QueryResult<()>;
+    /// The recipient's pending items, oldest first, locked until the
+    /// transaction ends where the backend locks rows: a chat range the
+    /// notifier would extend meanwhile is extended after this decision (or,
+    /// if it was emailed, a new range begins), never silently covered.
+    async fn pending_email_items(&mut self, user_id: &str) -> QueryResult<Vec<EmailItemRow>>;
 }
 
 /// SQLite: email items stored per transaction (see [`crate::db::WriteGate`]).
@@ -223,6 +269,17 @@ impl LockRecipient for diesel_async::AsyncPgConnection {
             .await?;
         Ok(())
     }
+
+    async fn pending_email_items(&mut self, user_id: &str) -> QueryResult<Vec<EmailItemRow>> {
+        email_items::table
+            .filter(email_items::user_id.eq(user_id))
+            .filter(email_items::state.eq(item_state::PENDING))
+            .order(email_items::created_at.asc())
+            .select(EmailItemRow::as_select())
+            .for_update()
+            .load(self)
+            .await
+    }
 }
 
 impl LockRecipient for super::SqliteConn {
@@ -239,6 +296,17 @@ impl LockRecipient for super::SqliteConn {
         .execute(self)
         .await?;
         Ok(())
+    }
+
+    /// SQLite's write lock, taken above, already keeps every writer out.
+    async fn pending_email_items(&mut self, user_id: &str) -> QueryResult<Vec<EmailItemRow>> {
+        email_items::table
+            .filter(email_items::user_id.eq(user_id))
+            .filter(email_items::state.eq(item_state::PENDING))
+            .order(email_items::created_at.asc())
+            .select(EmailItemRow::as_select())
+            .load(self)
+            .await
     }
 }
 
@@ -387,6 +455,75 @@ impl Db {
         }
     }
 
+    /// Stores chat ranges, at most one per recipient and room: where the
+    /// recipient already has a pending range in the room, that one grows to
+    /// cover the new one (first and last message, earliest time) instead of
+    /// a row being added. Answers how many ranges were stored or grown.
+    pub async fn upsert_chat_ranges(&self, rows: &[EmailItemRow]) -> Result<usize, DbError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Db::Sqlite(pool, gate) => {
+                let mut pooled = pool.get().await?;
+                let mut stored = 0;
+                for chunk in rows.chunks(SQLITE_ITEMS_PER_TRANSACTION) {
+                    let chunk = chunk.to_vec();
+                    let _turn = gate.lock().await;
+                    stored += pooled
+                        .spawn_blocking(move |conn| sqlite_items::upsert_ranges(conn, &chunk))
+                        .await?;
+                }
+                Ok(stored)
+            }
+            Db::Postgres(pool) => {
+                let mut pooled = pool.get().await?;
+                let mut stored = 0;
+                for chunk in rows.chunks(1000) {
+                    stored += diesel::insert_into(email_items::table)
+                        .values(chunk)
+                        .on_conflict((email_items::user_id, email_items::room))
+                        .filter_target(pending_range())
+                        .do_update()
+                        .set(range_growth())
+                        .execute(&mut *pooled)
+                        .await?;
+                }
+                Ok(stored)
+            }
+        }
+    }
+
+    /// The messages the items of `rooms` cover, as (recipient, room, first,
+    /// last), for items stored or changed since `since`: an item covering a
+    /// message sent since then was stored or grown after it was sent.
+    pub async fn chat_ranges_of_rooms(
+        &self,
+        rooms: &[String],
+        since: i64,
+    ) -> Result<Vec<(String, String, i64, i64)>, DbError> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<EmailItemRow> = db_run!(self, |conn| {
+            Ok::<_, DbError>(
+                email_items::table
+                    .filter(email_items::room.eq_any(rooms))
+                    .filter(email_items::updated_at.ge(since))
+                    .select(EmailItemRow::as_select())
+                    .load(conn)
+                    .await?,
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let (room, first, last) = row.chat_range()?;
+                Some((row.user_id.clone(), room.to_owned(), first, last))
+            })
+            .collect())
+    }
+
     /// Recipients with a pending item due by `now`.
     pub async fn due_email_recipients(&self, now: i64, limit: i64) -> Result<Vec<String>, DbError> {
         db_run!(self, |conn| {
@@ -438,25 +575,18 @@ impl Db {
         db_run!(self, |conn| {
             conn.transaction::<_, DbError, _>(async |conn| {
                 conn.lock_email_recipient(user_id).await?;
-                let rows: Vec<EmailItemRow> = email_items::table
-                    .filter(email_items::user_id.eq(user_id))
-                    .filter(email_items::state.eq(item_state::PENDING))
-                    .order(email_items::created_at.asc())
-                    .select(EmailItemRow::as_select())
-                    .load(conn)
-                    .await?;
+                let rows = conn.pending_email_items(user_id).await?;
                 if rows.is_empty() {
                     return Ok(DispatchPlan::default());
                 }
-                let message_ids: Vec<&str> = rows
-                    .iter()
-                    .filter_map(|r| r.message_id.as_deref())
-                    .collect();
                 let notification_ids: Vec<&str> = rows
                     .iter()
                     .filter_map(|r| r.notification_id.as_deref())
                     .collect();
-                let rooms: Vec<&str> = rows.iter().filter_map(|r| r.room.as_deref()).collect();
+                let rooms: Vec<&str> = rows
+                    .iter()
+                    .filter_map(|r| r.chat_range().map(|(room, _, _)| room))
+                    .collect();
                 let booking_ids: Vec<&str> = rooms
                     .iter()
                     .filter_map(|room| room.strip_prefix("booking:"))
@@ -465,15 +595,6 @@ impl Db {
                     .iter()
                     .filter_map(|room| room.strip_prefix("support:"))
                     .collect();
-                let found_messages: Vec<MessageRow> = if message_ids.is_empty() {
-                    Vec::new()
-                } else {
-                    messages::table
-                        .filter(messages::id.eq_any(&message_ids))
-                        .select(MessageRow::as_select())
-                        .load(conn)
-                        .await?
-                };
                 let cursors: Vec<(String, i64)> = if rooms.is_empty() {
                     Vec::new()
                 } else {
@@ -535,54 +656,107 @@ impl Db {
                     .await
                     .optional()?;
 
-                let items = rows
-                    .into_iter()
-                    .map(|row| {
-                        let source = if let Some(id) = &row.message_id {
-                            match found_messages.iter().find(|m| &m.id == id) {
-                                Some(message) => {
-                                    let room = message.room.as_str();
-                                    let read_up_to = cursors
+                let mut items = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let source = if let Some((room, first, last)) = row.chat_range() {
+                        let read_up_to = cursors
+                            .iter()
+                            .find(|(r, _)| r == room)
+                            .map_or(0, |(_, seq)| *seq);
+                        let (member, booking_title) =
+                            if let Some(booking) = room.strip_prefix("booking:") {
+                                (
+                                    member_bookings.iter().any(|b| b == booking),
+                                    booking_rows
                                         .iter()
-                                        .find(|(r, _)| r == room)
-                                        .map_or(0, |(_, seq)| *seq);
-                                    let (member, booking_title) = if let Some(booking) =
-                                        room.strip_prefix("booking:")
-                                    {
-                                        (
-                                            member_bookings.iter().any(|b| b == booking),
-                                            booking_rows
-                                                .iter()
-                                                .find(|b| b.id == booking)
-                                                .map(|b| b.title.clone()),
-                                        )
-                                    } else if let Some(conversation) = room.strip_prefix("support:")
-                                    {
-                                        (own_conversations.iter().any(|c| c == conversation), None)
-                                    } else {
-                                        (false, None)
-                                    };
-                                    ItemSource::Chat {
-                                        message: message.clone(),
-                                        booking_title,
-                                        read_up_to,
-                                        member,
-                                    }
+                                        .find(|b| b.id == booking)
+                                        .map(|b| b.title.clone()),
+                                )
+                            } else if let Some(conversation) = room.strip_prefix("support:") {
+                                (own_conversations.iter().any(|c| c == conversation), None)
+                            } else {
+                                (false, None)
+                            };
+                        let (shown, more, oldest_unread_at) = if member && read_up_to < last {
+                            let from = first.max(read_up_to + 1);
+                            // What earlier emails showed is not shown again
+                            // (ranges can meet when nodes store a room's
+                            // messages out of order).
+                            let shown_before: Vec<(Option<i64>, Option<i64>)> = email_items::table
+                                .filter(email_items::user_id.eq(user_id))
+                                .filter(email_items::room.eq(room))
+                                .filter(email_items::state.eq(item_state::EMAILED))
+                                .filter(email_items::seq.le(last))
+                                .filter(
+                                    diesel::dsl::sql::<diesel::sql_types::Bool>(
+                                        "COALESCE(up_to_seq, seq) >= ",
+                                    )
+                                    .bind::<diesel::sql_types::BigInt, _>(from),
+                                )
+                                .select((email_items::seq, email_items::up_to_seq))
+                                .load(conn)
+                                .await?;
+                            let unread = messages::table
+                                .filter(messages::room.eq(room))
+                                .filter(messages::seq.ge(from))
+                                .filter(messages::seq.le(last))
+                                .filter(
+                                    messages::sender_id
+                                        .is_null()
+                                        .or(messages::sender_id.ne(user_id)),
+                                );
+                            let (count, oldest_at): (i64, Option<i64>) = unread
+                                .select((
+                                    diesel::dsl::count_star(),
+                                    diesel::dsl::min(messages::sent_at),
+                                ))
+                                .first(conn)
+                                .await?;
+                            let newest: Vec<MessageRow> = unread
+                                .order(messages::seq.desc())
+                                .limit(DIGEST_MESSAGES_READ)
+                                .select(MessageRow::as_select())
+                                .load(conn)
+                                .await?;
+                            let mut looked_at = 0;
+                            let mut shown = Vec::new();
+                            for message in newest {
+                                if shown.len() == DIGEST_MESSAGES_PER_ROOM {
+                                    break;
                                 }
-                                None => ItemSource::Gone,
+                                looked_at += 1;
+                                let emailed = shown_before.iter().any(|(first, last)| {
+                                    let first = first.unwrap_or(i64::MAX);
+                                    first <= message.seq && message.seq <= last.unwrap_or(first)
+                                });
+                                if !emailed && !is_status_notice(&message) {
+                                    shown.push(message);
+                                }
                             }
-                        } else if let Some(id) = &row.notification_id {
-                            found_notifications
-                                .iter()
-                                .find(|n| &n.id == id)
-                                .cloned()
-                                .map_or(ItemSource::Gone, ItemSource::Notification)
+                            shown.reverse();
+                            (shown, (count - looked_at).max(0), oldest_at)
                         } else {
-                            ItemSource::Gone
+                            (Vec::new(), 0, None)
                         };
-                        PendingItem { row, source }
-                    })
-                    .collect();
+                        ItemSource::Chat {
+                            messages: shown,
+                            more,
+                            oldest_unread_at,
+                            booking_title,
+                            read: read_up_to >= last,
+                            member,
+                        }
+                    } else if let Some(id) = &row.notification_id {
+                        found_notifications
+                            .iter()
+                            .find(|n| &n.id == id)
+                            .cloned()
+                            .map_or(ItemSource::Gone, ItemSource::Notification)
+                    } else {
+                        ItemSource::Gone
+                    };
+                    items.push(PendingItem { row, source });
+                }
 
                 let plan = decide(RecipientSnapshot {
                     user,
@@ -1080,12 +1254,108 @@ impl Db {
 
 /// Item inserts on SQLite's synchronous connection (inside one
 /// `spawn_blocking` call).
+/// The predicate of the partial unique index `email_items_pending_range`,
+/// repeated word for word as the upsert's conflict target (written out,
+/// not bound, so both databases can match it to the index).
+const PENDING_RANGE: &str = "state = 'pending' AND up_to_seq IS NOT NULL";
+
+/// How a pending range grows to take in a new one, column by column.
+/// Portable SQL (`CASE`, not `GREATEST`/`max`); the indexed `created_at`
+/// and `due_at` change only when the new range is earlier, which keeps
+/// PostgreSQL's update HOT.
+const GROW_SEQ: &str =
+    "CASE WHEN excluded.seq < email_items.seq THEN excluded.seq ELSE email_items.seq END";
+const GROW_UP_TO_SEQ: &str = "CASE WHEN excluded.up_to_seq > email_items.up_to_seq \
+     THEN excluded.up_to_seq ELSE email_items.up_to_seq END";
+const GROW_CREATED_AT: &str = "CASE WHEN excluded.created_at < email_items.created_at \
+     THEN excluded.created_at ELSE email_items.created_at END";
+const GROW_DUE_AT: &str = "CASE WHEN excluded.due_at < email_items.due_at \
+     THEN excluded.due_at ELSE email_items.due_at END";
+const GROW_UPDATED_AT: &str = "excluded.updated_at";
+
+fn pending_range() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(PENDING_RANGE)
+}
+
+type Grow<Column, Type> = diesel::dsl::Eq<Column, diesel::expression::SqlLiteral<Type>>;
+
+#[allow(clippy::type_complexity)]
+fn range_growth() -> (
+    Grow<email_items::seq, diesel::sql_types::Nullable<diesel::sql_types::BigInt>>,
+    Grow<email_items::up_to_seq, diesel::sql_types::Nullable<diesel::sql_types::BigInt>>,
+    Grow<email_items::created_at, diesel::sql_types::BigInt>,
+    Grow<email_items::due_at, diesel::sql_types::BigInt>,
+    Grow<email_items::updated_at, diesel::sql_types::BigInt>,
+) {
+    use diesel::dsl::sql;
+    (
+        email_items::seq.eq(sql(GROW_SEQ)),
+        email_items::up_to_seq.eq(sql(GROW_UP_TO_SEQ)),
+        email_items::created_at.eq(sql(GROW_CREATED_AT)),
+        email_items::due_at.eq(sql(GROW_DUE_AT)),
+        email_items::updated_at.eq(sql(GROW_UPDATED_AT)),
+    )
+}
+
 mod sqlite_items {
     use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Nullable, Text};
+    use diesel::sqlite::Sqlite;
     use diesel::RunQueryDsl;
 
-    use super::EmailItemRow;
+    use super::{
+        EmailItemRow, GROW_CREATED_AT, GROW_DUE_AT, GROW_SEQ, GROW_UPDATED_AT, GROW_UP_TO_SEQ,
+        PENDING_RANGE,
+    };
     use crate::db::schema::email_items;
+
+    /// Ranges per statement: one prepare for many rows (a raw statement is
+    /// not in Diesel's statement cache), within SQLite's bind limit.
+    const RANGES_PER_STATEMENT: usize = 64;
+
+    /// Diesel has no partial-index conflict target for SQLite: the same
+    /// upsert as PostgreSQL's, written out.
+    pub(super) fn upsert_ranges(
+        conn: &mut SqliteConnection,
+        rows: &[EmailItemRow],
+    ) -> QueryResult<usize> {
+        conn.immediate_transaction(|conn| {
+            let mut stored = 0;
+            for chunk in rows.chunks(RANGES_PER_STATEMENT) {
+                let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()];
+                let statement = format!(
+                    "INSERT INTO email_items (id, user_id, kind, source, room, seq, message_id, \
+                     notification_id, created_at, due_at, state, outbox_id, updated_at, \
+                     up_to_seq) VALUES {} \
+                     ON CONFLICT (user_id, room) WHERE {PENDING_RANGE} DO UPDATE SET \
+                     seq = {GROW_SEQ}, up_to_seq = {GROW_UP_TO_SEQ}, \
+                     created_at = {GROW_CREATED_AT}, due_at = {GROW_DUE_AT}, \
+                     updated_at = {GROW_UPDATED_AT}",
+                    values.join(", ")
+                );
+                let mut query = diesel::sql_query(statement).into_boxed::<Sqlite>();
+                for row in chunk {
+                    query = query
+                        .bind::<Text, _>(&row.id)
+                        .bind::<Text, _>(&row.user_id)
+                        .bind::<Text, _>(&row.kind)
+                        .bind::<Text, _>(&row.source)
+                        .bind::<Nullable<Text>, _>(&row.room)
+                        .bind::<Nullable<BigInt>, _>(row.seq)
+                        .bind::<Nullable<Text>, _>(&row.message_id)
+                        .bind::<Nullable<Text>, _>(&row.notification_id)
+                        .bind::<BigInt, _>(row.created_at)
+                        .bind::<BigInt, _>(row.due_at)
+                        .bind::<Text, _>(&row.state)
+                        .bind::<Nullable<Text>, _>(&row.outbox_id)
+                        .bind::<BigInt, _>(row.updated_at)
+                        .bind::<Nullable<BigInt>, _>(row.up_to_seq);
+                }
+                stored += query.execute(conn)?;
+            }
+            Ok(stored)
+        })
+    }
 
     pub(super) fn insert(conn: &mut SqliteConnection, rows: &[EmailItemRow]) -> QueryResult<usize> {
         conn.immediate_transaction(|conn| {

@@ -149,6 +149,7 @@ diesel::table! {
         state -> Text,
         outbox_id -> Nullable<Text>,
         updated_at -> BigInt,
+        up_to_seq -> Nullable<BigInt>,
     }
 }
 

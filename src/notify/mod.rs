@@ -6,12 +6,17 @@
 //!
 //! 1. **Items** ([`notifier`]). The notifier sees every chat message this
 //!    node commits (a hub watcher) and every notification created
-//!    ([`crate::notifications::push`]), and stores one `email_items` row per
-//!    recipient (the sender is never one) with when to look at it. After a
-//!    restart it first catches up on messages and notifications stored just
-//!    before the crash that have no row yet (rows are unique per source).
+//!    ([`crate::notifications::push`]), and stores `email_items` rows with
+//!    when to look at them: one per notification, and for chat one *range*
+//!    per recipient and room (the sender is never one), which later
+//!    messages extend while it is pending, so a busy room costs one write
+//!    per recipient a second, not one per message. After a restart it
+//!    first catches up on messages and notifications stored just before the
+//!    crash that no row covers yet.
 //! 2. **Deciding**. When an item is due, the recipient's pending items are
-//!    read under a per-recipient lock, as they are now: read ones, kinds
+//!    read under a per-recipient lock, as they are now (a range: its newest
+//!    unread messages, leaving out what the recipient read, wrote, or was
+//!    emailed before): read ones, kinds
 //!    turned off and items of users without an address are dropped. If one
 //!    is due (`offline_delay` without a live session, `unread_delay` when
 //!    online), all that remain become one digest, rendered and stored in

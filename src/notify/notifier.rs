@@ -14,8 +14,8 @@ use super::unsubscribe::UnsubscribeSigner;
 use super::{Delays, NotifyError};
 use crate::config::Settings;
 use crate::db::email::{
-    item_state, outbox_state, DispatchPlan, EmailItemRow, ItemSource, OutboxRow, PendingItem,
-    PreferencesRow, RecipientSnapshot,
+    is_status_notice, item_state, outbox_state, DispatchPlan, EmailItemRow, ItemSource, OutboxRow,
+    PendingItem, PreferencesRow, RecipientSnapshot,
 };
 use crate::db::models::{MessageRow, NotificationRow};
 use crate::db::Db;
@@ -38,12 +38,16 @@ const PRESENCE_RECHECK_MAX_MS: i64 = 60_000;
 const PRESENCE_RECHECK_MIN_MS: i64 = 1_000;
 /// After a storage error the notifier looks again this much later.
 const ERROR_RETRY_MS: i64 = 2_000;
-/// Committed chat messages are turned into items together, at most this
-/// often: one query and one write for many messages (items are due minutes
-/// later; a crash meanwhile is covered by the catch-up of the next start).
-const CHAT_ITEMS_EVERY: Duration = Duration::from_millis(200);
-/// ... or as soon as this many messages wait.
-const CHAT_ITEMS_MAX: usize = 5_000;
+/// Committed chat messages are turned into ranges together, at most this
+/// often: one write per recipient and room however many messages came
+/// meanwhile (a crash meanwhile is covered by the catch-up of the next
+/// start) ...
+const CHAT_ITEMS_EVERY_MAX: Duration = Duration::from_secs(1);
+/// ... and at least this often where the delays are short, so a message is
+/// stored well before a digest due with it is decided.
+const CHAT_ITEMS_EVERY_MIN: Duration = Duration::from_millis(100);
+/// ... or as soon as this many rooms wait.
+const CHAT_ROOMS_MAX: usize = 20_000;
 
 /// Notifications were stored (booking updates, backend notifications).
 #[derive(Message, Clone)]
@@ -67,8 +71,11 @@ pub struct Notifier {
     dispatching: bool,
     dispatch_again: bool,
     wake: Option<(i64, SpawnHandle)>,
-    /// Committed chat messages waiting to become items.
-    unread_chat: Vec<MessageRow>,
+    /// Committed chat messages waiting to become ranges.
+    unread_chat: UnreadChat,
+    /// How long they wait: a tenth of the shorter delay, within
+    /// [`CHAT_ITEMS_EVERY_MIN`, `CHAT_ITEMS_EVERY_MAX`].
+    chat_items_every: Duration,
     chat_flush: Option<SpawnHandle>,
 }
 
@@ -94,7 +101,8 @@ impl Notifier {
             dispatching: false,
             dispatch_again: false,
             wake: None,
-            unread_chat: Vec::new(),
+            unread_chat: UnreadChat::default(),
+            chat_items_every: chat_items_every(Delays::from_settings(&settings.email)),
             chat_flush: None,
         }
     }
@@ -166,25 +174,42 @@ impl Notifier {
         if let Some(handle) = self.chat_flush.take() {
             ctx.cancel_future(handle);
         }
-        let messages = std::mem::take(&mut self.unread_chat);
-        if messages.is_empty() {
+        let unread = std::mem::take(&mut self.unread_chat);
+        if unread.is_empty() {
             return;
         }
         let db = self.db.clone();
         let delays = self.composer.delays;
-        self.store_items(async move { chat_items(&db, delays, &messages).await }, ctx);
+        self.store_items(
+            async move {
+                let ranges = chat_ranges(&db, delays, unread).await?;
+                db.upsert_chat_ranges(&ranges).await?;
+                Ok(ranges)
+            },
+            ctx,
+        );
     }
 
-    /// Stores items, then makes sure the earliest of them is looked at.
-    fn store_items<F>(&mut self, items: F, ctx: &mut Context<Self>)
+    /// Stores notifications' items.
+    fn store_notification_items(&mut self, items: Vec<EmailItemRow>, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        self.store_items(
+            async move {
+                db.insert_email_items(&items).await?;
+                Ok(items)
+            },
+            ctx,
+        );
+    }
+
+    /// Runs `store`, then makes sure the earliest item it stored is looked at.
+    fn store_items<F>(&mut self, store: F, ctx: &mut Context<Self>)
     where
         F: Future<Output = Result<Vec<EmailItemRow>, NotifyError>> + 'static,
     {
-        let db = self.db.clone();
         ctx.spawn(
             async move {
-                let items = items.await?;
-                db.insert_email_items(&items).await?;
+                let items = store.await?;
                 Ok::<_, NotifyError>(items.iter().map(|i| i.due_at).min())
             }
             .into_actor(self)
@@ -226,17 +251,16 @@ impl Handler<Committed> for Notifier {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
-        let waiting = self.unread_chat.len();
-        self.unread_chat.extend(
-            msg.0
-                .iter()
-                .filter(|stored| is_chat(&stored.row))
-                .map(|stored| stored.row.clone()),
-        );
-        if self.unread_chat.len() >= CHAT_ITEMS_MAX {
+        let was_empty = self.unread_chat.is_empty();
+        for stored in &msg.0 {
+            if is_chat(&stored.row) {
+                self.unread_chat.add(&stored.row);
+            }
+        }
+        if self.unread_chat.rooms() >= CHAT_ROOMS_MAX {
             self.store_chat_items(ctx);
-        } else if self.unread_chat.len() > waiting && self.chat_flush.is_none() {
-            self.chat_flush = Some(ctx.run_later(CHAT_ITEMS_EVERY, |notifier, ctx| {
+        } else if was_empty && !self.unread_chat.is_empty() && self.chat_flush.is_none() {
+            self.chat_flush = Some(ctx.run_later(self.chat_items_every, |notifier, ctx| {
                 notifier.chat_flush = None;
                 notifier.store_chat_items(ctx);
             }));
@@ -252,21 +276,74 @@ impl Handler<NotificationsCreated> for Notifier {
             return;
         }
         let items = notification_items(self.composer.delays, &msg.0);
-        self.store_items(async move { Ok(items) }, ctx);
+        self.store_notification_items(items, ctx);
     }
 }
 
 /// Messages people write (and notices posted into rooms), in the rooms
 /// emails are about. Booking status notices are left out: each status
 /// change is also a `booking` notification, which is emailed.
+fn chat_items_every(delays: Delays) -> Duration {
+    let shorter = delays.offline_ms.min(delays.unread_ms).max(0) as u64;
+    Duration::from_millis(shorter / 10).clamp(CHAT_ITEMS_EVERY_MIN, CHAT_ITEMS_EVERY_MAX)
+}
+
 fn is_chat(message: &MessageRow) -> bool {
     let room_ok = message.room.starts_with("booking:") || message.room.starts_with("support:");
-    let status_notice = message.sender_role == "system"
-        && message
-            .client_id
-            .as_deref()
-            .is_some_and(|c| c.starts_with("status:"));
-    room_ok && !status_notice
+    room_ok && !is_status_notice(message)
+}
+
+/// Committed chat messages not yet in a range, by room and sender: all a
+/// recipient's range needs is the first and last of the others' messages
+/// and when the first was sent, however many there were.
+#[derive(Default)]
+struct UnreadChat {
+    by_room: HashMap<String, Vec<SenderSpan>>,
+}
+
+struct SenderSpan {
+    sender: Option<String>,
+    first_seq: i64,
+    last_seq: i64,
+    first_sent_at: i64,
+}
+
+impl UnreadChat {
+    fn add(&mut self, message: &MessageRow) {
+        let spans = self.by_room.entry(message.room.clone()).or_default();
+        match spans.iter_mut().find(|s| s.sender == message.sender_id) {
+            Some(span) => {
+                span.first_seq = span.first_seq.min(message.seq);
+                span.last_seq = span.last_seq.max(message.seq);
+                span.first_sent_at = span.first_sent_at.min(message.sent_at);
+            }
+            None => spans.push(SenderSpan {
+                sender: message.sender_id.clone(),
+                first_seq: message.seq,
+                last_seq: message.seq,
+                first_sent_at: message.sent_at,
+            }),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_room.is_empty()
+    }
+
+    fn rooms(&self) -> usize {
+        self.by_room.len()
+    }
+
+    /// A recipient's range in `room`: the others' first and last message
+    /// and when the first was sent; none when only they wrote.
+    fn range_for(&self, room: &str, user: &str) -> Option<(i64, i64, i64)> {
+        self.by_room
+            .get(room)?
+            .iter()
+            .filter(|span| span.sender.as_deref() != Some(user))
+            .map(|span| (span.first_seq, span.last_seq, span.first_sent_at))
+            .reduce(|(f1, l1, t1), (f2, l2, t2)| (f1.min(f2), l1.max(l2), t1.min(t2)))
+    }
 }
 
 fn new_item(
@@ -291,28 +368,31 @@ fn new_item(
         state: item_state::PENDING.to_owned(),
         outbox_id: None,
         updated_at: now,
+        up_to_seq: None,
     }
 }
 
-/// One item per recipient of each message: the booking's participants, or
-/// the user who opened the support conversation; never the sender.
-async fn chat_items(
+/// One range per recipient and room: the booking's participants, or the
+/// user who opened the support conversation; a recipient's own messages
+/// are left out of it (and a room only they wrote in gets none).
+async fn chat_ranges(
     db: &Db,
     delays: Delays,
-    messages: &[MessageRow],
+    unread: UnreadChat,
 ) -> Result<Vec<EmailItemRow>, NotifyError> {
-    let booking_ids: HashSet<&str> = messages
-        .iter()
-        .filter_map(|m| m.room.strip_prefix("booking:"))
+    let booking_ids: Vec<&str> = unread
+        .by_room
+        .keys()
+        .filter_map(|room| room.strip_prefix("booking:"))
         .collect();
-    let conversation_ids: HashSet<&str> = messages
-        .iter()
-        .filter_map(|m| m.room.strip_prefix("support:"))
+    let conversation_ids: Vec<&str> = unread
+        .by_room
+        .keys()
+        .filter_map(|room| room.strip_prefix("support:"))
         .collect();
     let mut members: HashMap<String, Vec<String>> = HashMap::new();
     if !booking_ids.is_empty() {
-        let ids: Vec<&str> = booking_ids.into_iter().collect();
-        for (booking, user) in db.participants_of_bookings(&ids).await? {
+        for (booking, user) in db.participants_of_bookings(&booking_ids).await? {
             members
                 .entry(format!("booking:{booking}"))
                 .or_default()
@@ -320,8 +400,7 @@ async fn chat_items(
         }
     }
     if !conversation_ids.is_empty() {
-        let ids: Vec<&str> = conversation_ids.into_iter().collect();
-        for (conversation, user) in db.support_conversation_owners(&ids).await? {
+        for (conversation, user) in db.support_conversation_owners(&conversation_ids).await? {
             members
                 .entry(format!("support:{conversation}"))
                 .or_default()
@@ -342,35 +421,28 @@ async fn chat_items(
         .map(|p| (p.user_id, p.chat_delay_secs))
         .collect();
 
-    let mut items = Vec::new();
-    for message in messages {
-        let kind = if message.room.starts_with("support:") {
+    let mut ranges = Vec::new();
+    for (room, users) in &members {
+        let kind = if room.starts_with("support:") {
             "support"
         } else {
             "chat"
         };
-        for user in members.get(&message.room).into_iter().flatten() {
-            if message.sender_id.as_deref() == Some(user.as_str()) {
+        for user in users {
+            let Some((first, last, first_sent_at)) = unread.range_for(room, user) else {
                 continue;
-            }
+            };
             let own_delay = chat_delays.get(user).copied().flatten();
-            let due = delays
-                .for_item(kind, own_delay)
-                .first_check(message.sent_at);
-            let mut item = new_item(
-                user,
-                kind,
-                format!("message:{}", message.id),
-                message.sent_at,
-                due,
-            );
-            item.room = Some(message.room.clone());
-            item.seq = Some(message.seq);
-            item.message_id = Some(message.id.clone());
-            items.push(item);
+            let due = delays.for_item(kind, own_delay).first_check(first_sent_at);
+            let mut item = new_item(user, kind, String::new(), first_sent_at, due);
+            item.source = format!("range:{room}:{}", item.id);
+            item.room = Some(room.clone());
+            item.seq = Some(first);
+            item.up_to_seq = Some(last);
+            ranges.push(item);
         }
     }
-    Ok(items)
+    Ok(ranges)
 }
 
 fn notification_items(delays: Delays, rows: &[NotificationRow]) -> Vec<EmailItemRow> {
@@ -393,9 +465,10 @@ fn notification_items(delays: Delays, rows: &[NotificationRow]) -> Vec<EmailItem
 
 /// After a start: messages and notifications stored shortly before the
 /// previous process stopped may have no item yet (it died between storing
-/// them and storing their items). Items are unique per source, so storing
-/// them all again adds only the missing ones; read ones are dropped when
-/// they are decided.
+/// them and storing their items). Notification items are unique per
+/// source, so storing them all again adds only the missing ones; messages
+/// are left out where an item already covers them. Read ones are dropped
+/// when they are decided.
 async fn catch_up(db: &Db, delays: Delays) -> Result<usize, NotifyError> {
     let now = crate::time::now_ms();
     let newest = db
@@ -413,10 +486,26 @@ async fn catch_up(db: &Db, delays: Delays) -> Result<usize, NotifyError> {
             .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
-        let messages: Vec<MessageRow> = page.iter().filter(|m| is_chat(m)).cloned().collect();
-        stored += db
-            .insert_email_items(&chat_items(db, delays, &messages).await?)
-            .await?;
+        let rooms: Vec<String> = page
+            .iter()
+            .filter(|m| is_chat(m))
+            .map(|m| m.room.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let covered = db.chat_ranges_of_rooms(&rooms, since).await?;
+        let mut unread = UnreadChat::default();
+        for message in page.iter().filter(|m| is_chat(m)) {
+            unread.add(message);
+        }
+        // A recipient already covered for a message is left out of its
+        // range; the others still get one.
+        let ranges: Vec<EmailItemRow> = chat_ranges(db, delays, unread)
+            .await?
+            .into_iter()
+            .filter_map(|range| uncovered_part(range, &page, &covered))
+            .collect();
+        stored += db.upsert_chat_ranges(&ranges).await?;
         if (page.len() as i64) < CATCH_UP_PAGE {
             break;
         }
@@ -437,6 +526,38 @@ async fn catch_up(db: &Db, delays: Delays) -> Result<usize, NotifyError> {
         }
     }
     Ok(stored)
+}
+
+/// What of a catch-up range no stored item covers yet: the recipient's
+/// range shrunk to the others' messages of `page` outside every range in
+/// `covered` (recipient, room, first, last); none when all are covered.
+fn uncovered_part(
+    mut range: EmailItemRow,
+    page: &[MessageRow],
+    covered: &[(String, String, i64, i64)],
+) -> Option<EmailItemRow> {
+    let room = range.room.clone()?;
+    let user = range.user_id.clone();
+    let is_covered = |seq: i64| {
+        covered
+            .iter()
+            .any(|(u, r, first, last)| *u == user && *r == room && *first <= seq && seq <= *last)
+    };
+    let uncovered = page.iter().filter(|m| {
+        m.room == room
+            && is_chat(m)
+            && m.sender_id.as_deref() != Some(user.as_str())
+            && !is_covered(m.seq)
+    });
+    let (first, last, first_sent_at) = uncovered
+        .map(|m| (m.seq, m.seq, m.sent_at))
+        .reduce(|(f1, l1, t1), (f2, l2, t2)| (f1.min(f2), l1.max(l2), t1.min(t2)))?;
+    range.seq = Some(first);
+    range.up_to_seq = Some(last);
+    // Its first look stays as early as the whole range's: harmless, the
+    // look reschedules what is not due yet.
+    range.created_at = first_sent_at;
+    Some(range)
 }
 
 /// One pass over the recipients with due items.
@@ -574,14 +695,27 @@ fn drop_reason(item: &PendingItem, preferences: &PreferencesRow) -> Option<&'sta
     match &item.source {
         ItemSource::Gone => Some(item_state::GONE),
         ItemSource::Chat { member: false, .. } => Some(item_state::GONE),
-        ItemSource::Chat {
-            message,
-            read_up_to,
-            ..
-        } if *read_up_to >= message.seq => Some(item_state::READ),
+        ItemSource::Chat { read: true, .. } => Some(item_state::READ),
+        // Nothing of the range left to show: only the recipient's own,
+        // notices, or what an earlier email showed.
+        ItemSource::Chat { messages, more, .. } if messages.is_empty() && *more == 0 => {
+            Some(item_state::GONE)
+        }
         ItemSource::Notification(row) if row.read_at.is_some() => Some(item_state::READ),
         _ if !preferences.allows(&item.row.kind) => Some(item_state::DISABLED),
         _ => None,
+    }
+}
+
+/// When what an item stands for became unread: for a chat range, when its
+/// oldest unread message was sent (what was read meanwhile no longer counts).
+fn unread_since(item: &PendingItem) -> i64 {
+    match &item.source {
+        ItemSource::Chat {
+            oldest_unread_at: Some(at),
+            ..
+        } => *at,
+        _ => item.row.created_at,
     }
 }
 
@@ -606,7 +740,7 @@ fn decide(
                 let delays = composer
                     .delays
                     .for_item(&item.row.kind, preferences.chat_delay_secs);
-                let timing = timing(now, online, item.row.created_at, delays);
+                let timing = timing(now, online, unread_since(&item), delays);
                 keep.push((item, timing));
             }
         }
@@ -638,7 +772,7 @@ fn decide(
 
     let entries: Vec<DigestEntry> = keep
         .iter()
-        .map(|(item, _)| digest_entry(composer, item))
+        .flat_map(|(item, _)| digest_entries(composer, item))
         .collect();
     let mut kinds: Vec<&str> = keep.iter().map(|(i, _)| i.row.kind.as_str()).collect();
     kinds.sort_unstable();
@@ -682,14 +816,19 @@ fn decide(
     plan
 }
 
-fn digest_entry(composer: &Composer, item: &PendingItem) -> DigestEntry {
+/// An item's lines in the digest: each message shown of a chat range
+/// (after a count of the older unread ones, if any), or the notification.
+fn digest_entries(composer: &Composer, item: &PendingItem) -> Vec<DigestEntry> {
     match &item.source {
         ItemSource::Chat {
-            message,
+            messages,
+            more,
+            oldest_unread_at,
             booking_title,
             ..
         } => {
-            let (place, link) = match message.room.split_once(':') {
+            let room = item.row.room.as_deref().unwrap_or_default();
+            let (place, link) = match room.split_once(':') {
                 Some(("booking", id)) => (
                     booking_title.clone().filter(|t| !t.trim().is_empty()),
                     format!("{}/bookings/{id}", composer.app_base_url),
@@ -700,20 +839,39 @@ fn digest_entry(composer: &Composer, item: &PendingItem) -> DigestEntry {
                 ),
                 _ => (None, composer.app_base_url.clone()),
             };
-            let heading = match place {
-                Some(place) => format!("{} · {place}", message.sender_name),
-                None => message.sender_name.clone(),
-            };
-            DigestEntry {
+            let mut entries = Vec::with_capacity(messages.len() + 1);
+            if *more > 0 {
+                let what = if *more == 1 {
+                    "1 earlier unread message".to_owned()
+                } else {
+                    format!("{more} earlier unread messages")
+                };
+                entries.push(DigestEntry {
+                    kind: item.row.kind.clone(),
+                    is_message: false,
+                    heading: match &place {
+                        Some(place) => format!("{what} · {place}"),
+                        None => what,
+                    },
+                    body: String::new(),
+                    link: Some(link.clone()),
+                    at_ms: oldest_unread_at.unwrap_or(item.row.created_at),
+                });
+            }
+            entries.extend(messages.iter().map(|message| DigestEntry {
                 kind: item.row.kind.clone(),
                 is_message: true,
-                heading,
+                heading: match &place {
+                    Some(place) => format!("{} · {place}", message.sender_name),
+                    None => message.sender_name.clone(),
+                },
                 body: message.body.clone(),
-                link: Some(link),
+                link: Some(link.clone()),
                 at_ms: message.sent_at,
-            }
+            }));
+            entries
         }
-        ItemSource::Notification(row) => DigestEntry {
+        ItemSource::Notification(row) => vec![DigestEntry {
             kind: row.kind.clone(),
             is_message: false,
             heading: row.title.clone(),
@@ -723,15 +881,8 @@ fn digest_entry(composer: &Composer, item: &PendingItem) -> DigestEntry {
                 .as_deref()
                 .and_then(|l| templates::absolute_link(&composer.app_base_url, l)),
             at_ms: row.created_at,
-        },
-        ItemSource::Gone => DigestEntry {
-            kind: item.row.kind.clone(),
-            is_message: false,
-            heading: String::new(),
-            body: String::new(),
-            link: None,
-            at_ms: item.row.created_at,
-        },
+        }],
+        ItemSource::Gone => Vec::new(),
     }
 }
 
@@ -814,15 +965,94 @@ mod tests {
             0,
         );
         row.id = id.into();
+        row.room = Some(message.room.clone());
+        row.seq = Some(seq);
+        row.up_to_seq = Some(seq);
+        let read = read_up_to >= seq;
         PendingItem {
             row,
             source: ItemSource::Chat {
-                message,
+                oldest_unread_at: (!read).then_some(created_at),
+                messages: if read { Vec::new() } else { vec![message] },
+                more: 0,
                 booking_title: Some("Vocals".into()),
-                read_up_to,
+                read,
                 member: true,
             },
         }
+    }
+
+    fn message(seq: i64, sender: &str, sent_at: i64) -> MessageRow {
+        MessageRow {
+            id: format!("m{seq}"),
+            room: "booking:b1".into(),
+            seq,
+            sender_id: Some(sender.into()),
+            sender_name: sender.into(),
+            sender_role: "client".into(),
+            client_id: Some(format!("c{seq}")),
+            body: format!("take {seq}"),
+            sent_at,
+        }
+    }
+
+    #[test]
+    fn ranges_are_stored_at_a_tenth_of_the_shorter_delay_within_bounds() {
+        assert_eq!(chat_items_every(DELAYS), Duration::from_secs(1));
+        let short = Delays {
+            offline_ms: 1_000,
+            unread_ms: 30_000,
+        };
+        assert_eq!(chat_items_every(short), Duration::from_millis(100));
+        let middle = Delays {
+            offline_ms: 5_000,
+            unread_ms: 3_000,
+        };
+        assert_eq!(chat_items_every(middle), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn a_recipients_range_holds_the_others_messages_only() {
+        let mut unread = UnreadChat::default();
+        for (seq, sender, at) in [
+            (4, "ava", 40),
+            (5, "sam", 50),
+            (6, "eli", 60),
+            (7, "ava", 70),
+        ] {
+            unread.add(&message(seq, sender, at));
+        }
+        assert_eq!(unread.rooms(), 1);
+        assert_eq!(unread.range_for("booking:b1", "sam"), Some((4, 7, 40)));
+        assert_eq!(unread.range_for("booking:b1", "ava"), Some((5, 6, 50)));
+        assert_eq!(unread.range_for("booking:b2", "sam"), None);
+
+        let mut alone = UnreadChat::default();
+        alone.add(&message(1, "sam", 10));
+        assert_eq!(alone.range_for("booking:b1", "sam"), None);
+    }
+
+    #[test]
+    fn a_catch_up_range_leaves_out_what_is_covered() {
+        let page: Vec<MessageRow> = (1..=6).map(|seq| message(seq, "ava", seq * 10)).collect();
+        let mut range = new_item("sam", "chat", String::new(), 10, 0);
+        range.room = Some("booking:b1".into());
+        range.seq = Some(1);
+        range.up_to_seq = Some(6);
+        let covered = vec![
+            ("sam".to_owned(), "booking:b1".to_owned(), 1, 3),
+            // Another recipient's, or another room's, cover nothing of Sam's.
+            ("eli".to_owned(), "booking:b1".to_owned(), 4, 6),
+            ("sam".to_owned(), "booking:b2".to_owned(), 4, 6),
+        ];
+        let part = uncovered_part(range.clone(), &page, &covered).unwrap();
+        assert_eq!(
+            (part.seq, part.up_to_seq, part.created_at),
+            (Some(4), Some(6), 40)
+        );
+
+        let all = vec![("sam".to_owned(), "booking:b1".to_owned(), 1, 6)];
+        assert!(uncovered_part(range, &page, &all).is_none());
     }
 
     fn sam(email: Option<&str>) -> Option<UserRow> {

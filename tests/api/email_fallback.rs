@@ -22,6 +22,9 @@ both_backends!(
     permanent_failure_is_given_up_and_counted,
     requests_stay_within_resends_rate,
     hard_kill_after_ack_emails_exactly_once,
+    a_long_conversation_is_emailed_in_parts_never_twice,
+    hard_kill_between_two_messages_emails_both_once,
+    hard_kill_after_an_email_repeats_nothing,
     crash_during_send_is_deduplicated_by_the_idempotency_key,
     unsubscribe_link_turns_that_kind_off,
     user_content_is_html_escaped,
@@ -470,6 +473,134 @@ async fn hard_kill_after_ack_emails_exactly_once(backend: Backend) {
     let emails = fake.wait_for_emails_to(&sam.email(), 1, EMAIL_WAIT).await;
     assert!(emails[0].text.contains("Sent just before the crash"));
     fake.expect_no_more_emails(1, Instant::now() + Duration::from_secs(3))
+        .await;
+    fake.assert_no_violations();
+}
+
+/// Ava writes 25 messages while Sam is away: one email shows the newest 20
+/// and counts the 5 before them. Her next message comes in an email of its
+/// own. Sam drops by and reads the first of her next three: the third
+/// email has only the other two. No message is in two emails.
+async fn a_long_conversation_is_emailed_in_parts_never_twice(backend: Backend) {
+    let fake = FakeResend::start();
+    let server = spawn(
+        &backend,
+        &email_env(&fake, &[("MIXROOM__EMAIL__OFFLINE_DELAY_SECS", "3")]),
+    );
+    let (_ava, sam, room, mut ava_ws) = ava_writes_to_sam(&server).await;
+    let part = |n: u32| format!("Part {n:02} of the mix notes");
+    let in_email = |email: &Email, n: u32| email.text.contains(&part(n));
+    for n in 1..=25 {
+        ava_ws.send_msg(&room, &format!("p{n}"), &part(n)).await;
+    }
+    let first = fake.wait_for_emails_to(&sam.email(), 1, EMAIL_WAIT).await[0].clone();
+    for n in 1..=25 {
+        assert_eq!(in_email(&first, n), n > 5, "part {n}: {}", first.text);
+    }
+    assert!(
+        first.text.contains("5 earlier unread messages"),
+        "{}",
+        first.text
+    );
+
+    ava_ws.send_msg(&room, "p26", &part(26)).await;
+    let second = fake.wait_for_emails_to(&sam.email(), 2, EMAIL_WAIT).await[1].clone();
+    assert!(
+        second.subject.starts_with("New message"),
+        "{}",
+        second.subject
+    );
+    for n in 1..=26 {
+        assert_eq!(in_email(&second, n), n == 26, "part {n}: {}", second.text);
+    }
+
+    let read_up_to = ava_ws.send_msg(&room, "p27", &part(27)).await["seq"].clone();
+    ava_ws.send_msg(&room, "p28", &part(28)).await;
+    ava_ws.send_msg(&room, "p29", &part(29)).await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+    sam_ws
+        .send_json(json!({"type": "read", "room": room, "seq": read_up_to}))
+        .await;
+    // Ava sees the read: the session has handled it.
+    let seen = ava_ws.recv_type("read").await;
+    assert_eq!(seen["seq"], read_up_to);
+    sam_ws.ping().await;
+    sam_ws.disconnect().await;
+
+    let third = fake.wait_for_emails_to(&sam.email(), 3, EMAIL_WAIT).await[2].clone();
+    for n in 1..=29 {
+        assert_eq!(in_email(&third, n), n >= 28, "part {n}: {}", third.text);
+    }
+    fake.expect_no_more_emails(3, Instant::now() + Duration::from_secs(4))
+        .await;
+    fake.assert_no_violations();
+}
+
+/// Ava's first message is already in Sam's stored range when the server is
+/// killed right after her second is acked (before it joins the range):
+/// after a restart one email has both, each once.
+async fn hard_kill_between_two_messages_emails_both_once(backend: Backend) {
+    let fake = FakeResend::start();
+    let mut server = spawn(
+        &backend,
+        &email_env(&fake, &[("MIXROOM__EMAIL__OFFLINE_DELAY_SECS", "4")]),
+    );
+    let (_ava, sam, room, mut ava_ws) = ava_writes_to_sam(&server).await;
+    ava_ws
+        .send_msg(&room, "m1", "Stored well before the crash")
+        .await;
+    // The notifier stores what is unread every 400 ms here (a tenth of the
+    // offline delay).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    ava_ws
+        .send_msg(&room, "m2", "Sent just before the crash")
+        .await;
+    server.kill_hard();
+    drop(ava_ws);
+    server.restart();
+
+    let emails = fake.wait_for_emails_to(&sam.email(), 1, EMAIL_WAIT).await;
+    for body in ["Stored well before the crash", "Sent just before the crash"] {
+        assert_eq!(
+            emails[0].text.matches(body).count(),
+            1,
+            "{}",
+            emails[0].text
+        );
+    }
+    fake.expect_no_more_emails(1, Instant::now() + Duration::from_secs(5))
+        .await;
+    fake.assert_no_violations();
+}
+
+/// Sam was emailed Ava's first message; the server is killed right after
+/// her second is acked: after a restart Sam's next email has only the
+/// second.
+async fn hard_kill_after_an_email_repeats_nothing(backend: Backend) {
+    let fake = FakeResend::start();
+    let mut server = spawn(&backend, &email_env(&fake, &[]));
+    let (_ava, sam, room, mut ava_ws) = ava_writes_to_sam(&server).await;
+    ava_ws
+        .send_msg(&room, "m1", "Emailed before the crash")
+        .await;
+    let first = fake.wait_for_emails_to(&sam.email(), 1, EMAIL_WAIT).await;
+    assert!(first[0].text.contains("Emailed before the crash"));
+    ava_ws
+        .send_msg(&room, "m2", "Sent just before the crash")
+        .await;
+    server.kill_hard();
+    drop(ava_ws);
+    server.restart();
+
+    let emails = fake.wait_for_emails_to(&sam.email(), 2, EMAIL_WAIT).await;
+    assert!(emails[1].text.contains("Sent just before the crash"));
+    assert!(
+        !emails[1].text.contains("Emailed before the crash"),
+        "{}",
+        emails[1].text
+    );
+    fake.expect_no_more_emails(2, Instant::now() + Duration::from_secs(3))
         .await;
     fake.assert_no_violations();
 }

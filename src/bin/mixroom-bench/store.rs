@@ -2,10 +2,12 @@
 //! server's own `Db::append_messages` with batches shaped as the sequencer
 //! forms them under the `pairs` load (one commit in flight, each carrying
 //! `--batch` messages spread over `--rooms` rooms), and optionally stores
-//! one email item per message as the notifier does. CPU per message is the
+//! the email items as the notifier does (one range per recipient and room
+//! per second of messages). CPU per message is the
 //! floor the store puts under every durable chat message: what is left of
 //! a core for sockets, frames and fan-out.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -38,10 +40,15 @@ pub struct StoreArgs {
     pub commits: usize,
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
-    /// Also store one email item per message for the other member, in
-    /// groups of 40 commits (the notifier's 200 ms at 5 ms per commit).
+    /// Also store the email items for the other member as the notifier
+    /// does: one range per recipient and room for each `--items-every`
+    /// commits.
     #[arg(long)]
     pub with_items: bool,
+    /// Commits per group of email items (the notifier's 1 s at the
+    /// sequencer's 5 ms per commit).
+    #[arg(long, default_value_t = 200)]
+    pub items_every: usize,
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
     /// Core this process pins itself to (where the server would run).
@@ -131,7 +138,9 @@ async fn measure(args: &StoreArgs, url: &SecretString) -> anyhow::Result<String>
     let mut pick = Lcg(7);
     let body = "x".repeat(args.body_bytes);
     let mut counter = 0u64;
-    let mut pending_items: Vec<EmailItemRow> = Vec::new();
+    // (recipient, room) -> its range since the last group was stored.
+    let mut pending_items: HashMap<(String, String), EmailItemRow> = HashMap::new();
+    let mut items_stored = 0usize;
     let mut commit_latency = Samples::with_capacity(args.commits);
     let mut start: Option<(Instant, Cpu, Cpu)> = None;
 
@@ -172,30 +181,38 @@ async fn measure(args: &StoreArgs, url: &SecretString) -> anyhow::Result<String>
         if args.with_items {
             for (appended, peer) in appended.iter().zip(peers) {
                 let row = &appended.row;
-                pending_items.push(EmailItemRow {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    user_id: peer,
-                    kind: "chat".into(),
-                    source: format!("message:{}", row.id),
-                    room: Some(row.room.clone()),
-                    seq: Some(row.seq),
-                    message_id: Some(row.id.clone()),
-                    notification_id: None,
-                    created_at: row.sent_at,
-                    due_at: row.sent_at + 600_000,
-                    state: "pending".into(),
-                    outbox_id: None,
-                    updated_at: row.sent_at,
-                });
+                pending_items
+                    .entry((peer.clone(), row.room.clone()))
+                    .and_modify(|range| range.up_to_seq = Some(row.seq))
+                    .or_insert_with(|| {
+                        let id = uuid::Uuid::now_v7().to_string();
+                        EmailItemRow {
+                            source: format!("range:{}:{id}", row.room),
+                            id,
+                            user_id: peer,
+                            kind: "chat".into(),
+                            room: Some(row.room.clone()),
+                            seq: Some(row.seq),
+                            message_id: None,
+                            notification_id: None,
+                            created_at: row.sent_at,
+                            due_at: row.sent_at + 600_000,
+                            state: "pending".into(),
+                            outbox_id: None,
+                            updated_at: row.sent_at,
+                            up_to_seq: Some(row.seq),
+                        }
+                    });
             }
-            if (commit + 1) % 40 == 0 {
-                db.insert_email_items(&std::mem::take(&mut pending_items))
-                    .await?;
+            if (commit + 1) % args.items_every.max(1) == 0 {
+                let group: Vec<EmailItemRow> = pending_items.drain().map(|(_, r)| r).collect();
+                items_stored += db.upsert_chat_ranges(&group).await?;
             }
         }
     }
     if !pending_items.is_empty() {
-        db.insert_email_items(&pending_items).await?;
+        let group: Vec<EmailItemRow> = pending_items.drain().map(|(_, r)| r).collect();
+        items_stored += db.upsert_chat_ranges(&group).await?;
     }
     let (began, cpu_before, pg_before) = start.context("no measured commits")?;
     let wall = began.elapsed().as_secs_f64();
@@ -209,6 +226,7 @@ async fn measure(args: &StoreArgs, url: &SecretString) -> anyhow::Result<String>
         "batch": args.batch,
         "commits": args.commits,
         "with_items": args.with_items,
+        "item_upserts": items_stored,
         "messages": messages,
         "wall_s": round(wall, 3),
         "messages_per_s_one_writer": round(messages / wall, 0),
