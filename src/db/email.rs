@@ -1257,7 +1257,7 @@ impl Db {
 /// The predicate of the partial unique index `email_items_pending_range`,
 /// repeated word for word as the upsert's conflict target (written out,
 /// not bound, so both databases can match it to the index).
-const PENDING_RANGE: &str = "state = 'pending' AND up_to_seq IS NOT NULL";
+const PENDING_RANGE: &str = "state = 'pending' AND source LIKE 'range:%'";
 
 /// How a pending range grows to take in a new one, column by column.
 /// Portable SQL (`CASE`, not `GREATEST`/`max`); the indexed `created_at`
