@@ -310,7 +310,11 @@ struct SenderSpan {
 
 impl UnreadChat {
     fn add(&mut self, message: &MessageRow) {
-        let spans = self.by_room.entry(message.room.clone()).or_default();
+        // The room's name is copied once per flush, not once per message.
+        let spans = match self.by_room.get_mut(&message.room) {
+            Some(spans) => spans,
+            None => self.by_room.entry(message.room.clone()).or_default(),
+        };
         match spans.iter_mut().find(|s| s.sender == message.sender_id) {
             Some(span) => {
                 span.first_seq = span.first_seq.min(message.seq);
