@@ -73,8 +73,7 @@ pub struct Notifier {
     wake: Option<(i64, SpawnHandle)>,
     /// Committed chat messages waiting to become ranges.
     unread_chat: UnreadChat,
-    /// How long they wait: a tenth of the shorter delay, within
-    /// [`CHAT_ITEMS_EVERY_MIN`, `CHAT_ITEMS_EVERY_MAX`].
+    /// How long they wait (see [`chat_items_every`]).
     chat_items_every: Duration,
     chat_flush: Option<SpawnHandle>,
 }
@@ -280,14 +279,16 @@ impl Handler<NotificationsCreated> for Notifier {
     }
 }
 
-/// Messages people write (and notices posted into rooms), in the rooms
-/// emails are about. Booking status notices are left out: each status
-/// change is also a `booking` notification, which is emailed.
+/// How long committed chat messages wait to become ranges: a tenth of the
+/// shorter delay, within [`CHAT_ITEMS_EVERY_MIN`, `CHAT_ITEMS_EVERY_MAX`].
 fn chat_items_every(delays: Delays) -> Duration {
     let shorter = delays.offline_ms.min(delays.unread_ms).max(0) as u64;
     Duration::from_millis(shorter / 10).clamp(CHAT_ITEMS_EVERY_MIN, CHAT_ITEMS_EVERY_MAX)
 }
 
+/// Messages people write (and notices posted into rooms), in the rooms
+/// emails are about. Booking status notices are left out: each status
+/// change is also a `booking` notification, which is emailed.
 fn is_chat(message: &MessageRow) -> bool {
     let room_ok = message.room.starts_with("booking:") || message.room.starts_with("support:");
     room_ok && !is_status_notice(message)
