@@ -253,6 +253,15 @@ pub(crate) trait LockRecipient {
     async fn pending_email_items(&mut self, user_id: &str) -> QueryResult<Vec<EmailItemRow>>;
 }
 
+/// How [`Db::write_email_items`] stores rows.
+#[derive(Debug, Clone, Copy)]
+enum ItemWrite {
+    /// New rows; one already stored for the same user and source stays.
+    InsertNew,
+    /// Chat ranges, growing the recipient's pending range in the room.
+    GrowRanges,
+}
+
 /// SQLite: email items stored per transaction (see [`crate::db::WriteGate`]).
 const SQLITE_ITEMS_PER_TRANSACTION: usize = 500;
 
@@ -420,6 +429,22 @@ impl Db {
     /// Stores unread items; one already stored for the same user and
     /// source is left as it is. Answers how many were new.
     pub async fn insert_email_items(&self, rows: &[EmailItemRow]) -> Result<usize, DbError> {
+        self.write_email_items(rows, ItemWrite::InsertNew).await
+    }
+
+    /// Stores chat ranges, at most one per recipient and room: where the
+    /// recipient already has a pending range in the room, that one grows to
+    /// cover the new one (first and last message, earliest time) instead of
+    /// a row being added. Answers how many ranges were stored or grown.
+    pub async fn upsert_chat_ranges(&self, rows: &[EmailItemRow]) -> Result<usize, DbError> {
+        self.write_email_items(rows, ItemWrite::GrowRanges).await
+    }
+
+    async fn write_email_items(
+        &self,
+        rows: &[EmailItemRow],
+        write: ItemWrite,
+    ) -> Result<usize, DbError> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -429,67 +454,44 @@ impl Db {
             // gate wait for one chunk, not for all of a busy room's items.
             Db::Sqlite(pool, gate) => {
                 let mut pooled = pool.get().await?;
-                let mut inserted = 0;
+                let mut written = 0;
                 for chunk in rows.chunks(SQLITE_ITEMS_PER_TRANSACTION) {
                     let chunk = chunk.to_vec();
                     let _turn = gate.lock().await;
-                    inserted += pooled
-                        .spawn_blocking(move |conn| sqlite_items::insert(conn, &chunk))
+                    written += pooled
+                        .spawn_blocking(move |conn| match write {
+                            ItemWrite::InsertNew => sqlite_items::insert(conn, &chunk),
+                            ItemWrite::GrowRanges => sqlite_items::upsert_ranges(conn, &chunk),
+                        })
                         .await?;
                 }
-                Ok(inserted)
+                Ok(written)
             }
             // Multi-row statements, not one round trip per row.
             Db::Postgres(pool) => {
                 let mut pooled = pool.get().await?;
-                let mut inserted = 0;
+                let mut written = 0;
                 for chunk in rows.chunks(1000) {
-                    inserted += diesel::insert_into(email_items::table)
-                        .values(chunk)
-                        .on_conflict_do_nothing()
-                        .execute(&mut *pooled)
-                        .await?;
+                    let statement = diesel::insert_into(email_items::table).values(chunk);
+                    written += match write {
+                        ItemWrite::InsertNew => {
+                            statement
+                                .on_conflict_do_nothing()
+                                .execute(&mut *pooled)
+                                .await?
+                        }
+                        ItemWrite::GrowRanges => {
+                            statement
+                                .on_conflict((email_items::user_id, email_items::room))
+                                .filter_target(pending_range())
+                                .do_update()
+                                .set(range_growth())
+                                .execute(&mut *pooled)
+                                .await?
+                        }
+                    };
                 }
-                Ok(inserted)
-            }
-        }
-    }
-
-    /// Stores chat ranges, at most one per recipient and room: where the
-    /// recipient already has a pending range in the room, that one grows to
-    /// cover the new one (first and last message, earliest time) instead of
-    /// a row being added. Answers how many ranges were stored or grown.
-    pub async fn upsert_chat_ranges(&self, rows: &[EmailItemRow]) -> Result<usize, DbError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        match self {
-            Db::Sqlite(pool, gate) => {
-                let mut pooled = pool.get().await?;
-                let mut stored = 0;
-                for chunk in rows.chunks(SQLITE_ITEMS_PER_TRANSACTION) {
-                    let chunk = chunk.to_vec();
-                    let _turn = gate.lock().await;
-                    stored += pooled
-                        .spawn_blocking(move |conn| sqlite_items::upsert_ranges(conn, &chunk))
-                        .await?;
-                }
-                Ok(stored)
-            }
-            Db::Postgres(pool) => {
-                let mut pooled = pool.get().await?;
-                let mut stored = 0;
-                for chunk in rows.chunks(1000) {
-                    stored += diesel::insert_into(email_items::table)
-                        .values(chunk)
-                        .on_conflict((email_items::user_id, email_items::room))
-                        .filter_target(pending_range())
-                        .do_update()
-                        .set(range_growth())
-                        .execute(&mut *pooled)
-                        .await?;
-                }
-                Ok(stored)
+                Ok(written)
             }
         }
     }
