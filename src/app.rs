@@ -6,8 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext};
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use secrecy::ExposeSecret;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
 use crate::cluster::Cluster;
@@ -36,6 +40,9 @@ pub struct AppState {
     pub support: Addr<SupportDirector>,
     /// Emails what users have not read (takes new notifications).
     pub notifier: Addr<crate::notify::Notifier>,
+    /// The upgraded WebSockets, each a task of its own: shutdown waits for
+    /// them to write their close frames.
+    pub sockets: TaskTracker,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -96,33 +103,49 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics,
         support: support_context.address(),
         notifier,
+        sockets: TaskTracker::new(),
     });
     crate::support::start(support_context, state.clone(), support_runtime);
 
     crate::retention::start(db.clone(), settings.retention.clone());
+    let listener = bind(settings.server.listen)?;
+    let addr = listener.local_addr()?;
     let server_state = state.clone();
-    let server = HttpServer::new(move || {
-        let server_settings = &server_state.settings.server;
-        App::new()
-            .app_data(server_state.clone())
-            .configure(|cfg| crate::http::routes(cfg, &server_state.settings))
-            .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
-            // A span per request with a request id: every log line of the
-            // request carries it.
-            .wrap(tracing_actix_web::TracingLogger::default())
-            .wrap(actix_web::middleware::Condition::new(
-                !server_settings.cors_origins.is_empty(),
-                crate::http::cors(&server_settings.cors_origins),
-            ))
-    })
-    .disable_signals()
-    .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
-    .bind(settings.server.listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow::anyhow!("bound to no address"))?;
+    // What `actix_web::HttpServer` assembles, plus an upgrade service:
+    // HttpServer offers none, and without one a WebSocket stays inside the
+    // HTTP/1 dispatcher with its two 8 KiB buffers for its whole life.
+    let server = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
+        .listen("mixroom-realtime", listener, move || {
+            let state = server_state.clone();
+            let server_settings = &state.settings.server;
+            let app = App::new()
+                .app_data(state.clone())
+                .configure(|cfg| crate::http::routes(cfg, &state.settings))
+                .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
+                // A span per request with a request id: every log line of the
+                // request carries it.
+                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(actix_web::middleware::Condition::new(
+                    !server_settings.cors_origins.is_empty(),
+                    crate::http::cors(&server_settings.cors_origins),
+                ));
+            let upgrade_state = state.clone().into_inner();
+            HttpService::build()
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .upgrade(fn_service(move |(request, framed)| {
+                    crate::ws::serve_upgrade(upgrade_state.clone(), request, framed)
+                }))
+                .finish(map_config(
+                    app.into_factory()
+                        .map_err(|error: actix_web::Error| error.error_response()),
+                    |_| AppConfig::default(),
+                ))
+                .tcp()
+        })?;
     tracing::info!(%addr, backend = db.backend_name(), "server started");
     // Operators and tests read this line for the real port.
     println!("listening on {addr}");
@@ -130,6 +153,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let server = server.run();
     let handle = server.handle();
+    let sockets = state.sockets.clone();
+    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
     actix::spawn(async move {
         let mut evict = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -144,11 +169,29 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(closed, "sessions closed with 1001");
         // Everything accepted before the signal is committed before exit.
         sequencer.flush().await;
+        sockets.close();
+        if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+            tracing::warn!(
+                open = sockets.len(),
+                "sockets still open at the end of the grace"
+            );
+        }
         handle.stop(true).await;
     });
     server.await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The listening socket, with the backlog `HttpServer` would give it (a
+/// burst of connects waits in the kernel rather than being refused).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 async fn wait_for_shutdown_signal() {

@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 
 use actix_web::body::MessageBody;
+use actix_web::dev::RequestHead;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -59,10 +60,10 @@ impl Limiters {
 
     /// The client's address: the peer, or behind a trusted load balancer
     /// the last X-Forwarded-For entry (the one the balancer added).
-    pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
+    pub fn client_ip(&self, head: &RequestHead) -> Option<IpAddr> {
         if self.trust_forwarded_for {
-            let forwarded = req
-                .headers()
+            let forwarded = head
+                .headers
                 .get("X-Forwarded-For")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.rsplit(',').next())
@@ -71,7 +72,7 @@ impl Limiters {
                 return forwarded;
             }
         }
-        req.peer_addr().map(|addr| addr.ip())
+        head.peer_addr.map(|addr| addr.ip())
     }
 
     pub fn check_frame(&self, user_id: &String) -> Result<(), AppError> {
@@ -106,7 +107,7 @@ pub async fn limit_http(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if !is_probe(req.path()) {
         if let Some(state) = req.app_data::<web::Data<AppState>>() {
-            if let Some(ip) = state.limiters.client_ip(req.request()) {
+            if let Some(ip) = state.limiters.client_ip(req.head()) {
                 if let Err(error) = state.limiters.http.check_key(&ip).map_err(retry_after) {
                     state
                         .metrics

@@ -40,7 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))
     .route("/v1/openapi.json", web::get().to(health::openapi))
-    .route("/v1/ws", web::get().to(crate::ws::connect))
+    .route(crate::ws::PATH, web::get().to(crate::ws::not_upgraded))
     .route("/v1/rooms/{room}/messages", web::get().to(rooms::history))
     .route("/v1/notifications", web::get().to(notifications::list))
     .route(

@@ -1,21 +1,40 @@
 //! The WebSocket endpoint `GET /v1/ws`: one [`session::WsSession`] actor per
-//! socket. actix-web-actors is confined to this module, so moving to
-//! actix-ws later touches nothing else.
+//! socket.
+//!
+//! A WebSocket upgrade never reaches the actix-web app: actix-http hands
+//! the request and the connection to [`serve_upgrade`] (the server's
+//! upgrade service, see `app::serve`), which answers the handshake and
+//! then runs the socket itself ([`socket`]). The session actor keeps
+//! actix-web-actors' context for its mailbox and frame encoding. A plain
+//! `GET /v1/ws` without an upgrade goes through the app to [`not_upgraded`].
 
 pub mod frames;
 pub mod session;
+pub mod socket;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_codec::{Framed, FramedParts};
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::header::HeaderMap;
+use actix_http::{h1, Request, RequestHead, Response};
+use actix_rt::net::TcpStream;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actix_web_actors::ws::WebsocketContext;
+use futures_util::SinkExt;
 
 use crate::app::AppState;
 use crate::error::AppError;
 
+/// The path of the WebSocket endpoint (PROTOCOL.md).
+pub const PATH: &str = "/v1/ws";
+
 /// Browsers send `Origin`; with an allow-list configured, only the web
 /// app's pages may open a socket with the user's token (no cross-site
 /// WebSocket hijacking). Clients without `Origin` (servers, CLIs) pass.
-fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), AppError> {
-    let Some(origin) = req.headers().get(actix_web::http::header::ORIGIN) else {
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppError> {
+    let Some(origin) = headers.get(actix_http::header::ORIGIN) else {
         return Ok(());
     };
     if allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
@@ -25,25 +44,107 @@ fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), AppError> {
     }
 }
 
-pub async fn connect(
-    req: HttpRequest,
-    stream: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let client_ip = state.limiters.client_ip(&req);
-    if let Some(ip) = client_ip {
-        state.limiters.check_connect(ip).inspect_err(|_| {
+/// Why an upgrade request is refused, as the HTTP response it gets.
+fn refusal(state: &AppState, head: &RequestHead) -> Option<Response<BoxBody>> {
+    if head.uri.path() != PATH {
+        let error = AppError::NotFound(format!("no WebSocket endpoint at {}", head.uri.path()));
+        return Some(error.error_response().into());
+    }
+    if let Err(error) = actix_http::ws::verify_handshake(head) {
+        return Some(error.into());
+    }
+    if let Some(ip) = state.limiters.client_ip(head) {
+        if let Err(error) = state.limiters.check_connect(ip) {
             state
                 .metrics
                 .rate_limited
                 .with_label_values(&["connects"])
                 .inc();
-        })?;
+            return Some(error.error_response().into());
+        }
     }
-    check_origin(&req, &state.settings.server.allowed_origins)?;
-    let max_frame = state.settings.server.max_frame_bytes;
-    let session = session::WsSession::new(state.into_inner(), client_ip);
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(max_frame)
-        .start()
+    check_origin(&head.headers, &state.settings.server.allowed_origins)
+        .err()
+        .map(|error| error.error_response().into())
+}
+
+/// The server's upgrade service: every request carrying
+/// `Upgrade: websocket` comes here with its connection.
+pub async fn serve_upgrade(
+    state: Arc<AppState>,
+    request: Request,
+    mut framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), actix_web::Error> {
+    let head = request.head();
+    if let Some(response) = refusal(&state, head) {
+        // The connection closes after the refusal: the client asked for a
+        // protocol switch, not for keep-alive.
+        return send_response(&mut framed, response).await;
+    }
+    let client_ip = state.limiters.client_ip(head);
+    let accepted = actix_http::ws::handshake_response(head).finish();
+    // The request's headers point into the dispatcher's 8 KiB read buffer
+    // and sit in a pooled head: neither may outlive the handshake.
+    drop(request);
+    let (accepted, _) = accepted.into_parts();
+    framed
+        .send(h1::Message::Item((accepted, BodySize::None)))
+        .await?;
+
+    // Only the socket and any bytes read past the request go on; the
+    // dispatcher's write buffer is dropped here.
+    let FramedParts {
+        io,
+        read_buf: received,
+        ..
+    } = framed.into_parts();
+    let socket = Rc::new(io);
+    let reader = socket::FrameReader::new(
+        socket.clone(),
+        received,
+        state.settings.server.max_frame_bytes,
+    );
+    let sockets = state.sockets.clone();
+    let session = session::WsSession::new(state, client_ip);
+    // actix-web-actors reads frames from a byte stream it buffers without
+    // a bound; it gets none, and the session reads from `reader` instead.
+    let outgoing = WebsocketContext::with_factory(
+        futures_util::stream::pending::<Result<bytes::Bytes, actix_http::error::PayloadError>>(),
+        move |ctx| {
+            use actix::AsyncContext;
+            ctx.add_stream(reader);
+            session
+        },
+    );
+    // The socket runs as a task of its own so that the dispatcher's task
+    // (9 KiB: the HTTP service's futures are laid out inline) ends here.
+    actix_rt::spawn(sockets.track_future(socket::SocketWriter::new(socket, outgoing)));
+    Ok(())
+}
+
+/// Writes a whole response on a connection that then closes.
+async fn send_response(
+    framed: &mut Framed<TcpStream, h1::Codec>,
+    response: Response<BoxBody>,
+) -> Result<(), actix_web::Error> {
+    let (head, body) = response.into_parts();
+    let body = body.try_into_bytes().unwrap_or_default();
+    framed
+        .feed(h1::Message::Item((
+            head,
+            BodySize::Sized(body.len() as u64),
+        )))
+        .await?;
+    framed.feed(h1::Message::Chunk(Some(body))).await?;
+    framed.send(h1::Message::Chunk(None)).await?;
+    Ok(())
+}
+
+/// `GET /v1/ws` without `Upgrade: websocket`: the handshake's own error.
+pub async fn not_upgraded(req: HttpRequest) -> HttpResponse {
+    match actix_http::ws::verify_handshake(req.head()) {
+        Err(error) => error.error_response(),
+        // Unreachable in practice: such a request goes to `serve_upgrade`.
+        Ok(()) => AppError::Invalid("expected a WebSocket upgrade".into()).error_response(),
+    }
 }

@@ -86,7 +86,15 @@ pub struct WsSession {
     writable: HashMap<String, Instant>,
     /// Sends to a room whose write access is being checked, in order.
     awaiting_access: HashMap<String, Vec<(NewMessage, Option<String>)>>,
-    expiry: Option<SpawnHandle>,
+    /// The session's one timer, set for the nearest of the deadlines
+    /// below (a timer each would be three boxed futures per idle socket).
+    timer: Option<SpawnHandle>,
+    /// When to ping next (and check that the peer was heard from).
+    next_ping: Instant,
+    /// Until `auth`: when the socket is closed for not authenticating.
+    auth_deadline: Instant,
+    /// After `auth`: when the token expires and the socket is closed.
+    token_expiry: Option<Instant>,
     /// `rate_limited` answers in a row; too many closes the socket.
     strikes: u32,
     /// A message split into continuation frames, being reassembled.
@@ -102,7 +110,13 @@ pub struct WsSession {
 impl WsSession {
     pub fn new(state: Arc<AppState>, client_ip: Option<IpAddr>) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
+        let server = &state.settings.server;
+        let now = Instant::now();
         WsSession {
+            next_ping: now + Duration::from_millis(server.heartbeat_ms),
+            auth_deadline: now + Duration::from_millis(server.auth_timeout_ms),
+            token_expiry: None,
+            timer: None,
             span: tracing::info_span!("session", id = %id, user = tracing::field::Empty),
             id,
             state,
@@ -111,7 +125,6 @@ impl WsSession {
             rooms: HashMap::new(),
             writable: HashMap::new(),
             awaiting_access: HashMap::new(),
-            expiry: None,
             strikes: 0,
             fragments: None,
             client_ip,
@@ -362,15 +375,48 @@ impl WsSession {
     }
 
     fn schedule_expiry(&mut self, expires_at: i64, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Some(handle) = self.expiry.take() {
+        let remaining = (expires_at - crate::time::now_secs()).max(0) as u64;
+        self.token_expiry = Some(Instant::now() + Duration::from_secs(remaining));
+        self.arm_timer(ctx);
+    }
+
+    /// Sets the timer for the nearest deadline: the next ping, and the
+    /// auth timeout or the token's expiry.
+    fn arm_timer(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        let remaining = (expires_at - crate::time::now_secs()).max(0) as u64;
-        self.expiry = Some(
-            ctx.run_later(Duration::from_secs(remaining), |session, ctx| {
-                session.close(ctx, CLOSE_AUTH_FAILED, "token expired");
-            }),
-        );
+        let deadline = self
+            .next_ping
+            .min(self.token_expiry.unwrap_or(self.auth_deadline));
+        let delay = deadline.saturating_duration_since(Instant::now());
+        self.timer = Some(ctx.run_later(delay, |session, ctx| {
+            session.timer = None;
+            session.on_timer(ctx);
+        }));
+    }
+
+    fn on_timer(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let now = Instant::now();
+        match self.token_expiry {
+            None if now >= self.auth_deadline => {
+                return self.close(ctx, CLOSE_AUTH_TIMEOUT, "no auth frame in time");
+            }
+            Some(expiry) if now >= expiry => {
+                return self.close(ctx, CLOSE_AUTH_FAILED, "token expired");
+            }
+            _ => {}
+        }
+        if now >= self.next_ping {
+            let server = &self.state.settings.server;
+            if self.last_heard.elapsed() > Duration::from_millis(server.client_timeout_ms) {
+                tracing::debug!(session = %self.id, "peer silent; dropping session");
+                return ctx.stop();
+            }
+            ctx.ping(b"");
+            self.next_ping = now + Duration::from_millis(server.heartbeat_ms);
+        }
+        self.arm_timer(ctx);
     }
 
     fn joined_room(&self, room: &str) -> Result<&JoinedRoom, AppError> {
@@ -728,25 +774,7 @@ impl Actor for WsSession {
                 }
             }));
         }
-        let server = &self.state.settings.server;
-        let heartbeat = Duration::from_millis(server.heartbeat_ms);
-        let timeout = Duration::from_millis(server.client_timeout_ms);
-        ctx.run_interval(heartbeat, move |session, ctx| {
-            if session.last_heard.elapsed() > timeout {
-                tracing::debug!(session = %session.id, "peer silent; dropping session");
-                ctx.stop();
-            } else {
-                ctx.ping(b"");
-            }
-        });
-        ctx.run_later(
-            Duration::from_millis(server.auth_timeout_ms),
-            |session, ctx| {
-                if session.identity.is_none() {
-                    session.close(ctx, CLOSE_AUTH_TIMEOUT, "no auth frame in time");
-                }
-            },
-        );
+        self.arm_timer(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

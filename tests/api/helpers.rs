@@ -637,6 +637,26 @@ impl TestUser {
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A client's text frame (RFC 6455 §5.2: FIN, opcode 1, masked).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend((n as u64).to_be_bytes());
+        }
+    }
+    frame.extend(mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
 /// What ended a wait for a frame.
 enum Interrupt {
     Timeout,
@@ -686,6 +706,59 @@ impl WsClient {
             label: "unauthenticated socket".to_owned(),
             next_ref: 0,
         }
+    }
+
+    /// Opens the socket as an impatient client does: the upgrade request
+    /// and the `auth` frame leave in one write, before any answer, so the
+    /// server reads the frame together with the request. Returns the
+    /// `welcome`.
+    pub async fn connect_pipelined(server: &TestServer, user: &TestUser) -> (WsClient, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+        let mut bytes = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            server.addr()
+        )
+        .into_bytes();
+        let auth = json!({"type": "auth", "token": user.token}).to_string();
+        bytes.extend(masked_text_frame(auth.as_bytes()));
+        tcp.write_all(&bytes).await.expect("send upgrade and auth");
+
+        let mut received = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(FRAME_TIMEOUT, tcp.read(&mut chunk))
+                .await
+                .expect("timed out waiting for the 101")
+                .expect("read the 101");
+            assert!(
+                n > 0,
+                "the server closed the connection instead of upgrading"
+            );
+            received.extend_from_slice(&chunk[..n]);
+            if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&received[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade answered {head}");
+        let socket = WebSocketStream::from_partially_read(
+            MaybeTlsStream::Plain(tcp),
+            received[head_end..].to_vec(),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        let mut ws = WsClient {
+            socket,
+            pending: VecDeque::new(),
+            label: format!("{}'s pipelined socket", user.name),
+            next_ref: 0,
+        };
+        let welcome = ws.recv_type("welcome").await;
+        (ws, welcome)
     }
 
     /// Opens the socket and authenticates as `user`.

@@ -135,3 +135,72 @@ async fn closed_and_silent_sessions_and_idle_rooms_are_dropped() {
         .wait_for_metric("mixroom_rooms_active", 1.0, Duration::from_secs(10))
         .await;
 }
+
+/// Ava's app does not wait for the 101: her upgrade request and her `auth`
+/// frame leave in one packet. The server reads the frame that arrived with
+/// the request, welcomes her, and she chats with Sam as usual.
+#[tokio::test]
+async fn auth_sent_with_the_upgrade_request_is_not_lost() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(&backend, &[]);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+
+    let (mut ava_ws, welcome) = WsClient::connect_pipelined(&server, &ava).await;
+    assert_eq!(welcome["user_id"], ava.id.as_str(), "{welcome}");
+    ava_ws.join(&room, None).await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+    let ack = ava_ws
+        .send_msg(&room, "first", "Booked you for Friday")
+        .await;
+    let message = sam_ws.recv_type("message").await;
+    assert_eq!(message["seq"], ack["seq"]);
+    assert_eq!(message["body"], "Booked you for Friday");
+}
+
+/// A WebSocket upgrade aimed anywhere but `/v1/ws` (404), a plain GET of
+/// `/v1/ws` (400), and an upgrade with a WebSocket version the server does
+/// not speak (426) each get an HTTP error; the server goes on serving
+/// sockets.
+#[tokio::test]
+async fn upgrades_that_cannot_be_served_get_http_errors() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(&backend, &[]);
+
+    let elsewhere = format!("ws://{}/v1/chat", server.addr());
+    match tokio_tungstenite::connect_async(elsewhere).await {
+        Err(Error::Http(response)) => {
+            assert_eq!(response.status(), 404);
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                    .expect("a JSON error body");
+            assert_eq!(body["error"]["code"], "not_found", "{body}");
+        }
+        other => panic!("an upgrade to /v1/chat must get 404, got {other:?}"),
+    }
+
+    let plain = server
+        .http_client()
+        .get(server.http("/v1/ws"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400, "a GET without an upgrade");
+
+    let mut old_version = server.ws_url().into_client_request().unwrap();
+    old_version
+        .headers_mut()
+        .insert("Sec-WebSocket-Version", "8".parse().unwrap());
+    match tokio_tungstenite::connect_async(old_version).await {
+        // RFC 6455 §4.4: 426 Upgrade Required, naming the version spoken.
+        Err(Error::Http(response)) => assert_eq!(response.status(), 426),
+        other => panic!("WebSocket version 8 must be refused, got {other:?}"),
+    }
+
+    let ava = TestUser::client("Ava");
+    let mut ws = WsClient::connect_as(&server, &ava).await;
+    ws.ping().await;
+}
