@@ -33,7 +33,9 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     cluster: Cluster,
     rooms: HashMap<String, RoomEntry>,
-    users: HashMap<String, HashMap<String, Recipient<ToSession>>>,
+    /// Each online user's sessions on this node (session id, address): a
+    /// user has a few at most, and a list is a fraction of a map's memory.
+    users: HashMap<String, Vec<(String, Recipient<ToSession>)>>,
     /// Actors that see every message committed on this node.
     watchers: Vec<Recipient<Committed>>,
     /// Open sockets per client address (the per-address limit).
@@ -63,14 +65,15 @@ impl Hub {
         if let Some(sessions) = self.users.get_mut(user_id) {
             // A session that stopped reading is told to close and gets no more.
             let metrics = &self.metrics;
-            sessions
-                .retain(|_, recipient| offer(recipient, ToSession::Event(frame.clone()), metrics));
+            sessions.retain(|(_, recipient)| {
+                offer(recipient, ToSession::Event(frame.clone()), metrics)
+            });
         }
     }
 
     fn close_user(&self, user_id: &str) {
         if let Some(sessions) = self.users.get(user_id) {
-            for recipient in sessions.values() {
+            for (_, recipient) in sessions {
                 recipient.do_send(ToSession::Close {
                     code: 4001,
                     reason: "account data erased",
@@ -271,7 +274,7 @@ impl Handler<RegisterSession> for Hub {
             let user = msg.user_id;
             actix::spawn(async move { cluster.update_user_presence(vec![user], Vec::new()).await });
         }
-        sessions.insert(msg.session_id, msg.recipient);
+        super::push_small(sessions, (msg.session_id, msg.recipient));
         self.update_gauges();
         true
     }
@@ -282,7 +285,7 @@ impl Handler<UnregisterSession> for Hub {
 
     fn handle(&mut self, msg: UnregisterSession, _: &mut Context<Self>) {
         if let Some(sessions) = self.users.get_mut(&msg.user_id) {
-            sessions.remove(&msg.session_id);
+            sessions.retain(|(id, _)| *id != msg.session_id);
             if sessions.is_empty() {
                 self.users.remove(&msg.user_id);
                 self.cluster.unsubscribe(Channel::User(msg.user_id.clone()));
@@ -416,7 +419,7 @@ impl Handler<CloseAllSessions> for Hub {
     fn handle(&mut self, _: CloseAllSessions, _: &mut Context<Self>) -> usize {
         let mut closed = 0;
         for sessions in self.users.values() {
-            for recipient in sessions.values() {
+            for (_, recipient) in sessions {
                 recipient.do_send(ToSession::Close {
                     code: 1001,
                     reason: "server shutting down; reconnect and resume with since",

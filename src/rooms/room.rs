@@ -5,7 +5,7 @@
 //! Presence is per room: a user is online in a room while one of their
 //! sessions has joined it, on this node or another (leases in Redis).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +51,9 @@ pub struct RoomActor {
     cluster: Cluster,
     idle_after: Duration,
     metrics: Arc<Metrics>,
-    members: HashMap<String, RoomMember>,
+    /// This node's sessions in the room. A list, not a map: delivery walks
+    /// them all, and per member it is a fraction of a map's memory.
+    members: Vec<RoomMember>,
     participants: Vec<Participant>,
     /// Users present in this room on other nodes.
     remote_users: HashSet<String>,
@@ -82,7 +84,7 @@ impl RoomActor {
             cluster,
             idle_after,
             metrics,
-            members: HashMap::new(),
+            members: Vec::new(),
             participants: Vec::new(),
             remote_users: HashSet::new(),
             announced: HashSet::new(),
@@ -94,19 +96,27 @@ impl RoomActor {
         }
     }
 
+    fn remove_member(&mut self, session_id: &str) -> Option<RoomMember> {
+        let at = self
+            .members
+            .iter()
+            .position(|m| m.session_id == session_id)?;
+        Some(self.members.swap_remove(at))
+    }
+
     fn local_users(&self) -> HashSet<String> {
-        self.members.values().map(|m| m.user_id.clone()).collect()
+        self.members.iter().map(|m| m.user_id.clone()).collect()
     }
 
     fn is_online(&self, user_id: &str) -> bool {
-        self.members.values().any(|m| m.user_id == user_id) || self.remote_users.contains(user_id)
+        self.members.iter().any(|m| m.user_id == user_id) || self.remote_users.contains(user_id)
     }
 
     /// Sends a frame to every member whose user is not in `except_users`.
     fn broadcast_event(&mut self, frame: &ByteString, except_users: &[String]) {
         let metrics = &self.metrics;
         metrics.frames_out.inc_by(self.members.len() as u64);
-        self.members.retain(|_, member| {
+        self.members.retain(|member| {
             except_users.contains(&member.user_id)
                 || offer(&member.recipient, ToSession::Event(frame.clone()), metrics)
         });
@@ -213,7 +223,7 @@ impl RoomActor {
             metrics.frames_out.inc_by(self.members.len() as u64);
             // A member that stopped reading is told to close and leaves the
             // room; it resumes with `since` when it reconnects.
-            self.members.retain(|_, member| {
+            self.members.retain(|member| {
                 offer(
                     &member.recipient,
                     ToSession::Message {
@@ -317,15 +327,15 @@ impl RoomActor {
         let removed: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| m.role != "admin" && !participants.contains(&m.user_id.as_str()))
-            .map(|(id, _)| id.clone())
+            .filter(|m| m.role != "admin" && !participants.contains(&m.user_id.as_str()))
+            .map(|m| m.session_id.clone())
             .collect();
         for session_id in removed {
-            if let Some(member) = self.members.remove(&session_id) {
+            if let Some(member) = self.remove_member(&session_id) {
                 member.recipient.do_send(ToSession::Kicked {
                     room: self.name.clone(),
                 });
-                if !self.members.values().any(|m| m.user_id == member.user_id) {
+                if !self.members.iter().any(|m| m.user_id == member.user_id) {
                     self.local_presence_changed(ctx, &member.user_id, false);
                 }
             }
@@ -343,7 +353,7 @@ impl RoomActor {
                 online: self.is_online(&p.user_id),
             })
             .collect();
-        for member in self.members.values() {
+        for member in self.members.iter() {
             if views.iter().all(|v| v.user_id != member.user_id) {
                 views.push(MemberView {
                     user_id: member.user_id.clone(),
@@ -463,9 +473,11 @@ impl Handler<Join> for RoomActor {
             ctx.cancel_future(handle);
         }
         let member = msg.member;
-        let newly_present = !self.members.values().any(|m| m.user_id == member.user_id);
+        let newly_present = !self.members.iter().any(|m| m.user_id == member.user_id);
         let user_id = member.user_id.clone();
-        self.members.insert(member.session_id.clone(), member);
+        // A session that joins again replaces its earlier membership.
+        self.remove_member(&member.session_id);
+        super::push_small(&mut self.members, member);
         if newly_present {
             self.local_presence_changed(ctx, &user_id, true);
         }
@@ -480,8 +492,8 @@ impl Handler<Leave> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) {
-        match self.members.remove(&msg.session_id) {
-            Some(member) if !self.members.values().any(|m| m.user_id == member.user_id) => {
+        match self.remove_member(&msg.session_id) {
+            Some(member) if !self.members.iter().any(|m| m.user_id == member.user_id) => {
                 self.local_presence_changed(ctx, &member.user_id, false);
             }
             Some(_) => {}

@@ -74,12 +74,55 @@ struct JoinedRoom {
     delivered: i64,
 }
 
+/// The rooms a socket joined, by name. A list rather than a map: a socket
+/// joins a few rooms, a short scan per delivery costs less than hashing
+/// the name, and a map's table was the largest part of an idle session.
+#[derive(Default)]
+struct JoinedRooms(Vec<(String, JoinedRoom)>);
+
+impl JoinedRooms {
+    fn get(&self, room: &str) -> Option<&JoinedRoom> {
+        self.0.iter().find(|(name, _)| name == room).map(|(_, r)| r)
+    }
+
+    fn get_mut(&mut self, room: &str) -> Option<&mut JoinedRoom> {
+        self.0
+            .iter_mut()
+            .find(|(name, _)| name == room)
+            .map(|(_, r)| r)
+    }
+
+    fn contains_key(&self, room: &str) -> bool {
+        self.get(room).is_some()
+    }
+
+    /// Returns the membership it replaces, if the room was joined before.
+    fn insert(&mut self, room: String, joined: JoinedRoom) -> Option<JoinedRoom> {
+        match self.get_mut(&room) {
+            Some(existing) => Some(std::mem::replace(existing, joined)),
+            None => {
+                crate::rooms::push_small(&mut self.0, (room, joined));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, room: &str) -> Option<JoinedRoom> {
+        let at = self.0.iter().position(|(name, _)| name == room)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (String, JoinedRoom)> + '_ {
+        self.0.drain(..)
+    }
+}
+
 pub struct WsSession {
     id: String,
     state: Arc<AppState>,
     identity: Option<Identity>,
     last_heard: Instant,
-    rooms: HashMap<String, JoinedRoom>,
+    rooms: JoinedRooms,
     /// Rooms this socket may write to without having joined them, and
     /// when that was checked (checks expire, so a participant removed
     /// from a booking loses write access).
@@ -122,7 +165,7 @@ impl WsSession {
             state,
             identity: None,
             last_heard: Instant::now(),
-            rooms: HashMap::new(),
+            rooms: JoinedRooms::default(),
             writable: HashMap::new(),
             awaiting_access: HashMap::new(),
             strikes: 0,
@@ -307,22 +350,22 @@ impl WsSession {
 
     /// `{"type":"unread","notifications":n,"rooms":{"booking:..":k}}` right
     /// after `welcome`, so a client can draw badges without a request.
+    /// The count comes back through the mailbox rather than as a future of
+    /// the context: a fourth future there would move the context's future
+    /// list to the heap for the life of the socket.
     fn send_unread_counts(&self, identity: &Identity, ctx: &mut ws::WebsocketContext<Self>) {
         let state = self.state.clone();
         let user_id = identity.user_id.clone();
-        ctx.spawn(
-            off_context(
-                async move { crate::notifications::unread_summary(&state, &user_id).await },
-            )
-            .into_actor(self)
-            .map(|result, _, ctx| match result {
+        let session = ctx.address();
+        actix_rt::spawn(async move {
+            match crate::notifications::unread_summary(&state, &user_id).await {
                 Ok(mut summary) => {
                     summary["type"] = "unread".into();
-                    ctx.text(summary.to_string());
+                    session.do_send(ToSession::Event(summary.to_string().into()));
                 }
                 Err(error) => tracing::warn!(%error, "cannot count unread items"),
-            }),
-        );
+            }
+        });
     }
 
     /// A fresh token for the same user extends the session; a token for
@@ -832,7 +875,7 @@ impl Handler<ToSession> for WsSession {
         let _in_session = span.enter();
         match msg {
             ToSession::Message { room, seq, frame } => {
-                if let Some(joined) = self.rooms.get_mut(&*room) {
+                if let Some(joined) = self.rooms.get_mut(&room) {
                     if seq > joined.delivered {
                         joined.delivered = seq;
                         ctx.text(frame);
@@ -841,7 +884,7 @@ impl Handler<ToSession> for WsSession {
             }
             ToSession::Event(frame) => ctx.text(frame),
             ToSession::Kicked { room } => {
-                if self.rooms.remove(&*room).is_some() {
+                if self.rooms.remove(&room).is_some() {
                     ctx.text(
                         ServerFrame::Left {
                             reference: None,
