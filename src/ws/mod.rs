@@ -12,6 +12,7 @@ pub mod frames;
 pub mod session;
 pub mod socket;
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -44,28 +45,28 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppError>
     }
 }
 
-/// Why an upgrade request is refused, as the HTTP response it gets.
-fn refusal(state: &AppState, head: &RequestHead) -> Option<Response<BoxBody>> {
+/// Admits an upgrade request (returning the client's address, for the
+/// per-address limits) or refuses it with the HTTP response it gets.
+fn admit(state: &AppState, head: &RequestHead) -> Result<Option<IpAddr>, Response<BoxBody>> {
     if head.uri.path() != PATH {
         let error = AppError::NotFound(format!("no WebSocket endpoint at {}", head.uri.path()));
-        return Some(error.error_response().into());
+        return Err(error.error_response().into());
     }
-    if let Err(error) = actix_http::ws::verify_handshake(head) {
-        return Some(error.into());
-    }
-    if let Some(ip) = state.limiters.client_ip(head) {
-        if let Err(error) = state.limiters.check_connect(ip) {
+    actix_http::ws::verify_handshake(head)?;
+    let client_ip = state.limiters.client_ip(head);
+    if let Some(ip) = client_ip {
+        state.limiters.check_connect(ip).map_err(|error| {
             state
                 .metrics
                 .rate_limited
                 .with_label_values(&["connects"])
                 .inc();
-            return Some(error.error_response().into());
-        }
+            error.error_response()
+        })?;
     }
     check_origin(&head.headers, &state.settings.server.allowed_origins)
-        .err()
-        .map(|error| error.error_response().into())
+        .map_err(|error| error.error_response())?;
+    Ok(client_ip)
 }
 
 /// The server's upgrade service: every request carrying
@@ -76,12 +77,12 @@ pub async fn serve_upgrade(
     mut framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), actix_web::Error> {
     let head = request.head();
-    if let Some(response) = refusal(&state, head) {
+    let client_ip = match admit(&state, head) {
+        Ok(client_ip) => client_ip,
         // The connection closes after the refusal: the client asked for a
         // protocol switch, not for keep-alive.
-        return send_response(&mut framed, response).await;
-    }
-    let client_ip = state.limiters.client_ip(head);
+        Err(refusal) => return send_response(&mut framed, refusal).await,
+    };
     let accepted = actix_http::ws::handshake_response(head).finish();
     // The request's headers point into the dispatcher's 8 KiB read buffer
     // and sit in a pooled head: neither may outlive the handshake.

@@ -184,6 +184,44 @@ async fn connections_are_limited_per_user_and_per_address() {
     }
 }
 
+/// A script opening sockets in a loop from one address: past the burst,
+/// each upgrade is answered 429 with Retry-After (counted); the sockets
+/// already open carry on, and a second later the address may connect again.
+#[tokio::test]
+async fn socket_opening_is_rate_limited_per_address() {
+    let backend = Backend::sqlite();
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            ("MIXROOM__LIMITS__CONNECTS_PER_SEC_PER_IP", "1"),
+            ("MIXROOM__LIMITS__CONNECTS_BURST_PER_IP", "2"),
+        ],
+    );
+    let ava = TestUser::client("Ava");
+    let mut first = WsClient::connect_as(&server, &ava).await;
+    let _second = WsClient::connect(&server).await;
+    match tokio_tungstenite::connect_async(server.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(
+                response.headers().contains_key("retry-after"),
+                "{response:?}"
+            );
+        }
+        other => panic!("the third socket within the burst must get 429, got {other:?}"),
+    }
+    assert_eq!(
+        server
+            .metric(r#"mixroom_rate_limited_total{limit="connects"}"#)
+            .await,
+        1.0
+    );
+    first.ping().await;
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    WsClient::connect_as(&server, &ava).await.ping().await;
+}
+
 /// Only the web app's pages may open a socket from a browser; other sites
 /// are refused at the handshake. Clients without an Origin are allowed.
 /// The HTTP API answers CORS preflights for the configured origins.
