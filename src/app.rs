@@ -54,7 +54,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let db = Db::connect(&settings.database.url, settings.database.pool_size).await?;
     db.ping().await?;
-    let verifier = Arc::new(TokenVerifier::from_settings(&settings.auth)?);
+    let verifier = Arc::new(TokenVerifier::start(&settings.auth).await?);
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(
         db.clone(),
@@ -126,7 +126,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
                 // A span per request with a request id: every log line of the
                 // request carries it.
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(tracing_actix_web::TracingLogger::<
+                    crate::http::request_log::RequestSpan,
+                >::new())
                 .wrap(actix_web::middleware::Condition::new(
                     !server_settings.cors_origins.is_empty(),
                     crate::http::cors(&server_settings.cors_origins),

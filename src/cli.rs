@@ -56,7 +56,12 @@ pub fn main() -> ExitCode {
     };
     crate::telemetry::init(&settings.log);
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => actix_rt::System::new().block_on(crate::app::serve(settings)),
+        Command::Serve => {
+            if let Err(code) = check_environment(&settings) {
+                return code;
+            }
+            actix_rt::System::new().block_on(crate::app::serve(settings))
+        }
         Command::Migrate => actix_rt::System::new().block_on(async {
             let applied = crate::db::Db::migrate(&settings.database.url).await?;
             println!("applied {} migration(s)", applied.len());
@@ -78,6 +83,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Production refuses every development-only value, one line per key,
+/// before anything listens; development names them as warnings.
+fn check_environment(settings: &Settings) -> Result<(), ExitCode> {
+    let problems = settings.production_problems();
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("error: server.environment is production but {problem}");
+        }
+        eprintln!("error: refusing to start; see README.md, \"Going to production\"");
+        return Err(ExitCode::from(2));
+    }
+    for value in settings.development_values() {
+        tracing::warn!("development only: {value}");
+    }
+    Ok(())
 }
 
 fn token(

@@ -50,8 +50,50 @@ pub struct ServerSettings {
     pub allowed_origins: Vec<String>,
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub cors_origins: Vec<String>,
-    /// Serve the demo page and its token-minting helper (never in production).
-    pub demo: bool,
+    /// `development` (the embedded default) or `production`, which refuses
+    /// to start with any development-only value (see [`Settings::production_problems`]).
+    pub environment: Environment,
+    /// The demo page and its token-minting helper; see [`Settings::demo_enabled`].
+    #[serde(deserialize_with = "demo_mode")]
+    pub demo: DemoMode,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// `server.demo`: `auto` serves the demo only while the built-in dev
+/// secret signs tokens, so a real secret never mints demo tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMode {
+    Auto,
+    On,
+    Off,
+}
+
+/// `true`, `false` or `"auto"` (environment values arrive as strings).
+fn demo_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DemoMode, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Bool(true) => Ok(DemoMode::On),
+        Raw::Bool(false) => Ok(DemoMode::Off),
+        Raw::Text(text) => match text.as_str() {
+            "auto" => Ok(DemoMode::Auto),
+            "true" | "on" => Ok(DemoMode::On),
+            "false" | "off" => Ok(DemoMode::Off),
+            other => Err(serde::de::Error::custom(format!(
+                "server.demo must be true, false or \"auto\", not `{other}`"
+            ))),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,9 +112,25 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub jwt_secret: SecretString,
+    /// Path of a JWKS document read once at start (empty: none).
     pub jwks: String,
+    /// URL of a published JWKS (Supabase signing keys), fetched at start and
+    /// refreshed (empty: none).
+    pub jwks_url: String,
+    /// How often the JWKS URL is fetched again.
+    pub jwks_refresh_secs: u64,
+    /// When set, a token's `iss` must equal it exactly.
+    pub issuer: String,
     pub internal_api_key: SecretString,
 }
+
+/// The values `config/default.toml` ships for trying the server locally.
+/// Production refuses them; development warns that they are in use.
+pub const DEV_JWT_SECRET: &str = "mixroom-dev-secret-change-me-0123456789abcdef";
+pub const DEV_INTERNAL_API_KEY: &str = "mixroom-dev-internal-key";
+/// Shorter secrets are refused in production: 32 random bytes is what
+/// HS256 and a bearer key need not to be guessed.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,6 +334,70 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Whether `/` and `/demo/*` are served: never in production; in
+    /// development when asked for, or (`auto`) while the built-in dev
+    /// secret signs tokens, so demo tokens are never signed with a secret
+    /// anyone else trusts.
+    pub fn demo_enabled(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.server.environment == Environment::Development
+            && match self.server.demo {
+                DemoMode::On => true,
+                DemoMode::Off => false,
+                DemoMode::Auto => self.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET,
+            }
+    }
+
+    /// Development-only values in use, one line each (empty when none).
+    /// In production each is a reason to refuse to start.
+    pub fn development_values(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        let mut found = Vec::new();
+        let jwt_secret = self.auth.jwt_secret.expose_secret();
+        if jwt_secret == DEV_JWT_SECRET {
+            found.push("auth.jwt_secret is the built-in development secret".to_owned());
+        } else if !jwt_secret.is_empty() && jwt_secret.len() < MIN_SECRET_BYTES {
+            found.push(format!(
+                "auth.jwt_secret is shorter than {MIN_SECRET_BYTES} bytes"
+            ));
+        }
+        let internal_key = self.auth.internal_api_key.expose_secret();
+        if internal_key == DEV_INTERNAL_API_KEY {
+            found.push("auth.internal_api_key is the built-in development key".to_owned());
+        } else if internal_key.chars().count() < MIN_SECRET_BYTES {
+            found.push(format!(
+                "auth.internal_api_key is shorter than {MIN_SECRET_BYTES} characters"
+            ));
+        }
+        let unsubscribe = self.email.unsubscribe_secret.expose_secret();
+        if unsubscribe.is_empty() && jwt_secret == DEV_JWT_SECRET {
+            found.push(
+                "email.unsubscribe_secret is empty, so unsubscribe links are signed with a key \
+                 derived from the development auth.jwt_secret"
+                    .to_owned(),
+            );
+        } else if !unsubscribe.is_empty() && unsubscribe.len() < MIN_SECRET_BYTES {
+            found.push(format!(
+                "email.unsubscribe_secret is shorter than {MIN_SECRET_BYTES} bytes"
+            ));
+        }
+        if self.server.demo == DemoMode::On || self.demo_enabled() {
+            found.push(
+                "server.demo is on: /demo/session mints a token for anyone who asks".to_owned(),
+            );
+        }
+        found
+    }
+
+    /// Why this configuration must not serve in production (empty: it may).
+    pub fn production_problems(&self) -> Vec<String> {
+        if self.server.environment == Environment::Production {
+            self.development_values()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         use secrecy::ExposeSecret;
         let url = self.database.url.expose_secret();
@@ -287,10 +409,33 @@ impl Settings {
                 "database.url must start with sqlite:// or postgres://".into(),
             ));
         }
-        if self.auth.jwt_secret.expose_secret().is_empty() && self.auth.jwks.is_empty() {
+        let auth = &self.auth;
+        if auth.jwt_secret.expose_secret().is_empty()
+            && auth.jwks.is_empty()
+            && auth.jwks_url.is_empty()
+        {
             return Err(ConfigError::Invalid(
-                "set auth.jwt_secret or auth.jwks: no token could be verified".into(),
+                "set auth.jwt_secret, auth.jwks or auth.jwks_url: no token could be verified"
+                    .into(),
             ));
+        }
+        if !auth.jwks.is_empty() && !auth.jwks_url.is_empty() {
+            return Err(ConfigError::Invalid(
+                "set auth.jwks (a file) or auth.jwks_url, not both".into(),
+            ));
+        }
+        if !auth.jwks_url.is_empty() {
+            let parsed = reqwest::Url::parse(&auth.jwks_url);
+            if !matches!(parsed.as_ref().map(|u| u.scheme()), Ok("http" | "https")) {
+                return Err(ConfigError::Invalid(
+                    "auth.jwks_url must be an http:// or https:// URL".into(),
+                ));
+            }
+            if auth.jwks_refresh_secs == 0 {
+                return Err(ConfigError::Invalid(
+                    "auth.jwks_refresh_secs must be positive".into(),
+                ));
+            }
         }
         if self.limits.frames_per_sec == 0 || self.limits.frames_burst == 0 {
             return Err(ConfigError::Invalid(
@@ -354,5 +499,60 @@ mod tests {
         let shown = format!("{settings:?}");
         assert!(!shown.contains("mixroom-dev-secret"));
         assert!(!shown.contains("mixroom-dev-internal-key"));
+    }
+
+    fn defaults() -> Settings {
+        let raw = std::fs::read_to_string(default_file()).unwrap();
+        config::Config::builder()
+            .add_source(config::File::from_str(&raw, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_shipped_dev_values_are_the_ones_production_refuses() {
+        use secrecy::ExposeSecret;
+        let settings = defaults();
+        assert_eq!(settings.auth.jwt_secret.expose_secret(), DEV_JWT_SECRET);
+        assert_eq!(
+            settings.auth.internal_api_key.expose_secret(),
+            DEV_INTERNAL_API_KEY
+        );
+        assert_eq!(settings.server.environment, Environment::Development);
+        assert!(settings.demo_enabled());
+        assert!(settings.production_problems().is_empty());
+        let mut production = settings;
+        production.server.environment = Environment::Production;
+        let problems = production.production_problems();
+        for key in [
+            "auth.jwt_secret",
+            "auth.internal_api_key",
+            "email.unsubscribe_secret",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key} missing from {problems:?}"
+            );
+        }
+        assert!(!production.demo_enabled());
+    }
+
+    #[test]
+    fn the_demo_follows_the_secret_unless_told() {
+        let mut settings = defaults();
+        settings.auth.jwt_secret = "a-real-project-secret-of-enough-length-0001"
+            .to_owned()
+            .into();
+        assert!(!settings.demo_enabled(), "auto with a real secret");
+        settings.server.demo = DemoMode::On;
+        assert!(settings.demo_enabled(), "explicitly on in development");
+        settings.server.environment = Environment::Production;
+        assert!(!settings.demo_enabled(), "never in production");
+        assert!(settings
+            .production_problems()
+            .iter()
+            .any(|p| p.starts_with("server.demo")));
     }
 }

@@ -1,7 +1,11 @@
 //! Identity: Supabase Auth access tokens (HS256 with the project secret, or
-//! ES256/RS256 keys from a JWKS document) and the backend's internal key.
+//! ES256/RS256 keys from a JWKS document or URL) and the backend's internal key.
+
+pub mod jwks;
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -9,8 +13,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuthSettings;
+use jwks::{KeySetStatus, PublishedKeys};
 
 pub const AUDIENCE: &str = "authenticated";
+/// Clocks differ a little between Supabase and us: a token is accepted
+/// this long before its `nbf`.
+pub const NBF_LEEWAY_SECS: i64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -18,6 +26,8 @@ pub enum AuthError {
     InvalidToken(String),
     #[error("token expired")]
     Expired,
+    #[error("invalid token: signed with an unknown key")]
+    UnknownKey,
     #[error("cannot load JWKS document {path}: {reason}")]
     Jwks { path: String, reason: String },
 }
@@ -83,6 +93,10 @@ struct Claims {
     exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
     aud: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     email: Option<String>,
@@ -104,28 +118,91 @@ struct AppMetadata {
     role: Option<String>,
 }
 
+/// Where asymmetric keys come from.
+enum KeySource {
+    /// `auth.jwks`: a document read once at start.
+    File(Arc<JwkSet>),
+    /// `auth.jwks_url`: published keys, refreshed.
+    Url(PublishedKeys),
+}
+
 /// Verifies access tokens. Cheap to share behind an `Arc`.
 pub struct TokenVerifier {
     hs256: Option<DecodingKey>,
-    jwks: Option<JwkSet>,
+    keys: Option<KeySource>,
+    issuer: Option<String>,
 }
 
 impl TokenVerifier {
-    pub fn from_settings(settings: &AuthSettings) -> Result<Self, AuthError> {
-        let secret = settings.jwt_secret.expose_secret();
-        let hs256 = (!secret.is_empty()).then(|| DecodingKey::from_secret(secret.as_bytes()));
-        let jwks = if settings.jwks.is_empty() {
-            None
+    /// Reads the key file or fetches the key URL (starting its refresh
+    /// task on the current runtime).
+    pub async fn start(settings: &AuthSettings) -> Result<Self, AuthError> {
+        let keys = if !settings.jwks_url.is_empty() {
+            let every = Duration::from_secs(settings.jwks_refresh_secs);
+            Some(KeySource::Url(
+                PublishedKeys::start(settings.jwks_url.clone(), every).await,
+            ))
         } else {
-            let jwks_error = |reason: String| AuthError::Jwks {
-                path: settings.jwks.clone(),
-                reason,
-            };
-            let raw =
-                std::fs::read_to_string(&settings.jwks).map_err(|e| jwks_error(e.to_string()))?;
-            Some(serde_json::from_str(&raw).map_err(|e| jwks_error(e.to_string()))?)
+            Self::file_keys(settings)?
         };
-        Ok(Self { hs256, jwks })
+        Ok(Self::with_keys(settings, keys))
+    }
+
+    /// Without a key URL (that needs a runtime): the secret and key file.
+    pub fn from_settings(settings: &AuthSettings) -> Result<Self, AuthError> {
+        Ok(Self::with_keys(settings, Self::file_keys(settings)?))
+    }
+
+    fn file_keys(settings: &AuthSettings) -> Result<Option<KeySource>, AuthError> {
+        if settings.jwks.is_empty() {
+            return Ok(None);
+        }
+        let jwks_error = |reason: String| AuthError::Jwks {
+            path: settings.jwks.clone(),
+            reason,
+        };
+        let raw = std::fs::read_to_string(&settings.jwks).map_err(|e| jwks_error(e.to_string()))?;
+        let set: JwkSet = serde_json::from_str(&raw).map_err(|e| jwks_error(e.to_string()))?;
+        Ok(Some(KeySource::File(Arc::new(set))))
+    }
+
+    fn with_keys(settings: &AuthSettings, keys: Option<KeySource>) -> Self {
+        let secret = settings.jwt_secret.expose_secret();
+        TokenVerifier {
+            hs256: (!secret.is_empty()).then(|| DecodingKey::from_secret(secret.as_bytes())),
+            keys,
+            issuer: (!settings.issuer.is_empty()).then(|| settings.issuer.clone()),
+        }
+    }
+
+    /// The published keys' state, for readiness (`None` without a key URL).
+    pub fn key_status(&self) -> Option<KeySetStatus> {
+        match &self.keys {
+            Some(KeySource::Url(published)) => Some(published.status()),
+            _ => None,
+        }
+    }
+
+    /// False only while a key URL is configured and no set was ever
+    /// fetched from it.
+    pub fn keys_loaded(&self) -> bool {
+        match &self.keys {
+            Some(KeySource::Url(published)) => published.loaded(),
+            _ => true,
+        }
+    }
+
+    /// [`Self::verify`], and when the token names a key the published set
+    /// does not hold, a refresh of the set (rate-limited) and one more try:
+    /// a rotated key works at once, without a restart.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Identity, AuthError> {
+        match (self.verify(token), &self.keys) {
+            (Err(AuthError::UnknownKey), Some(KeySource::Url(published))) => {
+                published.refresh_now().await;
+                self.verify(token)
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
@@ -138,15 +215,24 @@ impl TokenVerifier {
                 .as_ref()
                 .ok_or_else(|| invalid(&"HS256 tokens are not accepted"))?,
             Algorithm::ES256 | Algorithm::RS256 => {
-                let jwks = self
-                    .jwks
-                    .as_ref()
-                    .ok_or_else(|| invalid(&"no JWKS configured for asymmetric tokens"))?;
+                let set = match &self.keys {
+                    Some(KeySource::File(set)) => set.clone(),
+                    Some(KeySource::Url(published)) => {
+                        published.current().ok_or(AuthError::UnknownKey)?
+                    }
+                    None => return Err(invalid(&"no JWKS configured for asymmetric tokens")),
+                };
                 let kid = header
                     .kid
                     .as_deref()
                     .ok_or_else(|| invalid(&"token has no kid"))?;
-                let jwk = jwks.find(kid).ok_or_else(|| invalid(&"unknown kid"))?;
+                let jwk = set.find(kid).ok_or(AuthError::UnknownKey)?;
+                // A key published for one algorithm verifies only that one.
+                if let Some(published) = jwk.common.key_algorithm {
+                    if published != jsonwebtoken::jwk::KeyAlgorithm::from(header.alg) {
+                        return Err(invalid(&"the key is not for the token's algorithm"));
+                    }
+                }
                 owned_key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(&e))?;
                 &owned_key
             }
@@ -154,14 +240,28 @@ impl TokenVerifier {
         };
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        let mut required = vec!["exp", "sub", "aud"];
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         validation.leeway = 0;
+        // `nbf` is checked below, with a leeway of its own.
+        validation.validate_nbf = false;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => invalid(&e),
         })?;
+        if data
+            .claims
+            .nbf
+            .is_some_and(|nbf| nbf > crate::time::now_secs() + NBF_LEEWAY_SECS)
+        {
+            return Err(invalid(&"token not valid yet (nbf)"));
+        }
         identity_from_claims(data.claims)
     }
 }
@@ -214,6 +314,8 @@ pub fn mint_token(
         sub: user_id.to_owned(),
         exp: now + ttl_secs,
         iat: Some(now),
+        nbf: None,
+        iss: None,
         aud: AUDIENCE.to_owned(),
         email: email.map(str::to_owned),
         user_metadata: UserMetadata {
@@ -230,16 +332,22 @@ pub fn mint_token(
     )
 }
 
-/// Compares the backend's key in constant time.
+/// Compares the backend's key in constant time, whatever the lengths:
+/// both sides are hashed first, so neither the length nor the first
+/// differing byte of the key shows in the time taken.
 pub fn internal_key_matches(expected: &SecretString, presented: &str) -> bool {
+    use sha2::{Digest, Sha256};
     let expected = expected.expose_secret().as_bytes();
-    let presented = presented.as_bytes();
-    if expected.is_empty() || expected.len() != presented.len() {
+    if expected.is_empty() {
         return false;
     }
+    let (expected, presented) = (
+        Sha256::digest(expected),
+        Sha256::digest(presented.as_bytes()),
+    );
     expected
         .iter()
-        .zip(presented)
+        .zip(presented.iter())
         .fold(0u8, |acc, (a, b)| acc | (a ^ b))
         == 0
 }
@@ -252,6 +360,9 @@ mod tests {
         TokenVerifier::from_settings(&AuthSettings {
             jwt_secret: secret.to_owned().into(),
             jwks: String::new(),
+            jwks_url: String::new(),
+            jwks_refresh_secs: 300,
+            issuer: String::new(),
             internal_api_key: "k".to_owned().into(),
         })
         .unwrap()

@@ -60,6 +60,37 @@ pub struct UserData {
     pub support: Vec<ExportedConversation>,
     pub email_preferences: Option<super::email::PreferencesRow>,
     pub emails: Vec<ExportedEmail>,
+    pub email_items: Vec<ExportedEmailItem>,
+    /// Model tokens the support agent spent answering the user, per day.
+    pub token_usage: Vec<ExportedTokenUsage>,
+    /// Conversations of others the user took over as an admin.
+    pub takeovers: Vec<ExportedTakeover>,
+}
+
+/// Something waiting to be (or that was) considered for an email.
+#[derive(Debug, Serialize)]
+pub struct ExportedEmailItem {
+    pub kind: String,
+    pub source: String,
+    pub room: Option<String>,
+    pub seq: Option<i64>,
+    pub up_to_seq: Option<i64>,
+    pub state: String,
+    pub created_at: i64,
+    pub due_at: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportedTokenUsage {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    pub tokens: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportedTakeover {
+    pub conversation_id: String,
+    pub taken_over_at: Option<i64>,
 }
 
 /// An email composed for the user (sent, failed or still queued).
@@ -80,6 +111,9 @@ pub struct ExportedConversation {
     pub id: String,
     pub status: String,
     pub created_at: i64,
+    pub escalated_at: Option<i64>,
+    pub escalation_reason: Option<String>,
+    pub taken_over_at: Option<i64>,
     pub turns: Vec<ExportedTurn>,
 }
 
@@ -169,18 +203,31 @@ impl Db {
                 .select(NotificationRow::as_select())
                 .load(conn)
                 .await?;
-            let conversations: Vec<(String, String, i64)> = support_conversations::table
+            type ConversationFields = (
+                String,
+                String,
+                i64,
+                Option<i64>,
+                Option<String>,
+                Option<i64>,
+            );
+            let conversations: Vec<ConversationFields> = support_conversations::table
                 .filter(support_conversations::user_id.eq(user_id))
                 .order(support_conversations::created_at.asc())
                 .select((
                     support_conversations::id,
                     support_conversations::status,
                     support_conversations::created_at,
+                    support_conversations::escalated_at,
+                    support_conversations::escalation_reason,
+                    support_conversations::taken_over_at,
                 ))
                 .load(conn)
                 .await?;
             let mut support = Vec::with_capacity(conversations.len());
-            for (id, status, created_at) in conversations {
+            for (id, status, created_at, escalated_at, escalation_reason, taken_over_at) in
+                conversations
+            {
                 let turns: Vec<(i64, String, String, i64)> = messages::table
                     .filter(messages::room.eq(format!("support:{id}")))
                     .order(messages::seq.asc())
@@ -196,6 +243,9 @@ impl Db {
                     id,
                     status,
                     created_at,
+                    escalated_at,
+                    escalation_reason,
+                    taken_over_at,
                     turns: turns
                         .into_iter()
                         .map(|(seq, sender_role, body, sent_at)| ExportedTurn {
@@ -227,7 +277,75 @@ impl Db {
                     ))
                     .load(conn)
                     .await?;
+            type ItemFields = (
+                String,
+                String,
+                Option<String>,
+                Option<i64>,
+                Option<i64>,
+                String,
+                i64,
+                i64,
+            );
+            let items: Vec<ItemFields> = email_items::table
+                .filter(email_items::user_id.eq(user_id))
+                .order(email_items::created_at.asc())
+                .select((
+                    email_items::kind,
+                    email_items::source,
+                    email_items::room,
+                    email_items::seq,
+                    email_items::up_to_seq,
+                    email_items::state,
+                    email_items::created_at,
+                    email_items::due_at,
+                ))
+                .load(conn)
+                .await?;
+            let token_usage: Vec<(i64, i64)> = support_token_usage::table
+                .filter(support_token_usage::user_id.eq(user_id))
+                .order(support_token_usage::day.asc())
+                .select((support_token_usage::day, support_token_usage::tokens))
+                .load(conn)
+                .await?;
+            let takeovers: Vec<(String, Option<i64>)> = support_conversations::table
+                .filter(support_conversations::taken_over_by.eq(user_id))
+                .order(support_conversations::created_at.asc())
+                .select((
+                    support_conversations::id,
+                    support_conversations::taken_over_at,
+                ))
+                .load(conn)
+                .await?;
             Ok(UserData {
+                email_items: items
+                    .into_iter()
+                    .map(
+                        |(kind, source, room, seq, up_to_seq, state, created_at, due_at)| {
+                            ExportedEmailItem {
+                                kind,
+                                source,
+                                room,
+                                seq,
+                                up_to_seq,
+                                state,
+                                created_at,
+                                due_at,
+                            }
+                        },
+                    )
+                    .collect(),
+                token_usage: token_usage
+                    .into_iter()
+                    .map(|(day, tokens)| ExportedTokenUsage { day, tokens })
+                    .collect(),
+                takeovers: takeovers
+                    .into_iter()
+                    .map(|(conversation_id, taken_over_at)| ExportedTakeover {
+                        conversation_id,
+                        taken_over_at,
+                    })
+                    .collect(),
                 email_preferences,
                 emails: emails
                     .into_iter()

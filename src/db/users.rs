@@ -1,21 +1,30 @@
 //! The users mirror: profiles the Mixroom backend (and token claims) tell us.
 
-use diesel::upsert::excluded;
-
 use super::models::UserRow;
 use super::schema::users;
 use super::{Db, DbError};
 use crate::db_run;
 
+/// What became of a profile written to the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileMirror {
+    Mirrored,
+    /// The user's data was erased: nothing was written, and nothing about
+    /// them may be written again.
+    Erased,
+}
+
 impl Db {
-    /// Creates or replaces a user's profile mirror.
+    /// Creates or replaces a user's profile mirror, unless the user was
+    /// erased. The erased check is part of the update itself, so an erasure
+    /// running at the same moment cannot be undone by it.
     pub async fn upsert_user(
         &self,
         id: &str,
         email: Option<&str>,
         name: Option<&str>,
         role: &str,
-    ) -> Result<(), DbError> {
+    ) -> Result<ProfileMirror, DbError> {
         let row = UserRow {
             id: id.to_owned(),
             email: email.map(str::to_owned),
@@ -25,19 +34,28 @@ impl Db {
             erased_at: None,
         };
         db_run!(self, |conn| {
-            diesel::insert_into(users::table)
+            let inserted = diesel::insert_into(users::table)
                 .values(&row)
-                .on_conflict(users::id)
-                .do_update()
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?;
+            if inserted == 1 {
+                return Ok(ProfileMirror::Mirrored);
+            }
+            let updated = diesel::update(users::table.find(id).filter(users::erased_at.is_null()))
                 .set((
-                    users::email.eq(excluded(users::email)),
-                    users::name.eq(excluded(users::name)),
-                    users::role.eq(excluded(users::role)),
-                    users::updated_at.eq(excluded(users::updated_at)),
+                    users::email.eq(&row.email),
+                    users::name.eq(&row.name),
+                    users::role.eq(&row.role),
+                    users::updated_at.eq(row.updated_at),
                 ))
                 .execute(conn)
                 .await?;
-            Ok(())
+            Ok(if updated == 1 {
+                ProfileMirror::Mirrored
+            } else {
+                ProfileMirror::Erased
+            })
         })
     }
 
@@ -62,7 +80,7 @@ impl Db {
         email: Option<&str>,
         name: &str,
         role: &str,
-    ) -> Result<(), DbError> {
+    ) -> Result<ProfileMirror, DbError> {
         let now = crate::time::now_ms();
         let row = UserRow {
             id: id.to_owned(),
@@ -78,25 +96,30 @@ impl Db {
                 .on_conflict_do_nothing()
                 .execute(conn)
                 .await?;
-            if inserted == 0 {
-                let unerased = users::table.find(id).filter(users::erased_at.is_null());
+            if inserted == 1 {
+                return Ok(ProfileMirror::Mirrored);
+            }
+            let unerased = users::table.find(id).filter(users::erased_at.is_null());
+            let updated = diesel::update(unerased)
+                .set((
+                    users::name.eq(name),
+                    users::role.eq(role),
+                    users::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+            // A token without an email claim leaves the known address.
+            if let (1, Some(email)) = (updated, email) {
                 diesel::update(unerased)
-                    .set((
-                        users::name.eq(name),
-                        users::role.eq(role),
-                        users::updated_at.eq(now),
-                    ))
+                    .set(users::email.eq(email))
                     .execute(conn)
                     .await?;
-                // A token without an email claim leaves the known address.
-                if let Some(email) = email {
-                    diesel::update(unerased)
-                        .set(users::email.eq(email))
-                        .execute(conn)
-                        .await?;
-                }
             }
-            Ok(())
+            Ok(if updated == 1 {
+                ProfileMirror::Mirrored
+            } else {
+                ProfileMirror::Erased
+            })
         })
     }
 }

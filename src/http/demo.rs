@@ -1,4 +1,4 @@
-//! The demo page, for trying the server in a browser (`server.demo = true`,
+//! The demo page, for trying the server in a browser (`server.demo`,
 //! the embedded default; production sets it false and none of these routes
 //! exist, so they answer 404).
 //!
@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::{mint_token, Role};
 use crate::db::bookings::{booking_room, BookingUpsert};
+use crate::db::users::ProfileMirror;
 use crate::error::AppError;
 
 const INDEX_HTML: &str = include_str!("../../demo/index.html");
@@ -151,7 +152,7 @@ async fn session(
 /// (an existing one keeps its status); returns the booking's status.
 async fn ensure_demo_world(state: &AppState) -> Result<String, AppError> {
     for user in DEMO_USERS {
-        state
+        let mirrored = state
             .db
             .upsert_user(
                 user.id,
@@ -160,6 +161,12 @@ async fn ensure_demo_world(state: &AppState) -> Result<String, AppError> {
                 user.role.as_str(),
             )
             .await?;
+        if mirrored == ProfileMirror::Erased {
+            return Err(AppError::Gone(format!(
+                "demo user {} was erased; start with a fresh database",
+                user.name
+            )));
+        }
     }
     if let Some(booking) = state.db.find_booking(DEMO_BOOKING_ID).await? {
         return Ok(booking.status);

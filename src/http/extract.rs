@@ -4,6 +4,7 @@
 use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 
 use crate::app::AppState;
 use crate::auth::{internal_key_matches, Identity};
@@ -29,14 +30,16 @@ pub struct AuthUser(pub Identity);
 
 impl FromRequest for AuthUser {
     type Error = AppError;
-    type Future = Ready<Result<Self, AppError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let token = bearer(req)?;
-            let identity = state(req)?.verifier.verify(token)?;
+        let found = bearer(req).and_then(|token| Ok((token.to_owned(), state(req)?.clone())));
+        Box::pin(async move {
+            let (token, state) = found?;
+            // Usually answered at once; awaits only a rotated signing key.
+            let identity = state.verifier.verify_fresh(&token).await?;
             Ok(AuthUser(identity))
-        })())
+        })
     }
 }
 

@@ -23,12 +23,19 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Some(true) => "ok",
         Some(false) => "unreachable",
     };
-    let ready = database == "ok" && broker != "unreachable";
-    let body = json!({
+    // Published signing keys: not ready until a set was ever fetched (no
+    // asymmetric token could be verified); a failing refresh keeps the last
+    // set and is reported, not fatal.
+    let signing_keys = state.verifier.key_status();
+    let ready = database == "ok" && broker != "unreachable" && state.verifier.keys_loaded();
+    let mut body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "database": database,
         "broker": broker,
     });
+    if let Some(keys) = signing_keys {
+        body["signing_keys"] = json!(keys);
+    }
     if ready {
         HttpResponse::Ok().json(body)
     } else {

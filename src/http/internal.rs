@@ -10,6 +10,7 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::db::bookings::{BookingOutcome, BookingUpsert};
 use crate::db::messages::NewMessage;
+use crate::db::users::ProfileMirror;
 use crate::error::AppError;
 use crate::rooms::{RoomKind, RoomName};
 
@@ -55,7 +56,7 @@ pub async fn put_user(
             return Err(AppError::Unprocessable(format!("invalid email `{email}`")));
         }
     }
-    state
+    let mirrored = state
         .db
         .upsert_user(
             &id,
@@ -64,6 +65,12 @@ pub async fn put_user(
             role.as_str(),
         )
         .await?;
+    if mirrored == ProfileMirror::Erased {
+        return Err(AppError::Gone(format!(
+            "user {} erased their personal data; their profile is not written again",
+            id.as_str()
+        )));
+    }
     Ok(HttpResponse::Ok().json(json!({ "id": id.as_str() })))
 }
 

@@ -50,10 +50,31 @@ pub async fn export(
             "created_at": at(e.created_at),
             "sent_at": e.sent_at.map(at),
         })).collect::<Vec<_>>(),
+        "email_items": data.email_items.iter().map(|i| json!({
+            "kind": i.kind,
+            "source": i.source,
+            "room": i.room,
+            "seq": i.seq,
+            "up_to_seq": i.up_to_seq,
+            "state": i.state,
+            "created_at": at(i.created_at),
+            "due_at": at(i.due_at),
+        })).collect::<Vec<_>>(),
+        "support_token_usage": data.token_usage.iter().map(|u| json!({
+            "day": at(u.day * 86_400_000)[..10].to_owned(),
+            "tokens": u.tokens,
+        })).collect::<Vec<_>>(),
+        "support_takeovers": data.takeovers.iter().map(|t| json!({
+            "conversation_id": t.conversation_id,
+            "taken_over_at": t.taken_over_at.map(at),
+        })).collect::<Vec<_>>(),
         "support_conversations": data.support.iter().map(|c| json!({
             "id": c.id,
             "status": c.status,
             "created_at": at(c.created_at),
+            "escalated_at": c.escalated_at.map(at),
+            "escalation_reason": c.escalation_reason,
+            "taken_over_at": c.taken_over_at.map(at),
             "turns": c.turns.iter().map(|t| json!({
                 "seq": t.seq, "sender_role": t.sender_role, "body": t.body, "sent_at": at(t.sent_at),
             })).collect::<Vec<_>>(),

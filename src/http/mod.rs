@@ -8,6 +8,7 @@ pub mod internal;
 pub mod me;
 pub mod notifications;
 pub mod preferences;
+pub mod request_log;
 pub mod rooms;
 pub mod stripe;
 pub mod support;
@@ -56,7 +57,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .route("/v1/me", web::delete().to(me::erase))
     .route("/v1/me/preferences", web::get().to(preferences::get))
     .route("/v1/me/preferences", web::put().to(preferences::put))
-    .route("/v1/unsubscribe", web::get().to(preferences::unsubscribe))
+    .route(
+        "/v1/unsubscribe",
+        web::get().to(preferences::confirm_unsubscribe),
+    )
     .route("/v1/unsubscribe", web::post().to(preferences::unsubscribe))
     .route("/v1/webhooks/stripe", web::post().to(stripe::webhook))
     .route("/v1/support/conversations", web::post().to(support::open))
@@ -76,7 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
             )
             .route("/notifications", web::post().to(notifications::create)),
     );
-    if settings.server.demo {
+    if settings.demo_enabled() {
         cfg.configure(demo::routes);
     }
 }

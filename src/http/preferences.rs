@@ -10,7 +10,7 @@ use crate::db::email::PreferencesRow;
 use crate::error::AppError;
 use crate::notifications::KINDS;
 use crate::notify::templates::kind_label;
-use crate::notify::unsubscribe::UnsubscribeSigner;
+use crate::notify::unsubscribe::{UnsubscribeError, UnsubscribeSigner};
 
 /// The longest chat delay a user may choose (a week).
 const CHAT_DELAY_MAX_SECS: i64 = 7 * 24 * 3600;
@@ -126,43 +126,88 @@ pub struct UnsubscribeQuery {
     token: String,
 }
 
-fn page(status: actix_web::http::StatusCode, title: &str, message: &str) -> HttpResponse {
+/// A small page a person can read; `form` adds a button that posts back.
+fn page(
+    status: actix_web::http::StatusCode,
+    title: &str,
+    message: &str,
+    form: Option<&str>,
+) -> HttpResponse {
+    let button = form.map_or_else(String::new, |action| {
+        format!(
+            "<form method=\"post\" action=\"{}\">\
+             <button type=\"submit\" style=\"font-size:16px;padding:10px 18px\">Unsubscribe</button>\
+             </form>\n",
+            html_escape::encode_double_quoted_attribute(action)
+        )
+    });
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <meta name=\"robots\" content=\"noindex\">\
          <title>{title}</title></head>\n\
          <body style=\"font-family:Helvetica,Arial,sans-serif;max-width:480px;margin:48px auto;padding:0 16px;color:#1d1d1f\">\n\
-         <h1 style=\"font-size:22px\">{title}</h1>\n<p>{message}</p>\n</body></html>\n",
+         <h1 style=\"font-size:22px\">{title}</h1>\n<p>{message}</p>\n{button}</body></html>\n",
         title = html_escape::encode_text(title),
         message = html_escape::encode_text(message),
     );
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
+        // The page carries a token: no caching, no referrer to other sites.
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
         .body(html)
 }
 
-/// `GET /v1/unsubscribe?token=` (the link in every email) and `POST` (the
-/// one-click `List-Unsubscribe-Post` of mail providers): turns that kind
-/// of email off for that user, without signing in.
+/// The page for a link that does not verify.
+fn refusal(error: UnsubscribeError) -> HttpResponse {
+    tracing::debug!(%error, "unsubscribe link refused");
+    page(
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "This link does not work",
+        &format!(
+            "{}. Open the link from the email again, or change your email \
+             preferences in your Mixroom settings.",
+            capitalized(&error.to_string())
+        ),
+        None,
+    )
+}
+
+/// `GET /v1/unsubscribe?token=` (the link in every email): a page that
+/// asks to confirm with a button. It changes nothing itself, so a mail
+/// scanner or link preview that follows the link unsubscribes nobody.
+pub async fn confirm_unsubscribe(
+    query: web::Query<UnsubscribeQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let target = match UnsubscribeSigner::from_settings(&state.settings).verify(&query.token) {
+        Ok(target) => target,
+        Err(error) => return refusal(error),
+    };
+    let action = format!("/v1/unsubscribe?token={}", query.token);
+    page(
+        actix_web::http::StatusCode::OK,
+        "Unsubscribe from these emails?",
+        &format!(
+            "You will no longer get emails about {} from Mixroom. You can turn them \
+             back on at any time in your Mixroom settings.",
+            kind_label(&target.kind)
+        ),
+        Some(&action),
+    )
+}
+
+/// `POST /v1/unsubscribe?token=` — the confirmation page's button, or the
+/// RFC 8058 one-click `List-Unsubscribe-Post` of mail providers: turns that
+/// kind of email off for that user, without signing in.
 pub async fn unsubscribe(
     query: web::Query<UnsubscribeQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let signer = UnsubscribeSigner::from_settings(&state.settings);
-    let target = match signer.verify(&query.token) {
+    let target = match UnsubscribeSigner::from_settings(&state.settings).verify(&query.token) {
         Ok(target) => target,
-        Err(error) => {
-            tracing::debug!(%error, "unsubscribe link refused");
-            return Ok(page(
-                actix_web::http::StatusCode::BAD_REQUEST,
-                "This link does not work",
-                &format!(
-                    "{}. Open the link from the email again, or change your email \
-                     preferences in your Mixroom settings.",
-                    capitalized(&error.to_string())
-                ),
-            ));
-        }
+        Err(error) => return Ok(refusal(error)),
     };
     state
         .db
@@ -177,6 +222,7 @@ pub async fn unsubscribe(
              back on at any time in your Mixroom settings.",
             kind_label(&target.kind)
         ),
+        None,
     ))
 }
 

@@ -12,6 +12,7 @@ use stripe_webhook::{EventObject, Webhook, WebhookError};
 
 use crate::app::AppState;
 use crate::db::bookings::BookingOutcome;
+use crate::db::payments::EventClaim;
 use crate::error::AppError;
 
 /// The fields this server needs from a verified event.
@@ -74,6 +75,35 @@ fn target_status(event_type: &str) -> Option<(&'static str, StatusGuard)> {
     }
 }
 
+/// Applies a claimed event; answers what it did.
+async fn apply(state: &AppState, event: &PaymentEvent) -> Result<&'static str, AppError> {
+    Ok(
+        match (
+            target_status(&event.event_type),
+            event.booking_id.as_deref(),
+        ) {
+            (None, _) => "ignored_type",
+            (Some(_), None) => "no_booking_id",
+            (Some((status, allowed)), Some(booking_id)) => {
+                let reason = Some(format!("Stripe {}", event.event_type));
+                let caused_by = format!("stripe:{}", event.id);
+                match crate::bookings::set_status(
+                    state, booking_id, status, reason, caused_by, allowed,
+                )
+                .await?
+                {
+                    None => "unknown_booking",
+                    Some(BookingOutcome::Applied {
+                        status_change: Some(_),
+                        ..
+                    }) => "applied",
+                    Some(_) => "unchanged",
+                }
+            }
+        },
+    )
+}
+
 pub async fn webhook(
     req: HttpRequest,
     body: web::Bytes,
@@ -93,42 +123,25 @@ pub async fn webhook(
         std::str::from_utf8(&body).map_err(|_| AppError::Invalid("body is not UTF-8".into()))?;
     let event = parse_verified(payload, signature, secret)?;
 
-    if state.db.stripe_event_seen(&event.id).await? {
-        tracing::info!(event = %event.id, "Stripe event replayed; already applied");
+    let claim = state
+        .db
+        .claim_stripe_event(&event.id, &event.event_type, event.booking_id.as_deref())
+        .await?;
+    if claim == EventClaim::Duplicate {
+        tracing::info!(event = %event.id, "Stripe event delivered again; applied once already");
         return Ok(HttpResponse::Ok().json(json!({ "received": true, "duplicate": true })));
     }
-    let outcome = match (
-        target_status(&event.event_type),
-        event.booking_id.as_deref(),
-    ) {
-        (None, _) => "ignored_type",
-        (Some(_), None) => "no_booking_id",
-        (Some((status, allowed)), Some(booking_id)) => {
-            let reason = Some(format!("Stripe {}", event.event_type));
-            let caused_by = format!("stripe:{}", event.id);
-            match crate::bookings::set_status(
-                &state, booking_id, status, reason, caused_by, allowed,
-            )
-            .await?
-            {
-                None => "unknown_booking",
-                Some(BookingOutcome::Applied {
-                    status_change: Some(_),
-                    ..
-                }) => "applied",
-                Some(_) => "unchanged",
+    let outcome = match apply(&state, &event).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            // Stripe retries a failed delivery: let that retry apply it.
+            if let Err(release) = state.db.release_stripe_event(&event.id).await {
+                tracing::error!(event = %event.id, %release, "cannot release a Stripe event claim");
             }
+            return Err(error);
         }
     };
-    state
-        .db
-        .record_stripe_event(
-            &event.id,
-            &event.event_type,
-            event.booking_id.as_deref(),
-            outcome,
-        )
-        .await?;
+    state.db.finish_stripe_event(&event.id, outcome).await?;
     tracing::info!(event = %event.id, kind = %event.event_type, outcome, "Stripe event");
     Ok(HttpResponse::Ok().json(json!({ "received": true, "outcome": outcome })))
 }

@@ -9,6 +9,7 @@ use super::extract::AuthUser;
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::support::{SupportConversationRow, STATUS_AI, STATUS_ESCALATED, STATUS_HUMAN};
+use crate::db::users::ProfileMirror;
 use crate::error::AppError;
 use crate::support::director::TakenOver;
 use crate::support::{post_notice, room_of, SupportError};
@@ -67,16 +68,21 @@ pub async fn open(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     // Admins see who they are helping: mirror the caller's profile as a
-    // socket login would.
-    state
+    // socket login would, and as there, never for an erased user.
+    let mirrored = state
         .db
-        .upsert_user(
+        .mirror_token_profile(
             &who.user_id,
             who.email.as_deref(),
-            Some(&who.name),
+            &who.name,
             who.role.as_str(),
         )
         .await?;
+    if mirrored == ProfileMirror::Erased {
+        return Err(AppError::Gone(
+            "this account's personal data was erased".into(),
+        ));
+    }
     let id = uuid::Uuid::now_v7().to_string();
     let row = state
         .db

@@ -19,6 +19,7 @@ use super::frames::{message_frame, ClientFrame, Envelope, MessageView, ServerFra
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
+use crate::db::users::ProfileMirror;
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::rooms::hub::{
@@ -303,47 +304,76 @@ impl WsSession {
     }
 
     fn authenticate(&mut self, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        let identity = match self.state.verifier.verify(token) {
-            Ok(identity) => identity,
-            Err(error) => return self.close(ctx, CLOSE_AUTH_FAILED, &error.to_string()),
-        };
-        let register = self.state.hub.send(RegisterSession {
+        let state = self.state.clone();
+        let token = token.to_owned();
+        let register = RegisterSession {
             session_id: self.id.clone(),
-            user_id: identity.user_id.clone(),
+            user_id: String::new(),
             recipient: ctx.address().recipient(),
             max_sessions: self.state.settings.limits.max_connections_per_user,
-        });
-        // Frames that follow `auth` wait until the session is registered.
+        };
+        // Verified (a rotated signing key is fetched first), mirrored (an
+        // erased user is refused here, so nothing they send can bring their
+        // name back), then registered. Frames that follow `auth` wait.
+        let admitted = async move {
+            let identity = state
+                .verifier
+                .verify_fresh(&token)
+                .await
+                .map_err(|error| error.to_string())?;
+            match state
+                .db
+                .mirror_token_profile(
+                    &identity.user_id,
+                    identity.email.as_deref(),
+                    &identity.name,
+                    identity.role.as_str(),
+                )
+                .await
+            {
+                Ok(ProfileMirror::Erased) => {
+                    return Err("this account's personal data was erased".to_owned())
+                }
+                Ok(ProfileMirror::Mirrored) => {}
+                Err(error) => tracing::warn!(%error, "cannot mirror token profile"),
+            }
+            let registered = state
+                .hub
+                .send(RegisterSession {
+                    user_id: identity.user_id.clone(),
+                    ..register
+                })
+                .await;
+            Ok((identity, matches!(registered, Ok(true))))
+        };
         ctx.wait(
-            register
+            admitted
                 .into_actor(self)
-                .map(move |admitted, session, ctx| {
-                    if !matches!(admitted, Ok(true)) {
+                .map(move |admitted, session, ctx| match admitted {
+                    Err(reason) => session.close(ctx, CLOSE_AUTH_FAILED, &reason),
+                    Ok((_, false)) => {
                         session
                             .state
                             .metrics
                             .connections_refused
                             .with_label_values(&["per_user"])
                             .inc();
-                        return session.close(
-                            ctx,
-                            CLOSE_POLICY,
-                            "too many connections for this user",
-                        );
+                        session.close(ctx, CLOSE_POLICY, "too many connections for this user")
                     }
-                    session.remember_profile(&identity);
-                    session.schedule_expiry(identity.expires_at, ctx);
-                    ctx.text(
-                        ServerFrame::Welcome {
-                            user_id: &identity.user_id,
-                            session_id: &session.id,
-                            server_time: crate::time::rfc3339_ms(crate::time::now_ms()),
-                            heartbeat_ms: session.state.settings.server.heartbeat_ms,
-                        }
-                        .encode(),
-                    );
-                    session.send_unread_counts(&identity, ctx);
-                    session.identity = Some(identity);
+                    Ok((identity, true)) => {
+                        session.schedule_expiry(identity.expires_at, ctx);
+                        ctx.text(
+                            ServerFrame::Welcome {
+                                user_id: &identity.user_id,
+                                session_id: &session.id,
+                                server_time: crate::time::rfc3339_ms(crate::time::now_ms()),
+                                heartbeat_ms: session.state.settings.server.heartbeat_ms,
+                            }
+                            .encode(),
+                        );
+                        session.send_unread_counts(&identity, ctx);
+                        session.identity = Some(identity);
+                    }
                 }),
         );
     }
@@ -377,24 +407,34 @@ impl WsSession {
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let current = self.identity.as_ref().map(|i| i.user_id.clone());
-        match self.state.verifier.verify(token) {
-            Ok(identity) if Some(&identity.user_id) == current.as_ref() => {
-                self.schedule_expiry(identity.expires_at, ctx);
-                let expires_at = crate::time::rfc3339_ms(identity.expires_at * 1000);
-                self.remember_profile(&identity);
-                self.identity = Some(identity);
-                ctx.text(ByteString::from(
-                    serde_json::json!({
-                        "type": "token_refreshed",
-                        "ref": reference,
-                        "expires_at": expires_at,
-                    })
-                    .to_string(),
-                ));
-            }
-            Ok(_) => self.close(ctx, CLOSE_AUTH_FAILED, "token is for another user"),
-            Err(error) => self.send_error(ctx, reference, &AppError::from(error)),
-        }
+        let state = self.state.clone();
+        let token = token.to_owned();
+        let reference = reference.map(str::to_owned);
+        let verified = async move { state.verifier.verify_fresh(&token).await };
+        ctx.wait(
+            verified
+                .into_actor(self)
+                .map(move |verified, session, ctx| match verified {
+                    Ok(identity) if Some(&identity.user_id) == current.as_ref() => {
+                        session.schedule_expiry(identity.expires_at, ctx);
+                        let expires_at = crate::time::rfc3339_ms(identity.expires_at * 1000);
+                        session.remember_profile(&identity);
+                        session.identity = Some(identity);
+                        ctx.text(ByteString::from(
+                            serde_json::json!({
+                                "type": "token_refreshed",
+                                "ref": reference,
+                                "expires_at": expires_at,
+                            })
+                            .to_string(),
+                        ));
+                    }
+                    Ok(_) => session.close(ctx, CLOSE_AUTH_FAILED, "token is for another user"),
+                    Err(error) => {
+                        session.send_error(ctx, reference.as_deref(), &AppError::from(error))
+                    }
+                }),
+        );
     }
 
     /// Token claims keep the users mirror current (names for members lists,
@@ -751,6 +791,7 @@ fn clone_error(error: &AppError) -> AppError {
         AppError::Unauthorized(m) => AppError::Unauthorized(m.clone()),
         AppError::Forbidden(m) => AppError::Forbidden(m.clone()),
         AppError::NotFound(m) => AppError::NotFound(m.clone()),
+        AppError::Gone(m) => AppError::Gone(m.clone()),
         AppError::TooLarge(m) => AppError::TooLarge(m.clone()),
         AppError::RateLimited { retry_after_ms } => AppError::RateLimited {
             retry_after_ms: *retry_after_ms,
@@ -786,6 +827,7 @@ fn error_label(error: &AppError) -> &'static str {
         crate::error::ErrorCode::Unauthorized => "unauthorized",
         crate::error::ErrorCode::Forbidden => "forbidden",
         crate::error::ErrorCode::NotFound => "not_found",
+        crate::error::ErrorCode::Gone => "gone",
         crate::error::ErrorCode::TooLarge => "too_large",
         crate::error::ErrorCode::RateLimited => "rate_limited",
         crate::error::ErrorCode::Internal => "internal",

@@ -13,6 +13,7 @@ both_backends!(
     stale_update_is_ignored,
     stripe_payment_events_move_the_booking,
     stripe_refuses_forged_tampered_stale_and_unsigned,
+    stripe_event_delivered_twice_at_once_is_applied_once,
     notifications_are_listed_and_marked_read,
     backend_notification_is_pushed_and_listed,
     bad_booking_input_changes_nothing,
@@ -269,6 +270,39 @@ async fn stripe_payment_events_move_the_booking(backend: Backend) {
         2,
         "paid and refunded, once each: {history}"
     );
+}
+
+/// Stripe delivers one event several times at the same moment (retries
+/// overlapping, two endpoints): the database lets one delivery apply it and
+/// answers the others as duplicates, so there is one status change, one
+/// `booking.updated`, one history line and one notification.
+async fn stripe_event_delivered_twice_at_once_is_applied_once(backend: Backend) {
+    let server = TestServer::spawn(&backend, &stripe_env());
+    let (ava, _sam, booking_id) = booking_of_ava_and_sam(&server).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    let (_, succeeded) = stripe_event("payment_intent.succeeded", &booking_id);
+    let notified = |inbox: Value| inbox["notifications"].as_array().unwrap().len();
+    let before = notified(list_notifications(&server, &ava, false).await);
+
+    let deliveries = (0..8).map(|_| deliver(&server, &succeeded));
+    let answers = futures_util::future::join_all(deliveries).await;
+    let applied = answers.iter().filter(|a| a["outcome"] == "applied").count();
+    let duplicates = answers.iter().filter(|a| a["duplicate"] == true).count();
+    assert_eq!((applied, duplicates), (1, 7), "{answers:?}");
+
+    let update = ava_ws.recv_type("booking.updated").await;
+    assert_eq!(update["status"], "paid");
+    ava_ws.expect_silence(300, &["booking.updated"]).await;
+    let history = server
+        .history_over_http(&ava, &format!("booking:{booking_id}"), None, None)
+        .await;
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        1,
+        "{history}"
+    );
+    let after = notified(list_notifications(&server, &ava, false).await);
+    assert_eq!(after, before + 1, "one notification for the payment");
 }
 
 /// Only Stripe, with the endpoint secret, within five minutes, can move a

@@ -3,11 +3,14 @@
 
 use serde_json::{json, Value};
 
+use crate::fake_anthropic::{text_answer, FakeAnthropic};
 use crate::helpers::{Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY};
 
 both_backends!(
     export_holds_everything_about_the_caller,
+    export_names_email_items_token_usage_and_takeovers,
     erasure_keeps_booking_records_only,
+    erasure_stays_done_on_every_route,
     retention_deletes_old_support_logs,
 );
 
@@ -184,10 +187,6 @@ async fn erasure_keeps_booking_records_only(backend: Backend) {
         "{history}"
     );
 
-    // Her old token still verifies until it expires: using it brings back
-    // neither her name nor her address.
-    let mut again = WsClient::connect_as(&server, &ava).await;
-    again.ping().await;
     let document = export(&server, &ava).await;
     assert!(document["profile"]["name"].is_null(), "{document}");
     assert!(document["profile"]["email"].is_null(), "{document}");
@@ -217,6 +216,169 @@ async fn erasure_keeps_booking_records_only(backend: Backend) {
             .unwrap()
             .len(),
         2
+    );
+}
+
+/// Ava erased her data but her token has not expired yet. Nothing she or
+/// the backend does afterwards writes her name or address back: her socket
+/// is refused, opening a support conversation is refused, the backend's
+/// profile mirror is refused with 410, and her export stays empty of both.
+async fn erasure_stays_done_on_every_route(backend: Backend) {
+    let server = TestServer::spawn(&backend, &[]);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    let http = server.http_client();
+    let erased = http
+        .delete(server.http("/v1/me"))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+
+    let mut socket = WsClient::connect(&server).await;
+    socket
+        .send_json(json!({"type": "auth", "token": ava.token}))
+        .await;
+    let (code, reason) = socket.expect_close().await;
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("erased"), "{reason}");
+
+    let support = http
+        .post(server.http("/v1/support/conversations"))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(support.status(), 410);
+
+    let mirror = http
+        .put(server.http(&format!("/v1/internal/users/{}", ava.id)))
+        .bearer_auth(INTERNAL_API_KEY)
+        .json(&json!({"email": ava.email(), "name": "Ava", "role": "client"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mirror.status(), 410);
+    let body: Value = mirror.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "gone", "{body}");
+
+    // Routes that only read or switch things off still answer.
+    for path in ["/v1/me/preferences", "/v1/notifications", "/v1/me/unread"] {
+        let status = http
+            .get(server.http(path))
+            .bearer_auth(&ava.token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "GET {path}");
+    }
+    let document = export(&server, &ava).await;
+    assert!(document["profile"]["name"].is_null(), "{document}");
+    assert!(document["profile"]["email"].is_null(), "{document}");
+    let text = document.to_string();
+    assert!(!text.contains(&ava.email()), "{document}");
+
+    // Sam still sees the booking, with no name for Ava.
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    let joined = sam_ws.join(&room, None).await;
+    assert!(
+        joined["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["name"] != "Ava"),
+        "{joined}"
+    );
+}
+
+/// The export also names what waits to be emailed, what the support agent
+/// spent on the user, and whose conversations an admin took over.
+async fn export_names_email_items_token_usage_and_takeovers(backend: Backend) {
+    let model = FakeAnthropic::start(vec![text_answer(&["Happy ", "to help."], 40, 20)]).await;
+    let model_url = model.base_url();
+    let server = TestServer::spawn(
+        &backend,
+        &[
+            ("MIXROOM__AI__ANTHROPIC_API_KEY", "sk-ant-test"),
+            ("MIXROOM__AI__ANTHROPIC_BASE_URL", &model_url),
+        ],
+    );
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let admin = TestUser::admin("Ada");
+    let room = server.open_booking(&ava, &[&sam]).await;
+    server.put_user(&admin).await;
+    // Sam writes while Ava is away: an email item waits for her.
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+    sam_ws.send_msg(&room, "s1", "Are you there?").await;
+
+    let opened: Value = server
+        .http_client()
+        .post(server.http("/v1/support/conversations"))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = opened["id"].as_str().unwrap().to_owned();
+    let support_room = format!("support:{conversation}");
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    ava_ws.join(&support_room, None).await;
+    ava_ws
+        .send_msg(&support_room, "q1", "Can I move my session?")
+        .await;
+    ava_ws
+        .recv_matching("the agent's answer", |f| {
+            f["type"] == "message" && f["sender"]["role"] == "agent"
+        })
+        .await;
+    ava_ws.disconnect().await;
+    let takeover = server
+        .http_client()
+        .post(server.http(&format!(
+            "/v1/admin/support/conversations/{conversation}/takeover"
+        )))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(takeover.status(), 200);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let document = loop {
+        let document = export(&server, &ava).await;
+        if !document["email_items"].as_array().unwrap().is_empty() {
+            break document;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no email item: {document}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let item = &document["email_items"][0];
+    assert_eq!(item["kind"], "chat", "{document}");
+    assert_eq!(item["room"], room.as_str(), "{document}");
+    assert_eq!(item["state"], "pending", "{document}");
+    assert_eq!(
+        document["support_token_usage"][0]["tokens"], 60,
+        "40 in and 20 out: {document}"
+    );
+    let own = &document["support_conversations"][0];
+    assert_eq!(own["id"], conversation.as_str());
+    assert!(own["taken_over_at"].is_string(), "{document}");
+
+    let admin_document = export(&server, &admin).await;
+    assert_eq!(
+        admin_document["support_takeovers"][0]["conversation_id"],
+        conversation.as_str(),
+        "{admin_document}"
     );
 }
 

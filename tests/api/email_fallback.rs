@@ -643,7 +643,10 @@ async fn crash_during_send_is_deduplicated_by_the_idempotency_key(backend: Backe
 /// tampered link does nothing; other kinds still arrive.
 async fn unsubscribe_link_turns_that_kind_off(backend: Backend) {
     let fake = FakeResend::start();
-    let server = spawn(&backend, &email_env(&fake, &[]));
+    let server = spawn(
+        &backend,
+        &email_env(&fake, &[("MIXROOM__LOG__LEVEL", "info")]),
+    );
     let (_ava, sam, room, mut ava_ws) = ava_writes_to_sam(&server).await;
     ava_ws.send_msg(&room, "m1", "Mix v2 is ready").await;
     let emails = fake.wait_for_emails_to(&sam.email(), 1, EMAIL_WAIT).await;
@@ -672,6 +675,8 @@ async fn unsubscribe_link_turns_that_kind_off(backend: Backend) {
     }
     assert_eq!(preferences(&server, &sam).await["email"]["chat"], true);
 
+    // Following the link (as a mail scanner does) only shows a page that
+    // asks to confirm; it changes nothing.
     let response = server
         .http_client()
         .get(server.http("/v1/unsubscribe"))
@@ -687,6 +692,24 @@ async fn unsubscribe_link_turns_that_kind_off(backend: Backend) {
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let page = response.text().await.unwrap();
     assert!(
+        page.contains("<form method=\"post\"") && page.contains("chat messages"),
+        "{page}"
+    );
+    assert_eq!(preferences(&server, &sam).await["email"]["chat"], true);
+
+    // The page's button posts back to the same URL: now it is off. (The
+    // forwarded address is a client's claim: forwarding is not trusted.)
+    let response = server
+        .http_client()
+        .post(server.http("/v1/unsubscribe"))
+        .query(&[("token", token.as_str())])
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let page = response.text().await.unwrap();
+    assert!(
         page.contains("unsubscribed") && page.contains("chat messages"),
         "{page}"
     );
@@ -694,16 +717,24 @@ async fn unsubscribe_link_turns_that_kind_off(backend: Backend) {
     assert_eq!(stored["email"]["chat"], false, "{stored}");
     assert_eq!(stored["email"]["booking"], true, "{stored}");
 
-    // The one-click POST of mail providers answers too (already off).
+    // The one-click POST of mail providers (RFC 8058) answers too.
     let one_click = server
         .http_client()
         .post(server.http("/v1/unsubscribe"))
         .query(&[("token", token.as_str())])
+        .header("content-type", "application/x-www-form-urlencoded")
         .body("List-Unsubscribe=One-Click")
         .send()
         .await
         .unwrap();
     assert_eq!(one_click.status(), 200);
+    // The token authorizes the change: the server's log never holds it.
+    let logs = server.output();
+    assert!(logs.contains("unsubscribed by link"), "{logs}");
+    assert!(!logs.contains(&token), "{logs}");
+    assert!(logs.contains("token=[redacted]"), "{logs}");
+    assert!(logs.contains("http.client_ip=127.0.0.1"), "{logs}");
+    assert!(!logs.contains("203.0.113.9"), "{logs}");
 
     ava_ws.send_msg(&room, "m2", "Mix v3 is ready").await;
     notify(

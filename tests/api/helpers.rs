@@ -299,6 +299,54 @@ impl TestServer {
         self.addr
     }
 
+    /// The last lines the server wrote (stdout and stderr), for stories
+    /// about what it logs.
+    pub fn output(&self) -> String {
+        tail_text(&self.output_tail)
+    }
+
+    /// Runs `serve` with the harness's settings and `extra_env` on a fresh
+    /// SQLite file, for a start that is expected to be refused: waits for
+    /// the exit (at most `limit`) and returns its status and output.
+    pub fn run_expecting_exit(extra_env: &[(&str, &str)], limit: Duration) -> (ExitStatus, String) {
+        let backend = Backend::sqlite();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mixroom-realtime"));
+        command.arg("serve").current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("MIXROOM__")) {
+            command.env_remove(key);
+        }
+        command
+            .env("MIXROOM__SERVER__LISTEN", "127.0.0.1:0")
+            .env("MIXROOM__DATABASE__URL", backend.url())
+            .env("MIXROOM__AUTH__JWT_SECRET", JWT_SECRET)
+            .env("MIXROOM__AUTH__INTERNAL_API_KEY", INTERNAL_API_KEY)
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the mixroom-realtime binary");
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait().expect("poll the server").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("collect the output");
+                panic!(
+                    "the server was expected to exit but kept running; its output:\n{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("collect the output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status, text)
+    }
+
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
