@@ -2,6 +2,7 @@
 //! and shuts down in order on SIGTERM.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub struct AppState {
     /// The upgraded WebSockets, each a task of its own: shutdown waits for
     /// them to write their close frames.
     pub sockets: TaskTracker,
+    /// Set on SIGTERM: readiness fails so the load balancer stops sending
+    /// new clients here while the sockets still work.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -104,6 +108,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         support: support_context.address(),
         notifier,
         sockets: TaskTracker::new(),
+        draining: Arc::new(AtomicBool::new(false)),
     });
     crate::support::start(support_context, state.clone(), support_runtime);
 
@@ -156,7 +161,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let server = server.run();
     let handle = server.handle();
     let sockets = state.sockets.clone();
-    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+    let draining = state.draining.clone();
+    let server_settings = settings.server.clone();
     actix::spawn(async move {
         let mut evict = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -165,13 +171,31 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     });
     actix::spawn(async move {
-        wait_for_shutdown_signal().await;
-        tracing::info!("shutting down");
-        let closed = hub.send(CloseAllSessions).await.unwrap_or(0);
-        tracing::info!(closed, "sessions closed with 1001");
+        let signal = wait_for_shutdown_signal().await;
+        draining.store(true, Ordering::Relaxed);
+        // A person's Ctrl-C stops at once; an orchestrator's SIGTERM drains.
+        let (drain, spread) = match signal {
+            Signal::Terminate => (
+                Duration::from_millis(server_settings.drain_ms),
+                Duration::from_millis(server_settings.close_spread_ms),
+            ),
+            Signal::Interrupt => (Duration::ZERO, Duration::ZERO),
+        };
+        tracing::info!(
+            ?drain,
+            ?spread,
+            "shutting down: readiness fails, sockets still served"
+        );
+        tokio::time::sleep(drain).await;
+        // No new connections from here on; live sockets close spread out.
+        handle.pause().await;
+        let closed = hub.send(CloseAllSessions { spread }).await.unwrap_or(0);
+        tracing::info!(closed, "closing sessions with 1001");
+        tokio::time::sleep(spread).await;
         // Everything accepted before the signal is committed before exit.
         sequencer.flush().await;
         sockets.close();
+        let grace = Duration::from_millis(server_settings.shutdown_grace_ms);
         if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
             tracing::warn!(
                 open = sockets.len(),
@@ -196,12 +220,17 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn wait_for_shutdown_signal() {
+enum Signal {
+    Terminate,
+    Interrupt,
+}
+
+async fn wait_for_shutdown_signal() -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+        _ = term.recv() => Signal::Terminate,
+        _ = int.recv() => Signal::Interrupt,
     }
 }

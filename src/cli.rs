@@ -28,6 +28,9 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print the effective configuration (defaults, file, environment) as
+    /// TOML, with secrets redacted.
+    Config,
     /// Print a token signed with the configured secret, for trying the server by hand.
     Token {
         #[arg(long)]
@@ -61,6 +64,10 @@ pub fn main() -> ExitCode {
                 return code;
             }
             actix_rt::System::new().block_on(crate::app::serve(settings))
+        }
+        Command::Config => {
+            print!("{}", settings.to_redacted_toml());
+            Ok(())
         }
         Command::Migrate => actix_rt::System::new().block_on(async {
             let applied = crate::db::Db::migrate(&settings.database.url).await?;

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -26,7 +26,7 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
     pub support_log_days: u32,
@@ -34,7 +34,7 @@ pub struct RetentionSettings {
     pub interval_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
@@ -46,6 +46,10 @@ pub struct ServerSettings {
     pub auth_timeout_ms: u64,
     pub room_idle_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// After SIGTERM: readiness fails at once, sockets keep working this long.
+    pub drain_ms: u64,
+    /// Then live sockets are closed (1001) spread over this long.
+    pub close_spread_ms: u64,
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub allowed_origins: Vec<String>,
     #[serde(deserialize_with = "list_or_comma_separated")]
@@ -54,11 +58,11 @@ pub struct ServerSettings {
     /// to start with any development-only value (see [`Settings::production_problems`]).
     pub environment: Environment,
     /// The demo page and its token-minting helper; see [`Settings::demo_enabled`].
-    #[serde(deserialize_with = "demo_mode")]
+    #[serde(deserialize_with = "demo_mode", serialize_with = "demo_mode_text")]
     pub demo: DemoMode,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     Development,
@@ -96,10 +100,11 @@ fn demo_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DemoMo
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// May carry a password, hence secret.
+    #[serde(serialize_with = "redacted_url")]
     pub url: SecretString,
     pub pool_size: usize,
     pub max_batch: usize,
@@ -108,9 +113,10 @@ pub struct DatabaseSettings {
     pub writers: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
+    #[serde(serialize_with = "redacted")]
     pub jwt_secret: SecretString,
     /// Path of a JWKS document read once at start (empty: none).
     pub jwks: String,
@@ -121,6 +127,7 @@ pub struct AuthSettings {
     pub jwks_refresh_secs: u64,
     /// When set, a token's `iss` must equal it exactly.
     pub issuer: String,
+    #[serde(serialize_with = "redacted")]
     pub internal_api_key: SecretString,
 }
 
@@ -132,24 +139,27 @@ pub const DEV_INTERNAL_API_KEY: &str = "mixroom-dev-internal-key";
 /// HS256 and a bearer key need not to be guessed.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
+    #[serde(serialize_with = "redacted_url")]
     pub redis_url: SecretString,
     pub presence_lease_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StripeSettings {
+    #[serde(serialize_with = "redacted")]
     pub webhook_secret: SecretString,
 }
 
 /// The support agent (`src/support/`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AiSettings {
     /// Empty: the embedded agent answers from the knowledge base, offline.
+    #[serde(serialize_with = "redacted")]
     pub anthropic_api_key: SecretString,
     pub anthropic_base_url: String,
     pub model: String,
@@ -172,10 +182,11 @@ pub struct AiSettings {
 }
 
 /// The email fallback (`src/notify/`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     /// Empty: emails are written to `outbox_dir` and logged, nothing is sent.
+    #[serde(serialize_with = "redacted")]
     pub resend_api_key: SecretString,
     pub resend_base_url: String,
     pub from: String,
@@ -199,6 +210,7 @@ pub struct EmailSettings {
     /// This server's public base URL, for unsubscribe links.
     pub api_base_url: String,
     /// HMAC key of unsubscribe links; empty derives one from `auth.jwt_secret`.
+    #[serde(serialize_with = "redacted")]
     pub unsubscribe_secret: SecretString,
     /// How often stored work is looked for (items and emails of other
     /// nodes, leases that ran out).
@@ -242,7 +254,7 @@ impl EmailSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub frames_per_sec: u32,
@@ -260,18 +272,70 @@ pub struct LimitSettings {
     pub trust_forwarded_for: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// What `mixroom-realtime config` prints for a secret: whether it is set.
+const REDACTED: &str = "[redacted]";
+
+fn redacted<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    let shown = if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        REDACTED
+    };
+    serializer.serialize_str(shown)
+}
+
+/// A URL with its password (in the authority or the query) redacted: the
+/// host, port, database and TLS options are what an operator checks.
+fn redacted_url<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    let raw = secret.expose_secret();
+    if raw.is_empty() || raw.starts_with("sqlite:") {
+        return serializer.serialize_str(raw);
+    }
+    let Ok(mut url) = reqwest::Url::parse(raw) else {
+        return serializer.serialize_str(REDACTED);
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("redacted"));
+    }
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(key, value)| {
+            let value = if key.contains("password") {
+                REDACTED.to_owned()
+            } else {
+                value.into_owned()
+            };
+            (key.into_owned(), value)
+        })
+        .collect();
+    if !pairs.is_empty() {
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    serializer.serialize_str(url.as_str())
+}
+
+fn demo_mode_text<S: Serializer>(mode: &DemoMode, serializer: S) -> Result<S::Ok, S::Error> {
+    match mode {
+        DemoMode::Auto => serializer.serialize_str("auto"),
+        DemoMode::On => serializer.serialize_bool(true),
+        DemoMode::Off => serializer.serialize_bool(false),
+    }
 }
 
 /// A list from a TOML array, or from one environment variable as
@@ -304,21 +368,22 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Where the defaults live: `config/default.toml` next to the working
-/// directory, or next to the crate when run through cargo from elsewhere.
-fn default_file() -> PathBuf {
-    let local = Path::new("config/default.toml");
-    if local.exists() {
-        return local.to_path_buf();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")
-}
+/// The defaults, compiled in: the binary runs from any directory with
+/// nothing beside it. `config/default.toml` is this very text, kept as the
+/// documented reference of every key.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
 impl Settings {
+    /// The effective configuration as TOML, secrets redacted (the `config`
+    /// command).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+    }
+
     /// Loads the layered configuration.
     pub fn load(extra_file: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut builder =
-            config::Config::builder().add_source(config::File::from(default_file()).required(true));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = extra_file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -361,10 +426,14 @@ impl Settings {
                 "auth.jwt_secret is shorter than {MIN_SECRET_BYTES} bytes"
             ));
         }
-        let internal_key = self.auth.internal_api_key.expose_secret();
-        if internal_key == DEV_INTERNAL_API_KEY {
+        let keys: Vec<&str> = crate::auth::internal_keys(&self.auth.internal_api_key).collect();
+        if keys.contains(&DEV_INTERNAL_API_KEY) {
             found.push("auth.internal_api_key is the built-in development key".to_owned());
-        } else if internal_key.chars().count() < MIN_SECRET_BYTES {
+        } else if keys.is_empty()
+            || keys
+                .iter()
+                .any(|key| key.chars().count() < MIN_SECRET_BYTES)
+        {
             found.push(format!(
                 "auth.internal_api_key is shorter than {MIN_SECRET_BYTES} characters"
             ));
@@ -472,9 +541,8 @@ mod tests {
     /// settings struct has a default value there and nothing extra is there.
     #[test]
     fn default_file_and_settings_struct_are_in_sync() {
-        let raw = std::fs::read_to_string(default_file()).unwrap();
         let parsed: Result<Settings, _> = config::Config::builder()
-            .add_source(config::File::from_str(&raw, config::FileFormat::Toml))
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .build()
             .unwrap()
             .try_deserialize();
@@ -484,7 +552,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let raw = std::fs::read_to_string(default_file()).unwrap() + "\n[extra]\nkey = 1\n";
+        let raw = DEFAULTS.to_owned() + "\n[extra]\nkey = 1\n";
         let parsed: Result<Settings, _> = config::Config::builder()
             .add_source(config::File::from_str(&raw, config::FileFormat::Toml))
             .build()
@@ -502,9 +570,8 @@ mod tests {
     }
 
     fn defaults() -> Settings {
-        let raw = std::fs::read_to_string(default_file()).unwrap();
         config::Config::builder()
-            .add_source(config::File::from_str(&raw, config::FileFormat::Toml))
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .build()
             .unwrap()
             .try_deserialize()

@@ -332,24 +332,33 @@ pub fn mint_token(
     )
 }
 
-/// Compares the backend's key in constant time, whatever the lengths:
-/// both sides are hashed first, so neither the length nor the first
-/// differing byte of the key shows in the time taken.
-pub fn internal_key_matches(expected: &SecretString, presented: &str) -> bool {
+/// The backend's keys in `auth.internal_api_key`: one, or several
+/// separated by commas, so a new key can be rolled out before the old one
+/// is retired.
+pub fn internal_keys(configured: &SecretString) -> impl Iterator<Item = &str> {
+    configured
+        .expose_secret()
+        .split(',')
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+}
+
+/// Whether `presented` is one of the backend's keys, in constant time
+/// whatever the lengths: both sides are hashed first and every key is
+/// compared, so neither a key's length nor its first differing byte shows
+/// in the time taken.
+pub fn internal_key_matches(configured: &SecretString, presented: &str) -> bool {
     use sha2::{Digest, Sha256};
-    let expected = expected.expose_secret().as_bytes();
-    if expected.is_empty() {
-        return false;
-    }
-    let (expected, presented) = (
-        Sha256::digest(expected),
-        Sha256::digest(presented.as_bytes()),
-    );
-    expected
-        .iter()
-        .zip(presented.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    let presented = Sha256::digest(presented.as_bytes());
+    internal_keys(configured).fold(false, |matched, key| {
+        let key = Sha256::digest(key.as_bytes());
+        let same = key
+            .iter()
+            .zip(presented.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+        matched | same
+    })
 }
 
 #[cfg(test)]
@@ -402,5 +411,10 @@ mod tests {
         assert!(!internal_key_matches(&key, "abd"));
         assert!(!internal_key_matches(&key, "ab"));
         assert!(!internal_key_matches(&"".to_owned().into(), ""));
+        let rotating: SecretString = "new-key, old-key".to_owned().into();
+        assert!(internal_key_matches(&rotating, "new-key"));
+        assert!(internal_key_matches(&rotating, "old-key"));
+        assert!(!internal_key_matches(&rotating, "new-key, old-key"));
+        assert!(!internal_key_matches(&rotating, ""));
     }
 }

@@ -11,6 +11,11 @@ pub async fn healthz() -> HttpResponse {
 /// does too (a node without Redis still serves its own sockets, but an
 /// operator should know cross-node delivery is paused).
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    // Shutting down: the load balancer must stop sending new clients here
+    // while the sockets already here are still served.
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}));
+    }
     let database = match state.db.ping().await {
         Ok(()) => "ok",
         Err(error) => {

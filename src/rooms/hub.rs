@@ -192,10 +192,17 @@ pub struct RoomChanged {
     pub room: String,
 }
 
-/// Server shutdown: close every session with 1001. Answers how many.
+/// Server shutdown: close every session with 1001, spread evenly over
+/// `spread` so their clients do not reconnect elsewhere all at once.
+/// Answers how many.
 #[derive(Message)]
 #[rtype(result = "usize")]
-pub struct CloseAllSessions;
+pub struct CloseAllSessions {
+    pub spread: Duration,
+}
+
+/// Closes go out in at most this many steps across the spread.
+const CLOSE_STEPS: usize = 50;
 
 /// Whether the user has a live session on any node.
 #[derive(Message)]
@@ -416,18 +423,32 @@ impl Handler<RoomChanged> for Hub {
 impl Handler<CloseAllSessions> for Hub {
     type Result = usize;
 
-    fn handle(&mut self, _: CloseAllSessions, _: &mut Context<Self>) -> usize {
-        let mut closed = 0;
-        for sessions in self.users.values() {
-            for (_, recipient) in sessions {
+    fn handle(&mut self, msg: CloseAllSessions, ctx: &mut Context<Self>) -> usize {
+        let sessions: Vec<Recipient<ToSession>> = self
+            .users
+            .values()
+            .flat_map(|sessions| sessions.iter().map(|(_, recipient)| recipient.clone()))
+            .collect();
+        let close = |recipients: &[Recipient<ToSession>]| {
+            for recipient in recipients {
                 recipient.do_send(ToSession::Close {
                     code: 1001,
                     reason: "server shutting down; reconnect and resume with since",
                 });
-                closed += 1;
             }
+        };
+        if msg.spread.is_zero() || sessions.len() < 2 {
+            close(&sessions);
+            return sessions.len();
         }
-        closed
+        let per_step = sessions.len().div_ceil(CLOSE_STEPS);
+        let steps = sessions.len().div_ceil(per_step) as u32;
+        for (step, batch) in sessions.chunks(per_step).enumerate() {
+            let batch = batch.to_vec();
+            let at = msg.spread * step as u32 / steps;
+            ctx.run_later(at, move |_, _| close(&batch));
+        }
+        sessions.len()
     }
 }
 

@@ -91,8 +91,7 @@ mod tests {
     use super::*;
 
     fn provider() -> EmbeddedProvider {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/support_kb.toml");
-        EmbeddedProvider::new(KnowledgeBase::load(&path).unwrap(), Duration::ZERO)
+        EmbeddedProvider::new(KnowledgeBase::built_in().unwrap(), Duration::ZERO)
     }
 
     #[test]

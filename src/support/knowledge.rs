@@ -103,6 +103,12 @@ pub fn terms(text: &str) -> HashSet<String> {
 }
 
 impl KnowledgeBase {
+    /// The articles shipped in `config/support_kb.toml`, compiled in.
+    pub fn built_in() -> Result<Self, SupportError> {
+        Self::parse(BUILT_IN)
+            .map_err(|e| SupportError::Setup(format!("built-in knowledge base: {e}")))
+    }
+
     pub fn load(path: &Path) -> Result<Self, SupportError> {
         let raw = std::fs::read_to_string(path).map_err(|e| {
             SupportError::Setup(format!(
@@ -180,13 +186,14 @@ impl KnowledgeBase {
     }
 }
 
+const BUILT_IN: &str = include_str!("../../config/support_kb.toml");
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn shipped() -> KnowledgeBase {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/support_kb.toml");
-        KnowledgeBase::load(&path).expect("the shipped knowledge base loads")
+        KnowledgeBase::built_in().expect("the shipped knowledge base loads")
     }
 
     #[test]

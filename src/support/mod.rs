@@ -24,7 +24,6 @@ pub mod knowledge;
 pub mod provider;
 pub mod tools;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +68,10 @@ pub fn conversation_of(room: &str) -> Option<&str> {
     room.strip_prefix(ROOM_PREFIX)
 }
 
+/// Mixroom's support policies, the system prompt unless `ai.prompt_file`
+/// names another.
+const BUILT_IN_PROMPT: &str = include_str!("../../config/support_prompt.md");
+
 /// What the support agents share, built once at startup.
 pub struct SupportRuntime {
     pub provider: Arc<dyn SupportProvider>,
@@ -80,17 +83,24 @@ impl SupportRuntime {
     pub fn load(settings: &AiSettings) -> Result<Self, SupportError> {
         let provider: Arc<dyn SupportProvider> =
             if settings.anthropic_api_key.expose_secret().is_empty() {
-                let path = resolve_path(&settings.knowledge_base_file);
-                let knowledge = knowledge::KnowledgeBase::load(&path)?;
+                let knowledge = if settings.knowledge_base_file.as_os_str().is_empty() {
+                    knowledge::KnowledgeBase::built_in()?
+                } else {
+                    knowledge::KnowledgeBase::load(&settings.knowledge_base_file)?
+                };
                 Arc::new(embedded::EmbeddedProvider::new(
                     knowledge,
                     Duration::from_millis(settings.embedded_word_delay_ms),
                 ))
             } else {
-                let path = resolve_path(&settings.prompt_file);
-                let prompt = std::fs::read_to_string(&path).map_err(|e| {
-                    SupportError::Setup(format!("cannot read prompt {}: {e}", path.display()))
-                })?;
+                let path = &settings.prompt_file;
+                let prompt = if path.as_os_str().is_empty() {
+                    BUILT_IN_PROMPT.to_owned()
+                } else {
+                    std::fs::read_to_string(path).map_err(|e| {
+                        SupportError::Setup(format!("cannot read prompt {}: {e}", path.display()))
+                    })?
+                };
                 if prompt.trim().is_empty() {
                     return Err(SupportError::Setup(format!(
                         "the prompt file {} is empty",
@@ -101,20 +111,6 @@ impl SupportRuntime {
             };
         tracing::info!(provider = provider.name(), "support agent ready");
         Ok(SupportRuntime { provider })
-    }
-}
-
-/// A relative path from the working directory, or else next to the crate
-/// (where `config/default.toml` is looked up too).
-fn resolve_path(path: &Path) -> PathBuf {
-    if path.is_absolute() || path.exists() {
-        return path.to_path_buf();
-    }
-    let beside_crate = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    if beside_crate.exists() {
-        beside_crate
-    } else {
-        path.to_path_buf()
     }
 }
 

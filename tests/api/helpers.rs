@@ -198,6 +198,7 @@ pub struct TestServer {
     addr: SocketAddr,
     database_url: String,
     extra_env: Vec<(String, String)>,
+    work_dir: PathBuf,
     http: reqwest::Client,
     output_tail: Arc<Mutex<VecDeque<String>>>,
 }
@@ -210,7 +211,21 @@ impl TestServer {
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        TestServer::start(database_url.to_owned(), extra_env)
+        TestServer::start(database_url.to_owned(), extra_env, repo_dir())
+    }
+
+    /// A server started in `dir` (an operator's empty directory, say)
+    /// rather than in the source tree.
+    pub fn spawn_in_dir(
+        dir: &std::path::Path,
+        database_url: &str,
+        extra_env: &[(&str, &str)],
+    ) -> TestServer {
+        let extra_env = extra_env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        TestServer::start(database_url.to_owned(), extra_env, dir.to_path_buf())
     }
 
     pub fn spawn(backend: &Backend, extra_env: &[(&str, &str)]) -> TestServer {
@@ -218,12 +233,16 @@ impl TestServer {
             .iter()
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect();
-        TestServer::start(backend.url().to_owned(), extra_env)
+        TestServer::start(backend.url().to_owned(), extra_env, repo_dir())
     }
 
-    fn start(database_url: String, extra_env: Vec<(String, String)>) -> TestServer {
+    fn start(
+        database_url: String,
+        extra_env: Vec<(String, String)>,
+        work_dir: PathBuf,
+    ) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mixroom-realtime"));
-        command.arg("serve").current_dir(env!("CARGO_MANIFEST_DIR"));
+        command.arg("serve").current_dir(&work_dir);
         // Only what the test sets may configure the server.
         for (key, _) in std::env::vars().filter(|(key, _)| key.starts_with("MIXROOM__")) {
             command.env_remove(key);
@@ -234,6 +253,9 @@ impl TestServer {
             .env("MIXROOM__AUTH__JWT_SECRET", JWT_SECRET)
             .env("MIXROOM__AUTH__INTERNAL_API_KEY", INTERNAL_API_KEY)
             .env("MIXROOM__LOG__LEVEL", "warn")
+            // Stories about shutdown set their own drain; the rest stop at once.
+            .env("MIXROOM__SERVER__DRAIN_MS", "0")
+            .env("MIXROOM__SERVER__CLOSE_SPREAD_MS", "0")
             // Every test talks from 127.0.0.1: per-address limits stay out
             // of the way unless a story sets them (tests/api/abuse.rs).
             .env("MIXROOM__LIMITS__HTTP_PER_SEC_PER_IP", "100000")
@@ -290,6 +312,7 @@ impl TestServer {
             addr,
             database_url,
             extra_env,
+            work_dir,
             http,
             output_tail,
         }
@@ -404,7 +427,11 @@ impl TestServer {
     /// process is killed if still running); the port changes.
     pub fn restart(&mut self) {
         self.kill_hard();
-        let next = TestServer::start(self.database_url.clone(), self.extra_env.clone());
+        let next = TestServer::start(
+            self.database_url.clone(),
+            self.extra_env.clone(),
+            self.work_dir.clone(),
+        );
         *self = next;
     }
 
@@ -543,6 +570,10 @@ impl Drop for TestServer {
             let _ = self.child.wait();
         }
     }
+}
+
+fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Forwards a server output stream to the test's stderr (shown when a test

@@ -17,6 +17,7 @@ mod chat;
 mod cluster;
 mod data_rights;
 mod demo;
+mod deployment;
 mod email_fallback;
 mod fake_anthropic;
 mod fake_resend;

@@ -14,49 +14,45 @@ use uuid::Uuid;
 
 use crate::helpers::{claims, now_secs, sign, Backend, TestServer, WsClient, JWT_SECRET};
 
-/// Two P-256 key pairs made for these tests only (`openssl genpkey -algorithm
-/// EC -pkeyopt ec_paramgen_curve:P-256`), with their public halves as JWKs.
+/// The test keys of `tests/fixtures/jwks/`: an ES256 and an RS256 pair, so
+/// the rotation also moves from one algorithm to the other.
 struct TestKey {
     kid: &'static str,
+    algorithm: Algorithm,
     private_pem: &'static str,
-    x: &'static str,
-    y: &'static str,
 }
 
 const KEY_ONE: TestKey = TestKey {
-    kid: "test-key-one",
-    private_pem: "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgWP2pVu1vFmBi6sq9
-LzUPTPaKE6VuRLriEh7hrRMiVmahRANCAAQ5Ol7KQmDwEp4kxSuf5UJEM+T1Eufz
-YN1bDR+TSZ4XtPR4ppL7xYWHDjscDlGXVL8r0DP03i523WoOQVA61eoe
------END PRIVATE KEY-----
-",
-    x: "OTpeykJg8BKeJMUrn-VCRDPk9RLn82DdWw0fk0meF7Q",
-    y: "9HimkvvFhYcOOxwOUZdUvyvQM_TeLnbdag5BUDrV6h4",
+    kid: "test-es256",
+    algorithm: Algorithm::ES256,
+    private_pem: "es256_private.pem",
 };
 
 const KEY_TWO: TestKey = TestKey {
-    kid: "test-key-two",
-    private_pem: "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgtu5iBpDHs8VtTCoS
-nQd64LzG72qmrnolUMobtAeouHmhRANCAAT3QgtU8GLupWgCsUfmZt21heVLmVeI
-KEAR2gmDjatTVjndGU6fIe3iEi0RPwXcgEo8iehONBDzJXgdH6FI1OOT
------END PRIVATE KEY-----
-",
-    x: "90ILVPBi7qVoArFH5mbdtYXlS5lXiChAEdoJg42rU1Y",
-    y: "Od0ZTp8h7eISLRE_BdyASjyJ6E40EPMleB0foUjU45M",
+    kid: "test-rs256",
+    algorithm: Algorithm::RS256,
+    private_pem: "rs256_private.pem",
 };
 
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/jwks/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
 impl TestKey {
-    /// The public key as Supabase publishes it.
+    /// The public key as the project publishes it.
     fn jwk(&self) -> Value {
-        json!({
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig",
-            "kid": self.kid, "x": self.x, "y": self.y,
-        })
+        let set: Value = serde_json::from_str(&fixture("jwks.json")).unwrap();
+        set["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|key| key["kid"] == self.kid)
+            .cloned()
+            .unwrap_or_else(|| panic!("{} is not in jwks.json", self.kid))
     }
 
-    /// An ES256 token for a fresh user, signed with this key.
+    /// A token for a fresh user, signed with this key.
     fn token(&self, name: &str) -> String {
         self.sign(&claims(
             &Uuid::new_v4().to_string(),
@@ -67,10 +63,15 @@ impl TestKey {
     }
 
     fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
+        let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.to_owned());
-        let key = EncodingKey::from_ec_pem(self.private_pem.as_bytes()).expect("a test EC key");
-        jsonwebtoken::encode(&header, claims, &key).expect("sign an ES256 token")
+        let pem = fixture(self.private_pem);
+        let key = match self.algorithm {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+            _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
+        }
+        .expect("a test key");
+        jsonwebtoken::encode(&header, claims, &key).expect("sign a test token")
     }
 }
 

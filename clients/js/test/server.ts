@@ -96,6 +96,9 @@ export class TestServer {
       MIXROOM__AUTH__INTERNAL_API_KEY: INTERNAL_API_KEY,
       MIXROOM__EMAIL__OUTBOX_DIR: join(this.dataDir, "outbox"),
       MIXROOM__LOG__LEVEL: "warn",
+      // Tests stop the server at once, without a rolling deploy's drain.
+      MIXROOM__SERVER__DRAIN_MS: "0",
+      MIXROOM__SERVER__CLOSE_SPREAD_MS: "0",
       ...this.options.env,
     });
     // The same port again right after a kill can be refused for a moment.

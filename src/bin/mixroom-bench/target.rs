@@ -219,7 +219,10 @@ impl Target {
                 .env("MIXROOM__AUTH__JWT_SECRET", &args.jwt_secret)
                 .env("MIXROOM__AUTH__INTERNAL_API_KEY", &args.internal_key)
                 .env("MIXROOM__EMAIL__OUTBOX_DIR", dir.join("outbox"))
-                .env("MIXROOM__LOG__LEVEL", "warn");
+                .env("MIXROOM__LOG__LEVEL", "warn")
+                // Measured runs stop at once, without a rolling deploy's drain.
+                .env("MIXROOM__SERVER__DRAIN_MS", "0")
+                .env("MIXROOM__SERVER__CLOSE_SPREAD_MS", "0");
             for (key, value) in UNLIMITED {
                 command.env(key, value);
             }
