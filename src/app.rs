@@ -129,6 +129,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 .app_data(state.clone())
                 .configure(|cfg| crate::http::routes(cfg, &state.settings))
                 .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
+                .wrap(actix_web::middleware::from_fn(
+                    crate::http::request_log::count_requests,
+                ))
                 // A span per request with a request id: every log line of the
                 // request carries it.
                 .wrap(tracing_actix_web::TracingLogger::<

@@ -1,12 +1,21 @@
 //! Prometheus metrics, rendered at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
+    /// `process_*` (CPU, memory, descriptors against their limit, start
+    /// time) under the names every dashboard knows, without our prefix.
+    process: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    pub db_pool_connections: IntGaugeVec,
+    pub db_pool_waiting: IntGauge,
+    /// Labelled so the series exists only once a node has a Redis link.
+    pub broker_connected: IntGaugeVec,
     pub ws_sessions: IntGauge,
     pub users_online: IntGauge,
     pub rooms_active: IntGauge,
@@ -85,7 +94,73 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by route and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid counter vec");
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("unique metric");
+        let http_request_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_seconds", "Time to answer an HTTP request")
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
+            &["route"],
+        )
+        .expect("valid histogram vec");
+        registry
+            .register(Box::new(http_request_seconds.clone()))
+            .expect("unique metric");
+        let db_pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "db_pool_connections",
+                "Database pool connections, idle or in use",
+            ),
+            &["state"],
+        )
+        .expect("valid gauge vec");
+        registry
+            .register(Box::new(db_pool_connections.clone()))
+            .expect("unique metric");
+        let broker_connected = IntGaugeVec::new(
+            Opts::new(
+                "broker_connected",
+                "1 while the Redis link is up, 0 while it is down (absent: one node)",
+            ),
+            &["broker"],
+        )
+        .expect("valid gauge vec");
+        registry
+            .register(Box::new(broker_connected.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; the labels say which build runs"),
+            &["version"],
+        )
+        .expect("valid gauge vec");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         let metrics = Metrics {
+            process,
+            http_requests,
+            http_request_seconds,
+            db_pool_connections,
+            db_pool_waiting: gauge("db_pool_waiting", "Tasks waiting for a database connection"),
+            broker_connected,
             ws_sessions: gauge("ws_sessions", "Open WebSocket sessions"),
             users_online: gauge(
                 "users_online",
@@ -171,8 +246,10 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = Vec::new();
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
     }

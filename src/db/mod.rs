@@ -107,6 +107,14 @@ impl DbError {
     }
 }
 
+/// How the connection pool is used (for `/metrics`).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStatus {
+    pub size: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
 /// A pool of connections to the configured backend.
 #[derive(Clone)]
 pub enum Db {
@@ -204,6 +212,19 @@ impl Db {
                     .map_err(|e| DbError::Migration(e.to_string()))?;
                 Ok(Db::Sqlite(pool, WriteGate::default()))
             }
+        }
+    }
+
+    /// Connections made, idle ones among them, and tasks waiting for one.
+    pub fn pool_status(&self) -> PoolStatus {
+        let status = match self {
+            Db::Postgres(pool) => pool.status(),
+            Db::Sqlite(pool, _) => pool.status(),
+        };
+        PoolStatus {
+            size: status.size,
+            idle: status.available,
+            waiting: status.waiting,
         }
     }
 

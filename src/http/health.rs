@@ -53,6 +53,22 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Ok(queued) = state.db.queued_email_count().await {
         state.metrics.email_outbox_queued.set(queued);
     }
+    let pool = state.db.pool_status();
+    let connections = &state.metrics.db_pool_connections;
+    connections
+        .with_label_values(&["idle"])
+        .set(pool.idle as i64);
+    connections
+        .with_label_values(&["in_use"])
+        .set(pool.size.saturating_sub(pool.idle) as i64);
+    state.metrics.db_pool_waiting.set(pool.waiting as i64);
+    if let Some(up) = state.cluster.is_healthy() {
+        state
+            .metrics
+            .broker_connected
+            .with_label_values(&["redis"])
+            .set(i64::from(up));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -367,10 +367,22 @@ async fn redis_restart_during_traffic() {
     }
     ava_ws.send_msg(&room, "m1", "before the outage").await;
     assert_eq!(collect_messages(&mut sam_ws, 1).await[0].0, 1);
+    assert_eq!(
+        node_a
+            .metric("mixroom_broker_connected{broker=\"redis\"}")
+            .await,
+        1.0
+    );
 
     redis.kill();
     let body = wait_for_readyz(&node_a, 503).await;
     assert_eq!(body["broker"], "unreachable", "{body}");
+    assert_eq!(
+        node_a
+            .metric("mixroom_broker_connected{broker=\"redis\"}")
+            .await,
+        0.0
+    );
 
     // Local delivery goes on: Eli, on Ava's node, still gets her messages.
     ava_ws.send_msg(&room, "m2", "during the outage").await;

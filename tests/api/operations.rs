@@ -172,7 +172,21 @@ async fn metrics_expose_connections_rooms_frames_and_latencies() {
         "mixroom_agent_answer_seconds",
         "mixroom_agent_tokens_total",
         "mixroom_rate_limited_total",
+        // What an operator needs beside the product's own series.
+        "mixroom_build_info{version=\"",
+        "mixroom_http_requests_total{method=\"PUT\",route=\"/v1/internal/bookings/{id}\",status=\"200\"} 1",
+        "mixroom_http_request_seconds_bucket{route=\"/v1/internal/users/{id}\"",
+        "mixroom_db_pool_connections{state=\"idle\"}",
+        "mixroom_db_pool_waiting 0",
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
     ] {
         assert!(text.contains(series), "/metrics lacks `{series}`:\n{text}");
     }
+    assert!(
+        !text.contains("mixroom_broker_connected"),
+        "one node has no Redis link to report"
+    );
 }
