@@ -159,6 +159,14 @@ fn page(
         .body(html)
 }
 
+fn what_unsubscribing_does(kind: &str) -> String {
+    format!(
+        "You will no longer get emails about {} from Mixroom. You can turn them \
+         back on at any time in your Mixroom settings.",
+        kind_label(kind)
+    )
+}
+
 /// The page for a link that does not verify.
 fn refusal(error: UnsubscribeError) -> HttpResponse {
     tracing::debug!(%error, "unsubscribe link refused");
@@ -189,11 +197,7 @@ pub async fn confirm_unsubscribe(
     page(
         actix_web::http::StatusCode::OK,
         "Unsubscribe from these emails?",
-        &format!(
-            "You will no longer get emails about {} from Mixroom. You can turn them \
-             back on at any time in your Mixroom settings.",
-            kind_label(&target.kind)
-        ),
+        &what_unsubscribing_does(&target.kind),
         Some(&action),
     )
 }
@@ -217,11 +221,7 @@ pub async fn unsubscribe(
     Ok(page(
         actix_web::http::StatusCode::OK,
         "You are unsubscribed",
-        &format!(
-            "You will no longer get emails about {} from Mixroom. You can turn them \
-             back on at any time in your Mixroom settings.",
-            kind_label(&target.kind)
-        ),
+        &what_unsubscribing_does(&target.kind),
         None,
     ))
 }

@@ -318,21 +318,10 @@ impl Drop for OwnRedis {
     }
 }
 
-async fn readyz(server: &TestServer) -> (u16, Value) {
-    let response = server
-        .http_client()
-        .get(server.http("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
-}
-
 async fn wait_for_readyz(server: &TestServer, status: u16) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (now, body) = readyz(server).await;
+        let (now, body) = server.readiness().await;
         if now == status {
             return body;
         }
@@ -623,17 +612,7 @@ async fn the_support_agent_answers_once_across_nodes() {
     let nia = TestUser::admin("Nia");
     nodes[0].put_user(&ava).await;
     nodes[0].put_user(&nia).await;
-    let opened: Value = nodes[0]
-        .http_client()
-        .post(nodes[0].http("/v1/support/conversations"))
-        .bearer_auth(&ava.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let room = format!("support:{}", opened["id"].as_str().unwrap());
+    let room = nodes[0].open_support_conversation(&ava).await;
     let mut nia_ws = WsClient::connect_as(&nodes[2], &nia).await;
     nia_ws.join(&room, None).await;
     let mut ava_ws = WsClient::connect_as(&nodes[1], &ava).await;

@@ -63,17 +63,7 @@ async fn export_holds_everything_about_the_caller(backend: Backend) {
         .send_json(json!({"type": "read", "room": room, "seq": 2}))
         .await;
 
-    let support: Value = server
-        .http_client()
-        .post(server.http("/v1/support/conversations"))
-        .bearer_auth(&ava.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let support_room = format!("support:{}", support["id"].as_str().unwrap());
+    let support_room = server.open_support_conversation(&ava).await;
     ava_ws.join(&support_room, None).await;
     ava_ws
         .send_msg(&support_room, "q1", "How do I cancel a booking?")
@@ -316,18 +306,8 @@ async fn export_names_email_items_token_usage_and_takeovers(backend: Backend) {
     sam_ws.join(&room, None).await;
     sam_ws.send_msg(&room, "s1", "Are you there?").await;
 
-    let opened: Value = server
-        .http_client()
-        .post(server.http("/v1/support/conversations"))
-        .bearer_auth(&ava.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let conversation = opened["id"].as_str().unwrap().to_owned();
-    let support_room = format!("support:{conversation}");
+    let support_room = server.open_support_conversation(&ava).await;
+    let conversation = support_room.trim_start_matches("support:").to_owned();
     let mut ava_ws = WsClient::connect_as(&server, &ava).await;
     ava_ws.join(&support_room, None).await;
     ava_ws

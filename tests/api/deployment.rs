@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -40,26 +40,10 @@ async fn the_binary_runs_from_an_empty_directory() {
         dir.0.join("data/mixroom.db").exists(),
         "the database is made where the server runs"
     );
-    let ready = server
-        .http_client()
-        .get(server.http("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(server.readiness().await.0, 200);
 
     let ava = TestUser::client("Ava");
-    let opened: Value = server
-        .http_client()
-        .post(server.http("/v1/support/conversations"))
-        .bearer_auth(&ava.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let room = opened["room"].as_str().unwrap().to_owned();
+    let room = server.open_support_conversation(&ava).await;
     let mut ws = WsClient::connect_as(&server, &ava).await;
     ws.join(&room, None).await;
     ws.send_msg(&room, "q1", "How do I cancel a booking?").await;
@@ -190,14 +174,9 @@ async fn sigterm_drains_then_closes_sockets_spread_over_a_window() {
     server.send_sigterm();
     let signalled = Instant::now();
     let readiness = loop {
-        let response = server
-            .http_client()
-            .get(server.http("/readyz"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 503 {
-            break response.json::<Value>().await.unwrap();
+        let (status, body) = server.readiness().await;
+        if status == 503 {
+            break body;
         }
         assert!(
             signalled.elapsed() < Duration::from_secs(1),

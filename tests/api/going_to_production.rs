@@ -106,8 +106,7 @@ async fn production_with_real_secrets_serves_without_the_demo() {
             .status();
         assert_eq!(status, 404, "POST {path}");
     }
-    let ready = http.get(server.http("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(server.readiness().await.0, 200);
     assert!(
         !server.output().contains("development only"),
         "{}",

@@ -519,6 +519,35 @@ impl TestServer {
         format!("booking:{booking_id}")
     }
 
+    /// `POST /v1/support/conversations` as `user`; returns its room
+    /// (`support:<id>`).
+    pub async fn open_support_conversation(&self, user: &TestUser) -> String {
+        let response = self
+            .http
+            .post(self.http("/v1/support/conversations"))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .expect("POST /v1/support/conversations");
+        assert_eq!(response.status(), 201, "opening a support conversation");
+        let body: Value = response.json().await.expect("JSON");
+        let id = body["id"].as_str().expect("an id");
+        assert_eq!(body["room"], format!("support:{id}"));
+        format!("support:{id}")
+    }
+
+    /// `GET /readyz`: its status and body.
+    pub async fn readiness(&self) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.http("/readyz"))
+            .send()
+            .await
+            .expect("GET /readyz");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
     /// `GET /v1/rooms/{room}/messages` as `user`, whatever the answer.
     pub async fn get_messages(
         &self,

@@ -165,16 +165,6 @@ async fn refused(server: &TestServer, token: &str) -> (u16, String) {
     socket.expect_close().await
 }
 
-async fn readiness(server: &TestServer) -> (u16, Value) {
-    let response = server
-        .http_client()
-        .get(server.http("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 /// The project rotates from key one to key two: people connected with key
 /// one stay connected, people signing in with key two get in at once (no
 /// restart), key one stops verifying once it is no longer published, and
@@ -192,7 +182,7 @@ async fn rotated_signing_keys_work_without_a_restart() {
             ("MIXROOM__AUTH__JWKS_REFRESH_SECS", "3600"),
         ],
     );
-    let (status, ready) = readiness(&server).await;
+    let (status, ready) = server.readiness().await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["signing_keys"]["ok"], true, "{ready}");
     assert_eq!(ready["signing_keys"]["keys"], 1, "{ready}");
@@ -265,7 +255,7 @@ async fn a_failing_key_server_keeps_the_last_good_keys() {
     let failed_at = keys.requests();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let ready = loop {
-        let (status, ready) = readiness(&server).await;
+        let (status, ready) = server.readiness().await;
         if ready["signing_keys"]["last_error"].is_string() {
             assert_eq!(status, 200, "a stale set is still served: {ready}");
             break ready;
@@ -287,7 +277,7 @@ async fn a_failing_key_server_keeps_the_last_good_keys() {
     let unreachable = "http://127.0.0.1:9/auth/v1/.well-known/jwks.json";
     let backend = Backend::sqlite();
     let server = TestServer::spawn(&backend, &[("MIXROOM__AUTH__JWKS_URL", unreachable)]);
-    let (status, ready) = readiness(&server).await;
+    let (status, ready) = server.readiness().await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["signing_keys"]["keys"], 0, "{ready}");
     let mut lee = WsClient::connect(&server).await;

@@ -42,20 +42,8 @@ fn spawn_with(backend: &Backend, env: &[(String, String)]) -> TestServer {
     TestServer::spawn(backend, &env)
 }
 
-/// `POST /v1/support/conversations` as `user`; returns the room.
 async fn open_conversation(server: &TestServer, user: &TestUser) -> String {
-    let response = server
-        .http_client()
-        .post(server.http("/v1/support/conversations"))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("POST /v1/support/conversations");
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.unwrap();
-    let id = body["id"].as_str().expect("an id").to_owned();
-    assert_eq!(body["room"], format!("support:{id}"));
-    format!("support:{id}")
+    server.open_support_conversation(user).await
 }
 
 fn conversation_id(room: &str) -> &str {
