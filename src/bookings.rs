@@ -7,20 +7,23 @@ use serde::Serialize;
 use crate::app::AppState;
 use crate::db::bookings::{booking_room, BookingOutcome, BookingUpsert};
 use crate::db::messages::NewMessage;
-use crate::db::models::StatusChangeRow;
+use crate::db::models::{NotificationRow, StatusChangeRow};
 use crate::error::AppError;
 use crate::rooms::hub::{BookingUpdated, RoomChanged};
 
-/// The statuses a booking can have.
+/// The statuses a booking can have (payments: `docs/payments.md`).
 pub const STATUSES: &[&str] = &[
     "requested",
     "confirmed",
+    "payment_pending",
     "paid",
     "payment_failed",
     "in_session",
     "completed",
     "cancelled",
+    "partially_refunded",
     "refunded",
+    "disputed",
 ];
 
 pub fn validate_status(status: &str) -> Result<(), AppError> {
@@ -54,24 +57,48 @@ pub async fn apply(state: &AppState, update: BookingUpsert) -> Result<BookingOut
     Ok(outcome)
 }
 
-/// Changes only the status (payment events); `None` for an unknown booking.
-pub async fn set_status(
+/// Announces what a payment event did to its booking; a payment becoming
+/// disputed is also told to every admin.
+pub async fn announce_payment(
     state: &AppState,
     booking_id: &str,
-    status: &str,
-    reason: Option<String>,
-    caused_by: String,
-    allowed: fn(&str) -> bool,
-) -> Result<Option<BookingOutcome>, AppError> {
-    validate_status(status)?;
-    let outcome = state
-        .db
-        .set_booking_status(booking_id, status, reason, caused_by, allowed)
-        .await?;
-    if let Some(outcome) = &outcome {
-        after_change(state, booking_id, outcome).await?;
+    outcome: &BookingOutcome,
+) -> Result<(), AppError> {
+    after_change(state, booking_id, outcome).await?;
+    let BookingOutcome::Applied {
+        status_change: Some(change),
+        ..
+    } = outcome
+    else {
+        return Ok(());
+    };
+    if change.status != "disputed" {
+        return Ok(());
     }
-    Ok(outcome)
+    let mut created = Vec::new();
+    for admin_id in state.db.admin_user_ids().await? {
+        let row = NotificationRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: admin_id,
+            kind: "booking".to_owned(),
+            title: "A booking payment is disputed".to_owned(),
+            body: change
+                .reason
+                .clone()
+                .unwrap_or_else(|| "A payment is disputed.".to_owned()),
+            link: Some(format!("/bookings/{booking_id}")),
+            // One per admin and change, even if retried.
+            source: Some(format!("dispute:{}", change.id)),
+            created_at: change.at,
+            read_at: None,
+        };
+        let (row, is_new) = state.db.create_notification(row).await?;
+        if is_new {
+            created.push(row);
+        }
+    }
+    crate::notifications::push(state, &created);
+    Ok(())
 }
 
 async fn after_change(
@@ -122,7 +149,7 @@ async fn announce(
         frame: frame.into(),
     });
     let human = |status: &str| status.replace('_', " ");
-    let body = match &change.previous_status {
+    let mut body = match &change.previous_status {
         Some(previous) => format!(
             "Booking status changed from {} to {}.",
             human(previous),
@@ -130,6 +157,16 @@ async fn announce(
         ),
         None => format!("Booking created with status {}.", human(&change.status)),
     };
+    // A payment's change says how much (`Stripe: $25.00 of $100.00 refunded`).
+    if let Some(money) = change
+        .reason
+        .as_deref()
+        .and_then(|r| r.strip_prefix("Stripe: "))
+    {
+        body.push(' ');
+        body.push_str(&capitalized(money));
+        body.push('.');
+    }
     // Keyed by the change, so a retried announcement is stored once.
     state
         .sequencer
@@ -144,4 +181,12 @@ async fn announce(
         })
         .await?;
     Ok(())
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }

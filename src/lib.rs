@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notifications;
 pub mod notify;
+pub mod payments;
 pub mod retention;
 pub mod rooms;
 pub mod support;

@@ -103,7 +103,10 @@ macro_rules! record_status_change {
     }};
 }
 
-fn status_notification(
+pub(super) use lock_booking;
+pub(super) use record_status_change;
+
+pub(super) fn status_notification(
     booking: &BookingRow,
     previous: &str,
     change: &StatusChangeRow,
@@ -119,11 +122,23 @@ fn status_notification(
         user_id: user_id.to_owned(),
         kind: "booking".to_owned(),
         title: format!("Booking {}", change.status.replace('_', " ")),
-        body: format!(
-            "{what}: status changed from {} to {}.",
-            previous.replace('_', " "),
-            change.status.replace('_', " ")
-        ),
+        body: match change
+            .reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix("Stripe: "))
+        {
+            // A payment's change says how much.
+            Some(money) => format!(
+                "{what}: status changed from {} to {} ({money}).",
+                previous.replace('_', " "),
+                change.status.replace('_', " ")
+            ),
+            None => format!(
+                "{what}: status changed from {} to {}.",
+                previous.replace('_', " "),
+                change.status.replace('_', " ")
+            ),
+        },
         link: Some(format!("/bookings/{}", booking.id)),
         source: Some(format!("status:{}", change.id)),
         created_at: change.at,
@@ -245,67 +260,6 @@ impl Db {
                     participants: participant_ids,
                     notifications,
                 })
-            })
-            .await
-        })
-    }
-
-    /// Changes only the status (Stripe events). `allowed` sees the current
-    /// status and may refuse the change (e.g. a late failure after payment).
-    pub async fn set_booking_status(
-        &self,
-        booking_id: &str,
-        status: &str,
-        reason: Option<String>,
-        caused_by: String,
-        allowed: fn(&str) -> bool,
-    ) -> Result<Option<BookingOutcome>, DbError> {
-        let now = crate::time::now_ms();
-        db_run!(self, |conn| {
-            conn.transaction::<_, DbError, _>(async |conn| {
-                lock_booking!(conn, booking_id);
-                let stored: Option<BookingRow> = bookings::table
-                    .find(booking_id)
-                    .select(BookingRow::as_select())
-                    .first(conn)
-                    .await
-                    .optional()?;
-                let Some(mut row) = stored else {
-                    return Ok(None);
-                };
-                let participant_ids: Vec<String> = booking_participants::table
-                    .filter(booking_participants::booking_id.eq(booking_id))
-                    .select(booking_participants::user_id)
-                    .load(conn)
-                    .await?;
-                if row.status == status || !allowed(&row.status) {
-                    return Ok(Some(BookingOutcome::Applied {
-                        created: false,
-                        status_change: None,
-                        participants: participant_ids,
-                        notifications: Vec::new(),
-                    }));
-                }
-                let previous = std::mem::replace(&mut row.status, status.to_owned());
-                diesel::update(bookings::table.find(booking_id))
-                    .set((bookings::status.eq(status), bookings::updated_at.eq(now)))
-                    .execute(conn)
-                    .await?;
-                let (status_change, notifications) = record_status_change!(
-                    conn,
-                    &row,
-                    Some(previous),
-                    reason,
-                    caused_by,
-                    &participant_ids,
-                    now
-                );
-                Ok(Some(BookingOutcome::Applied {
-                    created: false,
-                    status_change,
-                    participants: participant_ids,
-                    notifications,
-                }))
             })
             .await
         })

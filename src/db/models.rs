@@ -103,3 +103,48 @@ pub struct NotificationRow {
     pub created_at: i64,
     pub read_at: Option<i64>,
 }
+
+/// What Stripe's events said about one booking's payment (`src/payments.rs`).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = super::schema::booking_payments, treat_none_as_null = true)]
+pub struct PaymentRow {
+    pub id: String,
+    pub booking_id: Option<String>,
+    pub payment_intent: Option<String>,
+    pub charge_id: Option<String>,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub amount_refunded: i64,
+    pub paid: bool,
+    pub failed: bool,
+    pub pending: bool,
+    pub dispute: Option<String>,
+    pub updated_at: i64,
+}
+
+impl PaymentRow {
+    pub fn facts(&self) -> crate::payments::PaymentFacts {
+        crate::payments::PaymentFacts {
+            amount: self.amount,
+            currency: self.currency.clone(),
+            amount_refunded: self.amount_refunded,
+            paid: self.paid,
+            failed: self.failed,
+            pending: self.pending,
+            dispute: self
+                .dispute
+                .as_deref()
+                .and_then(crate::payments::DisputeState::parse),
+        }
+    }
+
+    pub fn set_facts(&mut self, facts: &crate::payments::PaymentFacts) {
+        self.amount = facts.amount;
+        self.currency = facts.currency.clone();
+        self.amount_refunded = facts.amount_refunded;
+        self.paid = facts.paid;
+        self.failed = facts.failed;
+        self.pending = facts.pending;
+        self.dispute = facts.dispute.map(|d| d.as_str().to_owned());
+    }
+}

@@ -90,6 +90,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    booking_payments (id) {
+        id -> Text,
+        booking_id -> Nullable<Text>,
+        payment_intent -> Nullable<Text>,
+        charge_id -> Nullable<Text>,
+        amount -> Nullable<BigInt>,
+        currency -> Nullable<Text>,
+        amount_refunded -> BigInt,
+        paid -> Bool,
+        failed -> Bool,
+        pending -> Bool,
+        dispute -> Nullable<Text>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
     stripe_events (id) {
         id -> Text,
         event_type -> Text,
@@ -191,6 +208,7 @@ diesel::table! {
 diesel::joinable!(booking_participants -> bookings (booking_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    booking_payments,
     users,
     bookings,
     booking_participants,

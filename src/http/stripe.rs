@@ -1,4 +1,5 @@
-//! `POST /v1/webhooks/stripe`: payment events move a booking's status.
+//! `POST /v1/webhooks/stripe`: payment events move a booking's status
+//! (the machine: `crate::payments`, `docs/payments.md`).
 //!
 //! The signature is checked by async-stripe against the raw body (HMAC-SHA256
 //! of `t.payload`, 5-minute tolerance). Only a failed verification is a 400:
@@ -8,100 +9,76 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use stripe_webhook::{EventObject, Webhook, WebhookError};
+use stripe_webhook::{Webhook, WebhookError};
 
 use crate::app::AppState;
 use crate::db::bookings::BookingOutcome;
-use crate::db::payments::EventClaim;
+use crate::db::payments::{EventClaim, PaymentOutcome};
 use crate::error::AppError;
+use crate::payments::{EventKind, PaymentEvent};
 
-/// The fields this server needs from a verified event.
-struct PaymentEvent {
+/// A verified event: its id, type and object.
+struct VerifiedEvent {
     id: String,
     event_type: String,
-    booking_id: Option<String>,
+    object: serde_json::Value,
 }
 
-fn parse_verified(payload: &str, signature: &str, secret: &str) -> Result<PaymentEvent, AppError> {
+/// Checks the signature and timestamp with async-stripe, then reads the
+/// event as JSON: the payment logic (`crate::payments`) reads the same few
+/// fields from every object, including objects of API versions the SDK's
+/// types do not cover (those verify, then fail to parse: still genuine).
+fn parse_verified(payload: &str, signature: &str, secret: &str) -> Result<VerifiedEvent, AppError> {
     match Webhook::construct_event(payload, signature, secret) {
-        Ok(event) => {
-            let metadata = match &event.data.object {
-                EventObject::PaymentIntentSucceeded(intent)
-                | EventObject::PaymentIntentPaymentFailed(intent) => Some(&intent.metadata),
-                EventObject::ChargeRefunded(charge) => Some(&charge.metadata),
-                _ => None,
-            };
-            Ok(PaymentEvent {
-                id: event.id.to_string(),
-                event_type: event.type_.to_string(),
-                booking_id: metadata.and_then(|m| m.get("booking_id")).cloned(),
-            })
-        }
-        // The signature and timestamp were verified before parsing: an
-        // object the SDK's types do not cover (API version drift) is still
-        // a genuine event, so read the three fields from the JSON itself.
+        Ok(_) => {}
         Err(WebhookError::BadParse(reason)) => {
-            tracing::warn!(%reason, "verified Stripe event outside the SDK's types");
-            let value: serde_json::Value = serde_json::from_str(payload)
-                .map_err(|e| AppError::Invalid(format!("event is not JSON: {e}")))?;
-            let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-            Ok(PaymentEvent {
-                id: text(&value["id"])
-                    .ok_or_else(|| AppError::Invalid("event without id".into()))?,
-                event_type: text(&value["type"]).unwrap_or_default(),
-                booking_id: text(&value["data"]["object"]["metadata"]["booking_id"]),
-            })
+            tracing::debug!(%reason, "verified Stripe event outside the SDK's types");
         }
-        Err(error) => Err(AppError::Invalid(format!(
-            "signature verification failed: {error}"
-        ))),
+        Err(error) => {
+            return Err(AppError::Invalid(format!(
+                "signature verification failed: {error}"
+            )))
+        }
     }
+    let mut value: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|e| AppError::Invalid(format!("event is not JSON: {e}")))?;
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    Ok(VerifiedEvent {
+        id: text(&value["id"]).ok_or_else(|| AppError::Invalid("event without id".into()))?,
+        event_type: text(&value["type"]).unwrap_or_default(),
+        object: value["data"]["object"].take(),
+    })
 }
 
-/// Whether a booking in the given status may take the event's status.
-type StatusGuard = fn(&str) -> bool;
-
-/// The booking status an event type leads to, and from which current
-/// statuses (events can arrive out of order: a failure reported after the
-/// payment succeeded, or after a refund, must not undo them).
-fn target_status(event_type: &str) -> Option<(&'static str, StatusGuard)> {
-    match event_type {
-        "payment_intent.succeeded" => Some(("paid", |current| current != "refunded")),
-        "payment_intent.payment_failed" => Some(("payment_failed", |current| {
-            !matches!(current, "paid" | "refunded" | "in_session" | "completed")
-        })),
-        "charge.refunded" => Some(("refunded", |_| true)),
-        _ => None,
+/// Applies a claimed event to its booking's payment; answers what it did.
+async fn apply(state: &AppState, event: &VerifiedEvent) -> Result<&'static str, AppError> {
+    let payment = PaymentEvent::from_stripe(&event.event_type, &event.object);
+    if !payment.is_known() {
+        return Ok("ignored_type");
     }
-}
-
-/// Applies a claimed event; answers what it did.
-async fn apply(state: &AppState, event: &PaymentEvent) -> Result<&'static str, AppError> {
-    Ok(
-        match (
-            target_status(&event.event_type),
-            event.booking_id.as_deref(),
-        ) {
-            (None, _) => "ignored_type",
-            (Some(_), None) => "no_booking_id",
-            (Some((status, allowed)), Some(booking_id)) => {
-                let reason = Some(format!("Stripe {}", event.event_type));
-                let caused_by = format!("stripe:{}", event.id);
-                match crate::bookings::set_status(
-                    state, booking_id, status, reason, caused_by, allowed,
-                )
-                .await?
-                {
-                    None => "unknown_booking",
-                    Some(BookingOutcome::Applied {
+    let caused_by = format!("stripe:{}", event.id);
+    let outcome = state.db.apply_payment_event(&payment, caused_by).await?;
+    Ok(match outcome {
+        PaymentOutcome::Unassigned => "no_booking_id",
+        PaymentOutcome::UnknownBooking { .. } => "unknown_booking",
+        PaymentOutcome::Applied {
+            booking_id,
+            outcome,
+        } => {
+            crate::bookings::announce_payment(state, &booking_id, &outcome).await?;
+            match (outcome.as_ref(), &payment.kind) {
+                (_, EventKind::Expired) => "recorded",
+                (
+                    BookingOutcome::Applied {
                         status_change: Some(_),
                         ..
-                    }) => "applied",
-                    Some(_) => "unchanged",
-                }
+                    },
+                    _,
+                ) => "applied",
+                _ => "unchanged",
             }
-        },
-    )
+        }
+    })
 }
 
 pub async fn webhook(
@@ -123,9 +100,10 @@ pub async fn webhook(
         std::str::from_utf8(&body).map_err(|_| AppError::Invalid("body is not UTF-8".into()))?;
     let event = parse_verified(payload, signature, secret)?;
 
+    let booking_id = PaymentEvent::from_stripe(&event.event_type, &event.object).booking_id;
     let claim = state
         .db
-        .claim_stripe_event(&event.id, &event.event_type, event.booking_id.as_deref())
+        .claim_stripe_event(&event.id, &event.event_type, booking_id.as_deref())
         .await?;
     if claim == EventClaim::Duplicate {
         tracing::info!(event = %event.id, "Stripe event delivered again; applied once already");

@@ -157,6 +157,13 @@ fn stripe_event(event_type: &str, booking_id: &str) -> (String, String) {
     let mut object: Value = serde_json::from_str(&raw).unwrap();
     object["metadata"] = json!({ "booking_id": booking_id });
     object["status"] = json!(status);
+    // Stripe's ids are unique per payment: one payment per booking here.
+    if fixture == "charge.json" {
+        object["id"] = json!(format!("ch_{booking_id}"));
+        object["payment_intent"] = json!(format!("pi_{booking_id}"));
+    } else {
+        object["id"] = json!(format!("pi_{booking_id}"));
+    }
     if event_type == "charge.refunded" {
         object["refunded"] = json!(true);
         object["amount_refunded"] = object["amount"].clone();
