@@ -1,12 +1,13 @@
 //! Stories of a booking's status: the Mixroom backend and Stripe change it,
 //! and everyone concerned sees it at once, in the room and in the inbox.
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::helpers::{now_secs, Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY};
+use crate::stripe_kit::{
+    deliver, post_webhook, stripe_env, stripe_event, stripe_signature, STRIPE_SECRET,
+};
 
 both_backends!(
     status_change_reaches_both_participants,
@@ -18,12 +19,6 @@ both_backends!(
     backend_notification_is_pushed_and_listed,
     bad_booking_input_changes_nothing,
 );
-
-const STRIPE_SECRET: &str = "whsec_test_5b1c0e7d9a3f4e2b8c6d";
-
-fn stripe_env() -> Vec<(&'static str, &'static str)> {
-    vec![("MIXROOM__STRIPE__WEBHOOK_SECRET", STRIPE_SECRET)]
-}
 
 /// Ava (client), Sam (studio owner) and a confirmed booking between them.
 async fn booking_of_ava_and_sam(server: &TestServer) -> (TestUser, TestUser, String) {
@@ -140,82 +135,6 @@ async fn stale_update_is_ignored(backend: Backend) {
         "only the paid change is in history: {bodies:?}"
     );
     assert!(!bodies[0].contains("cancelled"), "{bodies:?}");
-}
-
-/// A Stripe event built from Stripe's own example object.
-fn stripe_event(event_type: &str, booking_id: &str) -> (String, String) {
-    let (fixture, status) = match event_type {
-        "charge.refunded" => ("charge.json", "succeeded"),
-        "payment_intent.payment_failed" => ("payment_intent.json", "requires_payment_method"),
-        _ => ("payment_intent.json", "succeeded"),
-    };
-    let path = format!(
-        "{}/../shared/fixtures/stripe/{fixture}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let raw = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    let mut object: Value = serde_json::from_str(&raw).unwrap();
-    object["metadata"] = json!({ "booking_id": booking_id });
-    object["status"] = json!(status);
-    // Stripe's ids are unique per payment: one payment per booking here.
-    if fixture == "charge.json" {
-        object["id"] = json!(format!("ch_{booking_id}"));
-        object["payment_intent"] = json!(format!("pi_{booking_id}"));
-    } else {
-        object["id"] = json!(format!("pi_{booking_id}"));
-    }
-    if event_type == "charge.refunded" {
-        object["refunded"] = json!(true);
-        object["amount_refunded"] = object["amount"].clone();
-    }
-    let id = format!("evt_{}", Uuid::new_v4().simple());
-    let event = json!({
-        "id": id,
-        "object": "event",
-        "api_version": "2025-03-31.basil",
-        "created": now_secs(),
-        "data": { "object": object },
-        "livemode": false,
-        "pending_webhooks": 1,
-        "request": { "id": null, "idempotency_key": null },
-        "type": event_type,
-    });
-    (id, event.to_string())
-}
-
-/// `Stripe-Signature` as Stripe computes it: HMAC-SHA256 of `t.payload`.
-fn stripe_signature(payload: &str, secret: &str, timestamp: u64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.{payload}").as_bytes());
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
-}
-
-async fn post_webhook(
-    server: &TestServer,
-    payload: &str,
-    signature: Option<&str>,
-) -> reqwest::Response {
-    let mut request = server
-        .http_client()
-        .post(server.http("/v1/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .body(payload.to_owned());
-    if let Some(signature) = signature {
-        request = request.header("Stripe-Signature", signature);
-    }
-    request.send().await.expect("POST webhook")
-}
-
-async fn deliver(server: &TestServer, payload: &str) -> Value {
-    let signature = stripe_signature(payload, STRIPE_SECRET, now_secs());
-    let response = post_webhook(server, payload, Some(&signature)).await;
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert_eq!(status, 200, "webhook answered {status}: {body}");
-    serde_json::from_str(&body).unwrap()
 }
 
 /// A payment goes through, a later one fails, a refund comes in; each is
