@@ -1316,6 +1316,13 @@
         body: JSON.stringify({ status })
       });
     });
+    element("partial-refund").addEventListener("click", () => {
+      void fetch("/demo/payment", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ event: "partial_refund" })
+      });
+    });
     client.connect();
     await chat.start();
   }

@@ -150,6 +150,9 @@ async fn announce(
     });
     let human = |status: &str| status.replace('_', " ");
     let mut body = match &change.previous_status {
+        Some(previous) if *previous == change.status => {
+            format!("Booking still {}.", human(&change.status))
+        }
         Some(previous) => format!(
             "Booking status changed from {} to {}.",
             human(previous),

@@ -127,7 +127,9 @@ pub(super) fn status_notification(
             .as_deref()
             .and_then(|r| r.strip_prefix("Stripe: "))
         {
-            // A payment's change says how much.
+            // A payment's change says how much (another partial refund
+            // keeps the status).
+            Some(money) if previous == change.status => format!("{what}: {money}."),
             Some(money) => format!(
                 "{what}: status changed from {} to {} ({money}).",
                 previous.replace('_', " "),

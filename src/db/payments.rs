@@ -136,6 +136,21 @@ pub enum PaymentOutcome {
 }
 
 impl Db {
+    /// What is recorded of a booking's payment.
+    pub async fn payment_of_booking(
+        &self,
+        booking_id: &str,
+    ) -> Result<Option<PaymentRow>, DbError> {
+        db_run!(self, |conn| {
+            Ok(booking_payments::table
+                .filter(booking_payments::booking_id.eq(booking_id))
+                .select(PaymentRow::as_select())
+                .first(conn)
+                .await
+                .optional()?)
+        })
+    }
+
     /// Adds what `event` says to its payment's facts and moves the booking
     /// to the status all the facts lead to, in one transaction under the
     /// booking's lock: concurrent events of one payment take turns, and
@@ -192,6 +207,7 @@ impl Db {
                 for row in &rows {
                     facts.merge(&row.facts());
                 }
+                let refunded_before = facts.amount_refunded;
                 facts.absorb(event);
                 let mut merged =
                     <[PaymentRow]>::first(&rows)
@@ -248,9 +264,13 @@ impl Db {
                     .select(booking_participants::user_id)
                     .load(conn)
                     .await?;
-                let target = facts
-                    .status()
-                    .filter(|target| *target != row.status && may_follow(&row.status, target));
+                // Another partial refund keeps the status but is news too.
+                let more_refunded = facts.amount_refunded > refunded_before;
+                let target = facts.status().filter(|target| {
+                    may_follow(&row.status, target)
+                        && (*target != row.status
+                            || (*target == "partially_refunded" && more_refunded))
+                });
                 let Some(target) = target else {
                     return Ok(PaymentOutcome::Applied {
                         booking_id,

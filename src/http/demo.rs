@@ -12,6 +12,9 @@
 //!   signed with `auth.jwt_secret`.
 //! - `POST /demo/booking {"status"}` — changes the demo booking's status
 //!   the way the backend would, to show the live badge and notifications.
+//! - `POST /demo/payment {"event":"partial_refund"}` — plays Stripe: a
+//!   €100.00 payment, refunded €25.00 more at each call, through the same
+//!   payment machine as the webhook (`crate::payments`).
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -22,8 +25,10 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::{mint_token, Role};
 use crate::db::bookings::{booking_room, BookingUpsert};
+use crate::db::payments::PaymentOutcome;
 use crate::db::users::ProfileMirror;
 use crate::error::AppError;
+use crate::payments::{EventKind, PaymentEvent};
 
 const INDEX_HTML: &str = include_str!("../../demo/index.html");
 const APP_JS: &str = include_str!("../../demo/app.js");
@@ -74,7 +79,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/demo/app.js", web::get().to(app_js))
         .route("/demo/style.css", web::get().to(style_css))
         .route("/demo/session", web::post().to(session))
-        .route("/demo/booking", web::post().to(set_booking_status));
+        .route("/demo/booking", web::post().to(set_booking_status))
+        .route("/demo/payment", web::post().to(play_payment));
 }
 
 fn asset(content_type: &str, body: &'static str) -> HttpResponse {
@@ -216,4 +222,65 @@ async fn set_booking_status(
     ensure_demo_world(&state).await?;
     apply_demo_booking(&state, &body.status, Some("changed on the demo page")).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": DEMO_BOOKING_ID, "status": body.status })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentBody {
+    event: String,
+}
+
+/// The demo booking's payment, in euro cents.
+const DEMO_PAYMENT: i64 = 10_000;
+/// What each "partial refund" gives back.
+const DEMO_REFUND_STEP: i64 = 2_500;
+
+/// `POST /demo/payment`: what Stripe would report, without Stripe.
+async fn play_payment(
+    body: web::Json<PaymentBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    if body.event != "partial_refund" {
+        return Err(AppError::Unprocessable(format!(
+            "unknown demo payment event `{}`; expected partial_refund",
+            body.event
+        )));
+    }
+    ensure_demo_world(&state).await?;
+    let refunded = state
+        .db
+        .payment_of_booking(DEMO_BOOKING_ID)
+        .await?
+        .map_or(0, |payment| payment.amount_refunded);
+    let event = |kind| PaymentEvent {
+        kind,
+        booking_id: Some(DEMO_BOOKING_ID.to_owned()),
+        payment_intent: Some("pi_demo".to_owned()),
+        charge: Some("ch_demo".to_owned()),
+        amount: Some(DEMO_PAYMENT),
+        currency: Some("eur".to_owned()),
+    };
+    let refund = EventKind::Refunded {
+        amount_refunded: (refunded + DEMO_REFUND_STEP).min(DEMO_PAYMENT),
+    };
+    for kind in [EventKind::Succeeded, refund] {
+        let outcome = state
+            .db
+            .apply_payment_event(&event(kind), "demo".to_owned())
+            .await?;
+        if let PaymentOutcome::Applied {
+            booking_id,
+            outcome,
+        } = outcome
+        {
+            crate::bookings::announce_payment(&state, &booking_id, &outcome).await?;
+        }
+    }
+    let status = state
+        .db
+        .find_booking(DEMO_BOOKING_ID)
+        .await?
+        .map(|booking| booking.status)
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(json!({ "id": DEMO_BOOKING_ID, "status": status })))
 }

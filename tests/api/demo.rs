@@ -60,6 +60,21 @@ async fn demo_page_and_sessions_when_on() {
         "a new session keeps the status"
     );
 
+    // The backend panel plays Stripe: a partial refund, then another.
+    for refunded in ["€25.00", "€50.00"] {
+        let (status, body) =
+            post_json(&server, "/demo/payment", json!({"event": "partial_refund"})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "partially_refunded");
+        let update = socket.recv_type("booking.updated").await;
+        assert_eq!(update["status"], "partially_refunded", "{update}");
+        assert_eq!(
+            update["reason"],
+            format!("Stripe: {refunded} of €100.00 refunded"),
+            "{update}"
+        );
+    }
+
     let (status, _) = post_json(&server, "/demo/session", json!({"user": "mallory"})).await;
     assert_eq!(status, 422);
     let (status, _) = post_json(&server, "/demo/booking", json!({"status": "lost"})).await;
@@ -87,5 +102,7 @@ async fn demo_routes_are_absent_when_off() {
     let (status, _) = post_json(&server, "/demo/session", json!({"user": "ava"})).await;
     assert_eq!(status, 404);
     let (status, _) = post_json(&server, "/demo/booking", json!({"status": "paid"})).await;
+    assert_eq!(status, 404);
+    let (status, _) = post_json(&server, "/demo/payment", json!({"event": "partial_refund"})).await;
     assert_eq!(status, 404);
 }

@@ -490,6 +490,13 @@ async function start(userKey: string): Promise<void> {
       body: JSON.stringify({ status }),
     });
   });
+  element<HTMLButtonElement>("partial-refund").addEventListener("click", () => {
+    void fetch("/demo/payment", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ event: "partial_refund" }),
+    });
+  });
 
   client.connect();
   await chat.start();

@@ -119,6 +119,15 @@ test("Ava and Sam chat through the demo page; the support widget streams its ans
   await ava.getByTestId("read-all").click();
   await expect.poll(() => ava.getByTestId("bell-count").isHidden()).toBe(true);
 
+  // Stripe refunds part of the payment: both badges say so, and the room's
+  // notice states the amounts.
+  await sam.getByTestId("partial-refund").click();
+  await expect.poll(() => ava.getByTestId("status-badge").textContent()).toBe("partially refunded");
+  await expect.poll(() => sam.getByTestId("status-badge").textContent()).toBe("partially refunded");
+  await ava
+    .locator('[data-testid="message"].system', { hasText: "€25.00 of €100.00 refunded" })
+    .waitFor();
+
   // Support: the answer streams in piece by piece, then settles. A
   // MutationObserver records what the streaming bubble showed on its way,
   // so the check does not depend on catching it at the right moment.
