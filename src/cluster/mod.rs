@@ -79,13 +79,15 @@ impl Cluster {
     }
 
     /// Connects to Redis. `inbound` receives what other nodes publish.
+    /// `tls_ca_file`: the CA of a `rediss://` server (empty: system roots).
     pub async fn connect(
         url: &str,
+        tls_ca_file: &str,
         lease: Duration,
         inbound: Recipient<Inbound>,
     ) -> Result<Self, redis::RedisError> {
         Ok(Cluster(Some(
-            link::Link::connect(url, lease, inbound).await?,
+            link::Link::connect(url, tls_ca_file, lease, inbound).await?,
         )))
     }
 

@@ -27,3 +27,4 @@ mod restart;
 mod signing_keys;
 mod soak;
 mod support;
+mod tls;
