@@ -530,4 +530,12 @@ async fn two_nodes_chat_through_a_tls_only_redis() {
         ],
         &["cannot reach Redis"],
     );
+    // A CA file for a plaintext URL is a mistake, not a no-op.
+    assert_start_fails(
+        &[
+            ("MIXROOM__BROKER__REDIS_URL", "redis://127.0.0.1:6379"),
+            ("MIXROOM__BROKER__TLS_CA_FILE", ca.as_str()),
+        ],
+        &["broker.tls_ca_file is set but broker.redis_url is not a rediss:// URL"],
+    );
 }
