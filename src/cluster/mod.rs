@@ -79,15 +79,17 @@ impl Cluster {
     }
 
     /// Connects to Redis. `inbound` receives what other nodes publish.
-    /// `tls_ca_file`: the CA of a `rediss://` server (empty: system roots).
+    /// `broker.redis_url` (`rediss://` for TLS, trusting `broker.tls_ca_file`
+    /// when set).
     pub async fn connect(
-        url: &str,
-        tls_ca_file: &str,
+        broker: &crate::config::BrokerSettings,
         lease: Duration,
         inbound: Recipient<Inbound>,
     ) -> Result<Self, redis::RedisError> {
+        use secrecy::ExposeSecret;
+        let url = broker.redis_url.expose_secret();
         Ok(Cluster(Some(
-            link::Link::connect(url, tls_ca_file, lease, inbound).await?,
+            link::Link::connect(url, &broker.tls_ca_file, lease, inbound).await?,
         )))
     }
 
