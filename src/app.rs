@@ -71,7 +71,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Cluster::single_node()
     } else {
         let lease = Duration::from_millis(settings.broker.presence_lease_ms);
-        let cluster = Cluster::connect(redis_url, lease, hub.clone().recipient())
+        let cluster = Cluster::connect(&settings.broker, lease, hub.clone().recipient())
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach Redis at broker.redis_url: {e}"))?;
         hub.do_send(UseCluster(cluster.clone()));

@@ -144,6 +144,9 @@ pub const MIN_SECRET_BYTES: usize = 32;
 pub struct BrokerSettings {
     #[serde(serialize_with = "redacted_url")]
     pub redis_url: SecretString,
+    /// PEM CA certificate(s) trusted for a `rediss://` URL (empty: the
+    /// system's roots).
+    pub tls_ca_file: String,
     pub presence_lease_ms: u64,
 }
 
@@ -460,8 +463,14 @@ impl Settings {
 
     /// Why this configuration must not serve in production (empty: it may).
     pub fn production_problems(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
         if self.server.environment == Environment::Production {
-            self.development_values()
+            let mut problems = self.development_values();
+            // Plaintext to PostgreSQL only when written out (sslmode=disable).
+            problems.extend(crate::db::tls::plaintext_problem(
+                self.database.url.expose_secret(),
+            ));
+            problems
         } else {
             Vec::new()
         }
@@ -505,6 +514,17 @@ impl Settings {
                     "auth.jwks_refresh_secs must be positive".into(),
                 ));
             }
+        }
+        if !self.broker.tls_ca_file.is_empty()
+            && !self
+                .broker
+                .redis_url
+                .expose_secret()
+                .starts_with("rediss://")
+        {
+            return Err(ConfigError::Invalid(
+                "broker.tls_ca_file is set but broker.redis_url is not a rediss:// URL".into(),
+            ));
         }
         if self.limits.frames_per_sec == 0 || self.limits.frames_burst == 0 {
             return Err(ConfigError::Invalid(

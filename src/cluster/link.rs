@@ -53,6 +53,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 impl Link {
     pub(super) async fn connect(
         url: &str,
+        tls_ca_file: &str,
         lease: Duration,
         inbound: Recipient<Inbound>,
     ) -> Result<Arc<Link>, redis::RedisError> {
@@ -61,7 +62,29 @@ impl Link {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let info = info.set_redis_settings(settings);
+        // `rediss://` builds its rustls config from the process's provider:
+        // name the one this binary is built with (an error only means one
+        // is already installed).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let client = if tls_ca_file.is_empty() {
+            redis::Client::open(info)?
+        } else {
+            let root_cert = std::fs::read(tls_ca_file).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read broker.tls_ca_file",
+                    format!("{tls_ca_file}: {e}"),
+                ))
+            })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?
+        };
         let (pushes, push_inbox) = mpsc::unbounded_channel::<PushInfo>();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(pushes)

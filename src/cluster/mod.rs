@@ -79,13 +79,17 @@ impl Cluster {
     }
 
     /// Connects to Redis. `inbound` receives what other nodes publish.
+    /// `broker.redis_url` (`rediss://` for TLS, trusting `broker.tls_ca_file`
+    /// when set).
     pub async fn connect(
-        url: &str,
+        broker: &crate::config::BrokerSettings,
         lease: Duration,
         inbound: Recipient<Inbound>,
     ) -> Result<Self, redis::RedisError> {
+        use secrecy::ExposeSecret;
+        let url = broker.redis_url.expose_secret();
         Ok(Cluster(Some(
-            link::Link::connect(url, lease, inbound).await?,
+            link::Link::connect(url, &broker.tls_ca_file, lease, inbound).await?,
         )))
     }
 

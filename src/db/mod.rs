@@ -15,6 +15,7 @@ pub mod payments;
 pub mod privacy;
 pub mod schema;
 pub mod support;
+pub mod tls;
 pub mod users;
 
 use std::path::Path;
@@ -93,6 +94,14 @@ pub enum DbError {
     Connection(#[from] diesel::ConnectionError),
     #[error("database migration: {0}")]
     Migration(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(
+        "database.url points at a transaction pooler ({0}): migrations hold a session-level \
+         advisory lock and statements are prepared per connection, which a transaction pooler \
+         breaks; use the direct connection or the session pooler (Supabase: port 5432)"
+    )]
+    TransactionPooler(String),
 }
 
 impl DbError {
@@ -170,10 +179,18 @@ impl Db {
     pub async fn connect(url: &SecretString, pool_size: usize) -> Result<Self, DbError> {
         match backend(url.expose_secret()) {
             Backend::Postgres(url) => {
+                let target = tls::PgTarget::from_url(url)?;
                 let mut config = ManagerConfig::default();
                 config.recycling_method = RecyclingMethod::Fast;
-                let manager =
-                    AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+                let setup_target = target.clone();
+                config.custom_setup = Box::new(move |_url| {
+                    let target = setup_target.clone();
+                    async move { target.connect_for_pool().await }.boxed()
+                });
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+                    target.url(),
+                    config,
+                );
                 let pool = Pool::builder(manager)
                     .max_size(pool_size)
                     .wait_timeout(Some(Duration::from_secs(10)))
@@ -238,8 +255,15 @@ impl Db {
     /// Applies pending migrations (on a blocking thread: the migration
     /// harness is synchronous).
     pub async fn migrate(url: &SecretString) -> Result<Vec<String>, DbError> {
-        let url = url.expose_secret().to_owned();
-        tokio::task::spawn_blocking(move || run_migrations(&url))
+        let migration = match backend(url.expose_secret()) {
+            Backend::Sqlite(path) => Migration::Sqlite(path.to_owned()),
+            // Connected here, with the URL's TLS, and handed to the
+            // (synchronous) migration harness.
+            Backend::Postgres(url) => {
+                Migration::Postgres(Box::new(tls::PgTarget::from_url(url)?.connect().await?))
+            }
+        };
+        tokio::task::spawn_blocking(move || run_migrations(migration))
             .await
             .map_err(|e| DbError::Migration(e.to_string()))?
     }
@@ -253,13 +277,19 @@ impl Db {
     }
 }
 
-fn run_migrations(url: &str) -> Result<Vec<String>, DbError> {
+enum Migration {
+    Sqlite(String),
+    Postgres(Box<AsyncPgConnection>),
+}
+
+fn run_migrations(migration: Migration) -> Result<Vec<String>, DbError> {
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
     let migration_error =
         |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration(e.to_string());
-    let applied = match backend(url) {
-        Backend::Sqlite(path) => {
+    let applied = match migration {
+        Migration::Sqlite(path) => {
+            let path = path.as_str();
             if let Some(dir) = Path::new(path).parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir)
@@ -274,10 +304,9 @@ fn run_migrations(url: &str) -> Result<Vec<String>, DbError> {
                 .map(ToString::to_string)
                 .collect()
         }
-        Backend::Postgres(url) => {
+        Migration::Postgres(conn) => {
             use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-            let mut conn =
-                <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(url)?;
+            let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(*conn);
             SimpleConnection::batch_execute(
                 &mut conn,
                 &format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"),

@@ -30,3 +30,4 @@ mod signing_keys;
 mod soak;
 mod stripe_kit;
 mod support;
+mod tls;

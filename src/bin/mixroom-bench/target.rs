@@ -144,18 +144,14 @@ pub fn with_database(url: &str, database: &str) -> String {
     replaced
 }
 
+/// Connects as the server does (the URL's `sslmode`/`sslrootcert` apply).
 pub async fn admin_sql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
-    let (client, connection) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_postgres::connect(admin_url, tokio_postgres::NoTls),
-    )
-    .await
-    .map_err(|_| anyhow!("timed out connecting to PostgreSQL"))??;
-    let driver = tokio::task::spawn_local(connection);
-    let result = client.batch_execute(sql).await;
-    drop(client);
-    let _ = driver.await;
-    Ok(result?)
+    use diesel_async::SimpleAsyncConnection;
+    let target = mixroom_realtime::db::tls::PgTarget::from_url(admin_url)?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), target.connect())
+        .await
+        .map_err(|_| anyhow!("timed out connecting to PostgreSQL"))??;
+    Ok(conn.batch_execute(sql).await?)
 }
 
 impl Target {
