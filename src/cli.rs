@@ -69,11 +69,18 @@ pub fn main() -> ExitCode {
             print!("{}", settings.to_redacted_toml());
             Ok(())
         }
-        Command::Migrate => actix_rt::System::new().block_on(async {
-            let applied = crate::db::Db::migrate(&settings.database.url).await?;
-            println!("applied {} migration(s)", applied.len());
-            Ok(())
-        }),
+        Command::Migrate => {
+            // The same refusals as `serve` (a plaintext database URL, dev
+            // secrets): a production migration is a production connection.
+            if let Err(code) = check_environment(&settings) {
+                return code;
+            }
+            actix_rt::System::new().block_on(async {
+                let applied = crate::db::Db::migrate(&settings.database.url).await?;
+                println!("applied {} migration(s)", applied.len());
+                Ok(())
+            })
+        }
         Command::Token {
             user,
             role,

@@ -178,3 +178,20 @@ async fn the_demo_stays_off_with_a_real_secret() {
         .unwrap();
     assert_eq!(booking.status(), 404);
 }
+
+/// `migrate` is a production connection too: it refuses what `serve` does.
+#[test]
+fn migrate_refuses_development_values_in_production() {
+    let backend = Backend::sqlite();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mixroom-realtime"))
+        .arg("migrate")
+        .env("MIXROOM__SERVER__ENVIRONMENT", "production")
+        .env("MIXROOM__DATABASE__URL", backend.url())
+        .env("MIXROOM__AUTH__JWT_SECRET", DEV_JWT_SECRET)
+        .output()
+        .expect("run mixroom-realtime migrate");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("but auth.jwt_secret "), "{text}");
+    assert!(!text.contains("applied"), "{text}");
+}
