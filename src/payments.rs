@@ -71,7 +71,7 @@ impl PaymentFacts {
             EventKind::Succeeded => self.paid = true,
             EventKind::Failed => self.failed = true,
             EventKind::Pending => self.pending = true,
-            EventKind::Expired | EventKind::Other => {}
+            EventKind::Expired | EventKind::RefundReported | EventKind::Other => {}
             EventKind::Refunded { amount_refunded } => {
                 self.amount_refunded = self.amount_refunded.max(*amount_refunded);
             }
@@ -191,6 +191,15 @@ pub struct PaymentEvent {
     pub charge: Option<String>,
     pub amount: Option<i64>,
     pub currency: Option<String>,
+    /// A Refund object's own id, amount and whether it succeeded.
+    pub refund: Option<Refund>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub id: String,
+    pub amount: i64,
+    pub succeeded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +213,9 @@ pub enum EventKind {
     Refunded {
         amount_refunded: i64,
     },
+    /// One refund told by itself (`refund.*`): the store adds up the
+    /// refunds of the payment, each once.
+    RefundReported,
     DisputeOpened,
     DisputeClosed {
         won: bool,
@@ -231,6 +243,7 @@ impl PaymentEvent {
             charge: None,
             amount: object["amount"].as_i64(),
             currency,
+            refund: None,
         };
         match object["object"].as_str().unwrap_or_default() {
             "payment_intent" => {
@@ -248,6 +261,13 @@ impl PaymentEvent {
             "refund" | "dispute" => {
                 event.charge = id_of("charge");
                 event.payment_intent = id_of("payment_intent");
+                if object["object"] == "refund" {
+                    event.refund = text("id").map(|id| Refund {
+                        id,
+                        amount: object["amount"].as_i64().unwrap_or(0),
+                        succeeded: object["status"] == "succeeded",
+                    });
+                }
                 // A refund's or a dispute's amount is not the payment's.
                 event.amount = None;
             }
@@ -266,6 +286,9 @@ impl PaymentEvent {
             "charge.refunded" => EventKind::Refunded {
                 amount_refunded: object["amount_refunded"].as_i64().unwrap_or(0),
             },
+            "refund.created" | "refund.updated" | "charge.refund.updated" => {
+                EventKind::RefundReported
+            }
             "charge.dispute.created" => EventKind::DisputeOpened,
             "charge.dispute.closed" => EventKind::DisputeClosed {
                 // `warning_closed`: an inquiry that never became a dispute.

@@ -11,7 +11,7 @@ use super::bookings::{lock_booking, record_status_change, status_notification, B
 use super::models::{BookingRow, PaymentRow, StatusChangeRow};
 use super::schema::{
     booking_participants, booking_payments, booking_status_history, bookings, notifications,
-    stripe_events,
+    payment_refunds, stripe_events,
 };
 use super::{Db, DbError};
 use crate::db_run;
@@ -209,6 +209,29 @@ impl Db {
                 }
                 let refunded_before = facts.amount_refunded;
                 facts.absorb(event);
+                if let Some(refund) = &event.refund {
+                    // Each refund counts once, by its id; a later report of
+                    // it (failed, canceled) replaces the earlier one.
+                    let row = (
+                        payment_refunds::id.eq(&refund.id),
+                        payment_refunds::charge_id.eq(&event.charge),
+                        payment_refunds::payment_intent.eq(&event.payment_intent),
+                        payment_refunds::amount.eq(refund.amount),
+                        payment_refunds::status.eq(if refund.succeeded {
+                            "succeeded"
+                        } else {
+                            "other"
+                        }),
+                        payment_refunds::updated_at.eq(now),
+                    );
+                    diesel::insert_into(payment_refunds::table)
+                        .values(row)
+                        .on_conflict(payment_refunds::id)
+                        .do_update()
+                        .set(row)
+                        .execute(conn)
+                        .await?;
+                }
                 let mut merged =
                     <[PaymentRow]>::first(&rows)
                         .cloned()
@@ -235,6 +258,20 @@ impl Db {
                     .clone()
                     .or_else(|| first_of(|r| &r.payment_intent));
                 merged.charge_id = event.charge.clone().or_else(|| first_of(|r| &r.charge_id));
+                // Refunds told one by one add up to what went back.
+                let none = String::new();
+                let refunds: Vec<i64> = payment_refunds::table
+                    .filter(payment_refunds::status.eq("succeeded"))
+                    .filter(
+                        payment_refunds::charge_id
+                            .eq(merged.charge_id.as_ref().unwrap_or(&none))
+                            .or(payment_refunds::payment_intent
+                                .eq(merged.payment_intent.as_ref().unwrap_or(&none))),
+                    )
+                    .select(payment_refunds::amount)
+                    .load(conn)
+                    .await?;
+                facts.amount_refunded = facts.amount_refunded.max(refunds.iter().sum());
                 merged.set_facts(&facts);
                 merged.updated_at = now;
                 let others: Vec<&str> = rows.iter().skip(1).map(|r| r.id.as_str()).collect();

@@ -107,6 +107,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    payment_refunds (id) {
+        id -> Text,
+        charge_id -> Nullable<Text>,
+        payment_intent -> Nullable<Text>,
+        amount -> BigInt,
+        status -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
     stripe_events (id) {
         id -> Text,
         event_type -> Text,
@@ -209,6 +220,7 @@ diesel::joinable!(booking_participants -> bookings (booking_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     booking_payments,
+    payment_refunds,
     users,
     bookings,
     booking_participants,

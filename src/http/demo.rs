@@ -259,6 +259,7 @@ async fn play_payment(
         charge: Some("ch_demo".to_owned()),
         amount: Some(DEMO_PAYMENT),
         currency: Some("eur".to_owned()),
+        refund: None,
     };
     let refund = EventKind::Refunded {
         amount_refunded: (refunded + DEMO_REFUND_STEP).min(DEMO_PAYMENT),

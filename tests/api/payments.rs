@@ -14,6 +14,7 @@ both_backends!(
     one_payment_told_three_times_changes_the_booking_once,
     a_partial_then_a_full_refund_state_the_amounts,
     a_refund_reported_before_the_payment_still_ends_refunded,
+    refunds_told_one_by_one_count_once,
     disputes_are_told_to_everyone_and_end_as_they_end,
 );
 
@@ -67,6 +68,17 @@ fn charge(booking_id: &str, amount: i64, refunded: i64, currency: &str) -> Value
     charge["currency"] = json!(currency);
     charge["metadata"] = json!({});
     charge
+}
+
+/// One refund as its own object: it names only the charge.
+fn refund(booking_id: &str, id: &str, amount: i64) -> Value {
+    let mut refund = fixture("refund");
+    refund["id"] = json!(id);
+    refund["charge"] = json!(ids(booking_id).1);
+    refund["amount"] = json!(amount);
+    refund["currency"] = json!("usd");
+    refund["status"] = json!("succeeded");
+    refund
 }
 
 /// A dispute names only the charge (older API versions: no payment intent).
@@ -409,4 +421,59 @@ async fn disputes_are_told_to_everyone_and_end_as_they_end(backend: Backend) {
     .await;
     assert_eq!(late["outcome"], "unchanged", "{late}");
     ws.expect_silence(300, &["booking.updated"]).await;
+}
+
+/// Refunds reported as Refund objects (`refund.created`, `refund.updated`)
+/// add up, each counted once however often it is reported, and agree with
+/// the charge's own cumulative `charge.refunded`.
+async fn refunds_told_one_by_one_count_once(backend: Backend) {
+    let server = TestServer::spawn(&backend, &stripe_env());
+    let (booking_id, ava, mut ws) = booking(&server).await;
+    send(
+        &server,
+        "payment_intent.succeeded",
+        payment_intent(&booking_id, 10_000, "usd"),
+    )
+    .await;
+    assert_eq!(ws.recv_type("booking.updated").await["status"], "paid");
+
+    send(
+        &server,
+        "refund.created",
+        refund(&booking_id, "re_first", 2_500),
+    )
+    .await;
+    let update = ws.recv_type("booking.updated").await;
+    assert_eq!(
+        update["reason"], "Stripe: $25.00 of $100.00 refunded",
+        "{update}"
+    );
+    let again = send(
+        &server,
+        "refund.updated",
+        refund(&booking_id, "re_first", 2_500),
+    )
+    .await;
+    assert_eq!(again["outcome"], "unchanged", "{again}");
+    let cumulative = send(
+        &server,
+        "charge.refunded",
+        charge(&booking_id, 10_000, 2_500, "usd"),
+    )
+    .await;
+    assert_eq!(cumulative["outcome"], "unchanged", "{cumulative}");
+
+    send(
+        &server,
+        "refund.created",
+        refund(&booking_id, "re_second", 7_500),
+    )
+    .await;
+    let update = ws.recv_type("booking.updated").await;
+    assert_eq!(update["status"], "refunded", "{update}");
+    ws.expect_silence(300, &["booking.updated"]).await;
+    assert_eq!(
+        status_of(&server, &ava).await,
+        vec!["confirmed", "paid", "partially_refunded", "refunded"]
+    );
 }

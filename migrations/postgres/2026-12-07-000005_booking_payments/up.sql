@@ -20,3 +20,16 @@ CREATE TABLE booking_payments (
 CREATE INDEX booking_payments_booking ON booking_payments (booking_id);
 CREATE INDEX booking_payments_intent ON booking_payments (payment_intent);
 CREATE INDEX booking_payments_charge ON booking_payments (charge_id);
+-- Refunds told one by one (`refund.created`, `refund.updated`,
+-- `charge.refund.updated`): each counted once, by its id, however often it
+-- is reported.
+CREATE TABLE payment_refunds (
+    id TEXT PRIMARY KEY NOT NULL,
+    charge_id TEXT,
+    payment_intent TEXT,
+    amount BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX payment_refunds_charge ON payment_refunds (charge_id);
+CREATE INDEX payment_refunds_intent ON payment_refunds (payment_intent);

@@ -1,1 +1,2 @@
+DROP TABLE payment_refunds;
 DROP TABLE booking_payments;
