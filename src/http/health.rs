@@ -1,7 +1,63 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::db::Db;
+use crate::metrics::Metrics;
+
+/// How often the probes' state is refreshed. Probes are not rate limited,
+/// so they answer from this state rather than querying the store each.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What `/readyz` and `/metrics` report, refreshed in the background.
+pub struct ProbeCache {
+    database_ok: AtomicBool,
+}
+
+impl ProbeCache {
+    /// The database answered at start.
+    pub fn new() -> Arc<ProbeCache> {
+        Arc::new(ProbeCache {
+            database_ok: AtomicBool::new(true),
+        })
+    }
+
+    /// Refreshes the cache every `PROBE_INTERVAL`: one ping and one outbox
+    /// count per interval, whatever the number of scrapes.
+    pub fn start(self: &Arc<Self>, db: Db, metrics: Arc<Metrics>) {
+        let cache = self.clone();
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let ping = tokio::time::timeout(PROBE_INTERVAL * 5, db.ping()).await;
+                let ok = match ping {
+                    Ok(Ok(())) => true,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "readiness: database unreachable");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!("readiness: database ping timed out");
+                        false
+                    }
+                };
+                cache.database_ok.store(ok, Ordering::Relaxed);
+                // The outbox is shared by all nodes: its depth is read here.
+                if ok {
+                    if let Ok(queued) = db.queued_email_count().await {
+                        metrics.email_outbox_queued.set(queued);
+                    }
+                }
+            }
+        });
+    }
+}
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -11,12 +67,10 @@ pub async fn healthz() -> HttpResponse {
 /// does too (a node without Redis still serves its own sockets, but an
 /// operator should know cross-node delivery is paused).
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let database = match state.db.ping().await {
-        Ok(()) => "ok",
-        Err(error) => {
-            tracing::warn!(%error, "readiness: database unreachable");
-            "unreachable"
-        }
+    let database = if state.probes.database_ok.load(Ordering::Relaxed) {
+        "ok"
+    } else {
+        "unreachable"
     };
     let broker = match state.cluster.is_healthy() {
         None => "not_configured",
@@ -37,10 +91,6 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // The outbox is shared by all nodes: its depth is read at scrape time.
-    if let Ok(queued) = state.db.queued_email_count().await {
-        state.metrics.email_outbox_queued.set(queued);
-    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -106,6 +106,11 @@ pub async fn serve_upgrade(
         state.settings.server.max_frame_bytes,
     );
     let sockets = state.sockets.clone();
+    let limits = socket::WriteLimits {
+        timeout: std::time::Duration::from_millis(state.settings.server.write_timeout_ms),
+        max_queued_bytes: state.settings.limits.session_queue_bytes,
+    };
+    let metrics = state.metrics.clone();
     let session = session::WsSession::new(state, client_ip);
     // actix-web-actors reads frames from a byte stream it buffers without
     // a bound; it gets none, and the session reads from `reader` instead.
@@ -119,7 +124,9 @@ pub async fn serve_upgrade(
     );
     // The socket runs as a task of its own so that the dispatcher's task
     // (9 KiB: the HTTP service's futures are laid out inline) ends here.
-    actix_rt::spawn(sockets.track_future(socket::SocketWriter::new(socket, outgoing)));
+    actix_rt::spawn(
+        sockets.track_future(socket::SocketWriter::new(socket, outgoing, limits, metrics)),
+    );
     Ok(())
 }
 
