@@ -362,6 +362,10 @@ where
                         .with_label_values(&["write_timeout"])
                         .inc();
                     tracing::debug!("websocket writes made no progress; closing");
+                    // Abortive close: the kernel drops the unsent bytes
+                    // at once instead of keeping them for a peer that
+                    // does not read.
+                    let _ = socket2::SockRef::from(&**this.socket).set_linger(Some(Duration::ZERO));
                     return Poll::Ready(());
                 }
                 Poll::Pending

@@ -38,6 +38,14 @@ pub struct PairsArgs {
     pub concurrency: usize,
     #[arg(long, default_value_t = 100.0)]
     pub p99_ms: f64,
+    /// Misbehaving clients beside the workload (`abuse.rs`): non-readers,
+    /// replaying joins, slow bodies, flooders, junk senders.
+    #[arg(long, default_value_t = 0)]
+    pub attackers: usize,
+    /// Seconds to keep sampling the server's RSS and descriptors after the
+    /// workload has drained.
+    #[arg(long, default_value_t = 0.0)]
+    pub watch: f64,
 }
 
 #[derive(Default)]
@@ -169,6 +177,12 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
     // Send `index` = member `index % members`'s message `index / members`.
     let total_rate = args.rate * members as f64;
     let total = (total_rate * args.duration).round() as u64;
+    let start_ns = now_ns();
+    let sampler = crate::abuse::Sampler::start(target, start_ns);
+    let attack = match args.attackers {
+        0 => None,
+        n => Some(crate::abuse::start(target, n, Duration::from_secs_f64(args.duration)).await?),
+    };
     let before = Snapshot::take(target);
     let start_ns = now_ns();
     let started = tokio::time::Instant::now();
@@ -205,6 +219,9 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
     )
     .await;
     let after = Snapshot::take(target);
+    tokio::time::sleep(Duration::from_secs_f64(args.watch)).await;
+    let outcomes = attack.map(crate::abuse::Attack::stop);
+    let series = sampler.map(crate::abuse::Sampler::finish);
     for task in &tasks {
         task.abort();
     }
@@ -253,6 +270,9 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
         "ack_ms": ack_latency.json(),
         "latency_ms": latency.json(),
         "cpu": cpu,
+        "attackers": args.attackers,
+        "attacker_outcomes": outcomes,
+        "server_rss_mb_fds": series,
         "pass": pass,
     });
     println!("{line}");
