@@ -183,6 +183,8 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
         0 => None,
         n => Some(crate::abuse::start(target, n, Duration::from_secs_f64(args.duration)).await?),
     };
+    // The series' second at which the workload (and the attack) began.
+    let workload_at = round((now_ns() - start_ns) as f64 / 1e9, 1);
     let before = Snapshot::take(target);
     let start_ns = now_ns();
     let started = tokio::time::Instant::now();
@@ -271,6 +273,7 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
         "latency_ms": latency.json(),
         "cpu": cpu,
         "attackers": args.attackers,
+        "workload_started_at_s": workload_at,
         "attacker_outcomes": outcomes,
         "server_rss_mb_fds": series,
         "pass": pass,
