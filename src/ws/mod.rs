@@ -28,6 +28,10 @@ use futures_util::SinkExt;
 use crate::app::AppState;
 use crate::error::AppError;
 
+/// Bytes the kernel may hold for one socket on its way out (it doubles the
+/// figure for its bookkeeping): plenty for any reader that keeps up.
+const SEND_BUFFER: usize = 128 * 1024;
+
 /// The path of the WebSocket endpoint (PROTOCOL.md).
 pub const PATH: &str = "/v1/ws";
 
@@ -99,6 +103,10 @@ pub async fn serve_upgrade(
         read_buf: received,
         ..
     } = framed.into_parts();
+    // A fixed kernel send buffer: the kernel would otherwise grow it up to
+    // `tcp_wmem`'s maximum (4 MiB here) for a client that stopped reading,
+    // and the write deadline would only start once all that had filled.
+    let _ = socket2::SockRef::from(&io).set_send_buffer_size(SEND_BUFFER);
     let socket = Rc::new(io);
     let reader = socket::FrameReader::new(
         socket.clone(),
