@@ -60,7 +60,14 @@ struct Tally {
     last_ns: Cell<u64>,
     latency: RefCell<Samples>,
     ack_latency: RefCell<Samples>,
+    /// When sending began, and the delivery latencies by 5 s window of
+    /// sending (to see when a disturbance hit).
+    start_ns: Cell<u64>,
+    windows: RefCell<Vec<Samples>>,
 }
+
+/// The width of a latency window.
+const WINDOW_NS: u64 = 5_000_000_000;
 
 /// One member's reader: its acks, and its peer's messages (its own come
 /// back too, as to every member).
@@ -93,6 +100,13 @@ async fn member(mut reader: WsReader, me: u64, tally: Rc<Tally>) {
                         }
                         if let Some((n, sent_ns)) = two_numbers_after(&k_at, text) {
                             tally.latency.borrow_mut().record_since(sent_ns, now);
+                            let window =
+                                (sent_ns.saturating_sub(tally.start_ns.get()) / WINDOW_NS) as usize;
+                            let mut windows = tally.windows.borrow_mut();
+                            if windows.len() <= window {
+                                windows.resize_with(window + 1, Samples::default);
+                            }
+                            windows[window].record_since(sent_ns, now);
                             tally.deliveries.set(tally.deliveries.get() + 1);
                             tally.last_ns.set(now);
                             if highest.is_some_and(|h| n <= h) {
@@ -187,6 +201,7 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
     let workload_at = round((now_ns() - start_ns) as f64 / 1e9, 1);
     let before = Snapshot::take(target);
     let start_ns = now_ns();
+    tally.start_ns.set(start_ns);
     let started = tokio::time::Instant::now();
     let mut sent: u64 = 0;
     let mut frame = String::with_capacity(args.body_bytes + 256);
@@ -271,6 +286,12 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
         "closed": tally.closed.get(),
         "ack_ms": ack_latency.json(),
         "latency_ms": latency.json(),
+        "latency_p99_ms_by_5s": tally
+            .windows
+            .borrow_mut()
+            .iter_mut()
+            .map(|w| round(w.summary().p99, 1))
+            .collect::<Vec<_>>(),
         "cpu": cpu,
         "attackers": args.attackers,
         "workload_started_at_s": workload_at,
