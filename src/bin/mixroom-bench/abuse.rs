@@ -92,7 +92,12 @@ impl Attack {
 /// starts `count` attackers: 1/3 non-readers, 1/6 replaying joins, 1/6
 /// slow bodies, 1/6 flooders, 1/6 junk senders. The busy room gets
 /// `BUSY_RATE` messages a second for `duration`.
-pub async fn start(target: &Target, count: usize, duration: Duration) -> anyhow::Result<Attack> {
+pub async fn start(
+    target: &Target,
+    count: usize,
+    kinds: &[String],
+    duration: Duration,
+) -> anyhow::Result<Attack> {
     let new_id = || uuid::Uuid::new_v4().to_string();
     let booking = new_id();
     let owner = new_id();
@@ -119,6 +124,10 @@ pub async fn start(target: &Target, count: usize, duration: Duration) -> anyhow:
             4 => "flooder",
             _ => "junk sender",
         };
+        // `--attack-kinds`: only these (to see what each costs).
+        if !kinds.is_empty() && !kinds.iter().any(|k| kind.starts_with(k.as_str())) {
+            continue;
+        }
         tasks.push(tokio::task::spawn_local(async move {
             let ending = match kind {
                 "non-reader" => stall(addr, &token, &room, None).await,

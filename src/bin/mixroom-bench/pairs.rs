@@ -42,6 +42,10 @@ pub struct PairsArgs {
     /// replaying joins, slow bodies, flooders, junk senders.
     #[arg(long, default_value_t = 0)]
     pub attackers: usize,
+    /// Only these kinds of attackers (`non-reader`, `replaying`, `slow`,
+    /// `flooder`, `junk`; comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub attack_kinds: Vec<String>,
     /// Seconds to keep sampling the server's RSS and descriptors after the
     /// workload has drained.
     #[arg(long, default_value_t = 0.0)]
@@ -195,7 +199,15 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
     let sampler = crate::abuse::Sampler::start(target, start_ns);
     let attack = match args.attackers {
         0 => None,
-        n => Some(crate::abuse::start(target, n, Duration::from_secs_f64(args.duration)).await?),
+        n => Some(
+            crate::abuse::start(
+                target,
+                n,
+                &args.attack_kinds,
+                Duration::from_secs_f64(args.duration),
+            )
+            .await?,
+        ),
     };
     // The series' second at which the workload (and the attack) began.
     let workload_at = round((now_ns() - start_ns) as f64 / 1e9, 1);
