@@ -9,6 +9,7 @@
 //! `GET /v1/ws` without an upgrade goes through the app to [`not_upgraded`].
 
 pub mod frames;
+mod joined;
 pub mod session;
 pub mod socket;
 

@@ -16,6 +16,7 @@ use actix_web_actors::ws;
 use bytestring::ByteString;
 
 use super::frames::{message_frame, ClientFrame, Envelope, MessageView, ServerFrame};
+use super::joined::{replay_page, JoinedRoom, JoinedRooms};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
@@ -24,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::rooms::hub::{
     CloseConnection, JoinRoom, OpenConnection, RegisterSession, UnregisterSession,
 };
-use crate::rooms::room::{Leave, ReadReceipt, RoomActor, RoomMember, Typing};
+use crate::rooms::room::{Leave, ReadReceipt, RoomMember, Typing};
 use crate::rooms::sequencer::StoreOutcome;
 use crate::rooms::{authorize_read, authorize_write, RoomKind, RoomName};
 
@@ -40,8 +41,6 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
 const HISTORY_DEFAULT: i64 = 50;
 const HISTORY_MAX: i64 = 100;
-/// Replay reads the store in pages of this many messages.
-const REPLAY_PAGE: i64 = 500;
 /// How long a closing session waits for the acks of messages it already
 /// handed to the sequencer (they are stored: the client must hear so).
 const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -69,55 +68,6 @@ pub enum ToSession {
         code: u16,
         reason: &'static str,
     },
-}
-
-struct JoinedRoom {
-    addr: Addr<RoomActor>,
-    /// Highest seq written to this socket.
-    delivered: i64,
-}
-
-/// The rooms a socket joined, by name. A list rather than a map: a socket
-/// joins a few rooms, a short scan per delivery costs less than hashing
-/// the name, and a map's table was the largest part of an idle session.
-#[derive(Default)]
-struct JoinedRooms(Vec<(String, JoinedRoom)>);
-
-impl JoinedRooms {
-    fn get(&self, room: &str) -> Option<&JoinedRoom> {
-        self.0.iter().find(|(name, _)| name == room).map(|(_, r)| r)
-    }
-
-    fn get_mut(&mut self, room: &str) -> Option<&mut JoinedRoom> {
-        self.0
-            .iter_mut()
-            .find(|(name, _)| name == room)
-            .map(|(_, r)| r)
-    }
-
-    fn contains_key(&self, room: &str) -> bool {
-        self.get(room).is_some()
-    }
-
-    /// Returns the membership it replaces, if the room was joined before.
-    fn insert(&mut self, room: String, joined: JoinedRoom) -> Option<JoinedRoom> {
-        match self.get_mut(&room) {
-            Some(existing) => Some(std::mem::replace(existing, joined)),
-            None => {
-                crate::rooms::push_small(&mut self.0, (room, joined));
-                None
-            }
-        }
-    }
-
-    fn remove(&mut self, room: &str) -> Option<JoinedRoom> {
-        let at = self.0.iter().position(|(name, _)| name == room)?;
-        Some(self.0.swap_remove(at).1)
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = (String, JoinedRoom)> + '_ {
-        self.0.drain(..)
-    }
 }
 
 pub struct WsSession {
@@ -801,53 +751,6 @@ impl WsSession {
             }
         }
     }
-}
-
-/// One page of a join's replay: the rows after `since`, and the seq it
-/// ends at (`since` itself when it is empty).
-struct Replay {
-    rows: Vec<crate::db::models::MessageRow>,
-    until: i64,
-}
-
-/// Reads the messages after `since`, up to `last_seq`, but no more than
-/// `server.replay_max_messages` or about `server.replay_max_bytes` of
-/// bodies: a replay of a long backlog is paged by the client, so one
-/// join never holds the whole backlog in memory.
-async fn replay_page(
-    state: &AppState,
-    room: &RoomName,
-    since: i64,
-    last_seq: i64,
-) -> Result<Replay, AppError> {
-    let server = &state.settings.server;
-    let mut replay = Replay {
-        rows: Vec::new(),
-        until: since.min(last_seq),
-    };
-    let mut bytes = 0;
-    while replay.until < last_seq
-        && replay.rows.len() < server.replay_max_messages
-        && bytes < server.replay_max_bytes
-    {
-        let want = (server.replay_max_messages - replay.rows.len()) as i64;
-        let page = state
-            .db
-            .messages_after(room.as_str(), replay.until, last_seq, want.min(REPLAY_PAGE))
-            .await?;
-        if page.is_empty() {
-            break;
-        }
-        for row in page {
-            if bytes >= server.replay_max_bytes {
-                break;
-            }
-            bytes += row.body.len();
-            replay.until = row.seq;
-            replay.rows.push(row);
-        }
-    }
-    Ok(replay)
 }
 
 /// Access errors are answered once per queued send.
