@@ -294,6 +294,8 @@
         room.joinRef = void 0;
         room.ahead.clear();
         room.gapRef = void 0;
+        room.pageUntil = void 0;
+        room.pageRef = void 0;
       }
       for (const message of this.outbox) {
         message.sentOn = void 0;
@@ -425,6 +427,12 @@
     }
     onJoined(frame) {
       const room = this.rooms.get(frame.room);
+      const page = room !== void 0 && frame.ref !== void 0 && frame.ref === room.pageRef;
+      if (room) {
+        room.pageRef = void 0;
+        room.pageUntil = frame.has_more ? frame.replay_until : void 0;
+      }
+      if (page) return;
       if (room) {
         room.joinRef = void 0;
         room.joinedOnSocket = true;
@@ -476,6 +484,14 @@
     deliver(room, frame) {
       room.lastSeq = frame.seq;
       this.emit("message", frame);
+      if (room.pageUntil !== void 0 && frame.seq >= room.pageUntil) this.nextPage(room);
+    }
+    /** Asks for the next page of a replay (a `join` with `since` again). */
+    nextPage(room) {
+      room.pageUntil = void 0;
+      if (this.currentState !== "open") return;
+      room.pageRef = this.nextRef("page");
+      this.write({ type: "join", room: room.name, since: room.lastSeq ?? 0, ref: room.pageRef });
     }
     drainAhead(room) {
       for (; ; ) {
@@ -495,6 +511,7 @@
      */
     fillGap(room) {
       if (room.gapRef || this.currentState !== "open" || room.ahead.size === 0) return;
+      if (room.pageUntil !== void 0 || room.pageRef !== void 0) return;
       const firstAhead = Math.min(...room.ahead.keys());
       const missing = firstAhead - (room.lastSeq ?? 0) - 1;
       if (missing <= 0) return this.drainAhead(room);
@@ -546,6 +563,17 @@
       if (ref === void 0) return;
       const outgoing = this.outbox.find((message) => sendRef(message.clientId) === ref);
       if (outgoing) return this.onSendError(outgoing, frame);
+      const paging = [...this.rooms.values()].find((room) => room.pageRef === ref);
+      if (paging) {
+        paging.pageRef = void 0;
+        const generation = this.generation;
+        setTimeout(() => {
+          if (generation === this.generation && this.rooms.get(paging.name) === paging) {
+            this.nextPage(paging);
+          }
+        }, frame.retry_after_ms ?? 1e3);
+        return;
+      }
       if (this.requests.has(ref)) {
         const request = this.requests.get(ref);
         this.requests.delete(ref);
@@ -683,6 +711,8 @@
           joinRef: void 0,
           ahead: /* @__PURE__ */ new Map(),
           gapRef: void 0,
+          pageUntil: void 0,
+          pageRef: void 0,
           readWanted: 0,
           readSent: 0,
           lastTypingAt: 0,

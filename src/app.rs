@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext};
 use actix_http::HttpService;
-use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_service::{fn_service, map_config, IntoServiceFactory, Service, ServiceFactoryExt};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use secrecy::ExposeSecret;
@@ -44,6 +44,8 @@ pub struct AppState {
     /// The upgraded WebSockets, each a task of its own: shutdown waits for
     /// them to write their close frames.
     pub sockets: TaskTracker,
+    /// What the probes answer, refreshed in the background.
+    pub probes: Arc<crate::http::health::ProbeCache>,
     /// Set on SIGTERM: readiness fails so the load balancer stops sending
     /// new clients here while the sockets still work.
     pub draining: Arc<AtomicBool>,
@@ -108,47 +110,35 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         support: support_context.address(),
         notifier,
         sockets: TaskTracker::new(),
+        probes: crate::http::health::ProbeCache::new(),
         draining: Arc::new(AtomicBool::new(false)),
     });
+    state.probes.start(db.clone(), state.metrics.clone());
     crate::support::start(support_context, state.clone(), support_runtime);
 
     crate::retention::start(db.clone(), settings.retention.clone());
     let listener = bind(settings.server.listen)?;
     let addr = listener.local_addr()?;
     let server_state = state.clone();
-    // What `actix_web::HttpServer` assembles, plus an upgrade service:
-    // HttpServer offers none, and without one a WebSocket stays inside the
-    // HTTP/1 dispatcher with its two 8 KiB buffers for its whole life.
-    let server = actix_server::Server::build()
+    let connections = Arc::new(crate::limits::ConnectionCap::new(
+        &settings.limits,
+        state.metrics.clone(),
+    ));
+    let mut server = actix_server::Server::build()
         .disable_signals()
-        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000))
-        .listen("mixroom-realtime", listener, move || {
-            let state = server_state.clone();
-            let server_settings = &state.settings.server;
+        .shutdown_timeout(settings.server.shutdown_grace_ms.div_ceil(1000));
+    if let Some(metrics_addr) = settings.server.metrics_listen {
+        // Operators scrape from inside: /metrics leaves the public address.
+        let metrics_listener = bind(metrics_addr)?;
+        let bound = metrics_listener.local_addr()?;
+        let metrics_state = state.clone();
+        server = server.listen("mixroom-metrics", metrics_listener, move || {
             let app = App::new()
-                .app_data(state.clone())
-                .configure(|cfg| crate::http::routes(cfg, &state.settings))
-                .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
-                .wrap(actix_web::middleware::from_fn(
-                    crate::http::request_log::count_requests,
-                ))
-                // A span per request with a request id: every log line of the
-                // request carries it.
-                .wrap(tracing_actix_web::TracingLogger::<
-                    crate::http::request_log::RequestSpan,
-                >::new())
-                .wrap(actix_web::middleware::Condition::new(
-                    !server_settings.cors_origins.is_empty(),
-                    crate::http::cors(&server_settings.cors_origins),
-                ));
-            let upgrade_state = state.clone().into_inner();
+                .app_data(metrics_state.clone())
+                .route("/metrics", web::get().to(crate::http::health::metrics));
             HttpService::build()
                 .client_request_timeout(Duration::from_secs(5))
-                .client_disconnect_timeout(Duration::from_secs(1))
-                .local_addr(addr)
-                .upgrade(fn_service(move |(request, framed)| {
-                    crate::ws::serve_upgrade(upgrade_state.clone(), request, framed)
-                }))
+                .local_addr(bound)
                 .finish(map_config(
                     app.into_factory()
                         .map_err(|error: actix_web::Error| error.error_response()),
@@ -156,6 +146,61 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 ))
                 .tcp()
         })?;
+        tracing::info!(addr = %bound, "metrics served");
+        println!("metrics listening on {bound}");
+    }
+    // What `actix_web::HttpServer` assembles, plus an upgrade service:
+    // HttpServer offers none, and without one a WebSocket stays inside the
+    // HTTP/1 dispatcher with its two 8 KiB buffers for its whole life.
+    let server = server.listen("mixroom-realtime", listener, move || {
+        let state = server_state.clone();
+        let connections = connections.clone();
+        let server_settings = &state.settings.server;
+        let app = App::new()
+            .app_data(state.clone())
+            .configure(|cfg| crate::http::routes(cfg, &state.settings))
+            .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
+            .wrap(actix_web::middleware::from_fn(crate::limits::body_deadline))
+            .wrap(actix_web::middleware::from_fn(
+                crate::http::request_log::count_requests,
+            ))
+            // A span per request with a request id: every log line of the
+            // request carries it (secret query values redacted).
+            .wrap(tracing_actix_web::TracingLogger::<
+                crate::http::request_log::RequestSpan,
+            >::new())
+            .wrap(actix_web::middleware::Condition::new(
+                !server_settings.cors_origins.is_empty(),
+                crate::http::cors(&server_settings.cors_origins),
+            ));
+        let upgrade_state = state.clone().into_inner();
+        let http = HttpService::build()
+            .client_request_timeout(Duration::from_secs(5))
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .local_addr(addr)
+            .upgrade(fn_service(move |(request, framed)| {
+                crate::ws::serve_upgrade(upgrade_state.clone(), request, framed)
+            }))
+            .finish(map_config(
+                app.into_factory()
+                    .map_err(|error: actix_web::Error| error.error_response()),
+                |_| AppConfig::default(),
+            ))
+            .tcp();
+        // Open HTTP connections per address are capped: beyond the
+        // cap a connection is closed at once.
+        actix_service::apply_fn_factory(http, move |stream: actix_rt::net::TcpStream, http| {
+            let admitted = connections.admit(&stream);
+            let served = admitted.is_some().then(|| http.call(stream));
+            async move {
+                if let Some(served) = served {
+                    served.await?;
+                }
+                drop(admitted);
+                Ok(())
+            }
+        })
+    })?;
     tracing::info!(%addr, backend = db.backend_name(), "server started");
     // Operators and tests read this line for the real port.
     println!("listening on {addr}");

@@ -38,6 +38,12 @@ pub struct RetentionSettings {
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// Serve `/metrics` here instead of on `listen` (empty: on `listen`).
+    #[serde(
+        deserialize_with = "optional_addr",
+        serialize_with = "optional_addr_text"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
     pub max_http_body_bytes: usize,
@@ -50,6 +56,15 @@ pub struct ServerSettings {
     pub drain_ms: u64,
     /// Then live sockets are closed (1001) spread over this long.
     pub close_spread_ms: u64,
+    /// A request body not complete this long after the request began is
+    /// refused and its connection closed.
+    pub body_timeout_ms: u64,
+    /// A join's replay sends at most this many messages, and stops after
+    /// the message that reaches `replay_max_bytes` of bodies.
+    pub replay_max_messages: usize,
+    pub replay_max_bytes: usize,
+    /// A socket whose queued bytes make no progress for this long is closed.
+    pub write_timeout_ms: u64,
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub allowed_origins: Vec<String>,
     #[serde(deserialize_with = "list_or_comma_separated")]
@@ -270,9 +285,19 @@ pub struct LimitSettings {
     pub internal_per_sec: u32,
     pub internal_burst: u32,
     pub max_connections_per_ip: usize,
+    /// Open HTTP connections per peer address (0: no cap; not applied
+    /// behind trusted proxies, whose own address every connection has).
+    pub max_http_connections_per_ip: usize,
     pub max_connections_per_user: usize,
     pub session_queue: usize,
-    pub trust_forwarded_for: bool,
+    /// Per user and hour: new support conversations; escalations to a person.
+    pub support_conversations_per_hour: u32,
+    pub support_escalations_per_hour: u32,
+    /// Bytes waiting for one socket; more closes it with 1013.
+    pub session_queue_bytes: usize,
+    /// Proxies in front of the server: the client address is the
+    /// X-Forwarded-For entry this many from the right (0: the peer).
+    pub trusted_proxies: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -339,6 +364,31 @@ fn demo_mode_text<S: Serializer>(mode: &DemoMode, serializer: S) -> Result<S::Ok
         DemoMode::On => serializer.serialize_bool(true),
         DemoMode::Off => serializer.serialize_bool(false),
     }
+}
+
+/// As written in the defaults: an empty string for none.
+fn optional_addr_text<S: Serializer>(
+    addr: &Option<SocketAddr>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => serializer.collect_str(addr),
+        None => serializer.serialize_str(""),
+    }
+}
+
+/// An address, or none for an empty string.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A list from a TOML array, or from one environment variable as

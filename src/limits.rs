@@ -3,14 +3,23 @@
 //! user on frames, per key on the internal API. A limited request changes
 //! nothing and is told when to retry.
 
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::RequestHead;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
+use actix_web::HttpMessage;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -23,12 +32,22 @@ pub struct Limiters {
     http: DefaultKeyedRateLimiter<IpAddr>,
     connects: DefaultKeyedRateLimiter<IpAddr>,
     internal: DefaultDirectRateLimiter,
-    trust_forwarded_for: bool,
+    /// Per user: new support conversations, and escalations to a person
+    /// (each notifies and emails every admin).
+    support_conversations: DefaultKeyedRateLimiter<String>,
+    support_escalations: DefaultKeyedRateLimiter<String>,
+    /// Proxies in front of the server whose X-Forwarded-For entries are
+    /// believed (0: the peer address is the client).
+    trusted_proxies: usize,
 }
 
 fn quota(per_sec: u32, burst: u32) -> Quota {
     let non_zero = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
     Quota::per_second(non_zero(per_sec)).allow_burst(non_zero(burst))
+}
+
+fn per_hour(n: u32) -> Quota {
+    Quota::per_hour(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
 fn retry_after(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> AppError {
@@ -54,25 +73,33 @@ impl Limiters {
                 settings.internal_per_sec,
                 settings.internal_burst,
             )),
-            trust_forwarded_for: settings.trust_forwarded_for,
+            support_conversations: RateLimiter::keyed(per_hour(
+                settings.support_conversations_per_hour,
+            )),
+            support_escalations: RateLimiter::keyed(per_hour(
+                settings.support_escalations_per_hour,
+            )),
+            trusted_proxies: settings.trusted_proxies,
         }
     }
 
-    /// The client's address: the peer, or behind a trusted load balancer
-    /// the last X-Forwarded-For entry (the one the balancer added).
+    /// The client's address (the one place that decides it): the peer,
+    /// or behind `limits.trusted_proxies` proxies the X-Forwarded-For
+    /// entry that many from the right, over all of the header's lines.
+    /// Each proxy appends the address it was connected from, so entries
+    /// left of that one are whatever the client wrote.
     pub fn client_ip(&self, head: &RequestHead) -> Option<IpAddr> {
-        if self.trust_forwarded_for {
-            let forwarded = head
-                .headers
-                .get("X-Forwarded-For")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|ip| ip.trim().parse().ok());
-            if forwarded.is_some() {
-                return forwarded;
-            }
+        let peer = head.peer_addr.map(|addr| addr.ip());
+        if self.trusted_proxies == 0 {
+            return peer;
         }
-        head.peer_addr.map(|addr| addr.ip())
+        forwarded_client(
+            head.headers
+                .get_all("X-Forwarded-For")
+                .map(|line| line.to_str().unwrap_or("")),
+            self.trusted_proxies,
+        )
+        .or(peer)
     }
 
     pub fn check_frame(&self, user_id: &String) -> Result<(), AppError> {
@@ -87,17 +114,191 @@ impl Limiters {
         self.internal.check().map_err(retry_after)
     }
 
+    pub fn check_support_conversation(&self, user_id: &str) -> Result<(), AppError> {
+        self.support_conversations
+            .check_key(&user_id.to_owned())
+            .map_err(retry_after)
+    }
+
+    pub fn check_support_escalation(&self, user_id: &str) -> Result<(), AppError> {
+        self.support_escalations
+            .check_key(&user_id.to_owned())
+            .map_err(retry_after)
+    }
+
     /// Forgets idle keys so the maps stay small.
     pub fn evict_idle(&self) {
+        self.support_conversations.retain_recent();
+        self.support_escalations.retain_recent();
         self.frames.retain_recent();
         self.http.retain_recent();
         self.connects.retain_recent();
     }
 }
 
-/// Probes are never limited: a load balancer must always get an answer.
+/// Open HTTP connections per peer address, capped.
+pub struct ConnectionCap {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// One admitted connection; dropping it frees its place.
+pub struct AdmittedConnection {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionCap {
+    pub fn new(settings: &LimitSettings, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        ConnectionCap {
+            metrics,
+            open: Arc::default(),
+            // Behind proxies every connection is a proxy's: no cap.
+            max: if settings.trusted_proxies > 0 {
+                0
+            } else {
+                settings.max_http_connections_per_ip
+            },
+        }
+    }
+
+    /// Admits a new connection, or `None` when its address has `max` open.
+    pub fn admit(&self, stream: &actix_rt::net::TcpStream) -> Option<AdmittedConnection> {
+        let ip = match (self.max, stream.peer_addr()) {
+            (0, _) | (_, Err(_)) => None,
+            (_, Ok(peer)) => Some(peer.ip()),
+        };
+        if let Some(ip) = ip {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let count = open.entry(ip).or_default();
+            if *count >= self.max {
+                tracing::debug!(%ip, "too many HTTP connections from this address");
+                self.metrics
+                    .connections_refused
+                    .with_label_values(&["http_per_ip"])
+                    .inc();
+                return None;
+            }
+            *count += 1;
+        }
+        Some(AdmittedConnection {
+            open: self.open.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AdmittedConnection {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A request body that must be complete by a deadline.
+struct DeadlineBody {
+    inner: actix_web::dev::Payload,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set once the whole body was read.
+    complete: Rc<Cell<bool>>,
+}
+
+impl futures_util::Stream for DeadlineBody {
+    type Item = Result<bytes::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            if item.is_none() {
+                self.complete.set(true);
+            }
+            return Poll::Ready(item);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            let late = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request body not received in time",
+            );
+            return Poll::Ready(Some(Err(late.into())));
+        }
+        Poll::Pending
+    }
+}
+
+/// Middleware: a request's body must arrive within
+/// `server.body_timeout_ms` of its start; a slow one fails (400) and its
+/// connection is closed, so a trickling client holds nothing for long.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use actix_web::http::header;
+    let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let timeout = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| Duration::from_millis(state.settings.server.body_timeout_ms));
+    let complete = Rc::new(Cell::new(true));
+    if let (true, Some(timeout)) = (has_body, timeout) {
+        complete.set(false);
+        let body = DeadlineBody {
+            inner: req.take_payload(),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            complete: complete.clone(),
+        };
+        req.set_payload(actix_web::dev::Payload::Stream {
+            payload: Box::pin(body),
+        });
+    }
+    let mut response = next.call(req).await?;
+    if !complete.get() {
+        // The body was left unread (refused early, or too slow): the
+        // connection is not kept for a request behind it.
+        response
+            .response_mut()
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(response)
+}
+
+/// The entry `trusted` from the right of the X-Forwarded-For lines (the
+/// leftmost when there are fewer), `None` when it is not an address.
+fn forwarded_client<'a>(lines: impl Iterator<Item = &'a str>, trusted: usize) -> Option<IpAddr> {
+    let entries: Vec<&str> = lines
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect();
+    let at = entries.len().saturating_sub(trusted);
+    entries.get(at)?.parse().ok()
+}
+
+/// Probes answer from cached state (`http::health`), so they are cheap
+/// and never limited: a load balancer must always get an answer.
 fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The Mixroom backend, which has a budget of its own per key
+/// (`limits.internal_per_sec`): it is not throttled as an address.
+/// Anyone else on these routes is an address like any other.
+fn is_internal_caller(req: &ServiceRequest, state: &AppState) -> bool {
+    req.path().starts_with("/v1/internal/")
+        && req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|key| {
+                crate::auth::internal_key_matches(&state.settings.auth.internal_api_key, key.trim())
+            })
 }
 
 /// Middleware: the per-IP budget of HTTP requests.
@@ -106,7 +307,10 @@ pub async fn limit_http(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if !is_probe(req.path()) {
-        if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        if let Some(state) = req
+            .app_data::<web::Data<AppState>>()
+            .filter(|state| !is_internal_caller(&req, state))
+        {
             if let Some(ip) = state.limiters.client_ip(req.head()) {
                 if let Err(error) = state.limiters.http.check_key(&ip).map_err(retry_after) {
                     state
@@ -120,4 +324,22 @@ pub async fn limit_http(
         }
     }
     next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_client;
+
+    #[test]
+    fn forwarded_addresses_are_counted_from_the_right_over_all_lines() {
+        let lines = ["203.0.113.9, 10.0.0.1", "198.51.100.7"];
+        let ip = |s: &str| Some(s.parse().unwrap());
+        assert_eq!(forwarded_client(lines.into_iter(), 1), ip("198.51.100.7"));
+        assert_eq!(forwarded_client(lines.into_iter(), 2), ip("10.0.0.1"));
+        assert_eq!(forwarded_client(lines.into_iter(), 3), ip("203.0.113.9"));
+        // Fewer entries than proxies: the leftmost, written by a proxy.
+        assert_eq!(forwarded_client(lines.into_iter(), 9), ip("203.0.113.9"));
+        assert_eq!(forwarded_client(["junk"].into_iter(), 1), None);
+        assert_eq!(forwarded_client(std::iter::empty(), 1), None);
+    }
 }

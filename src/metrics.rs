@@ -235,10 +235,16 @@ impl Metrics {
         };
         // Known label values start at zero, so dashboards see the series
         // before the first event.
-        for limit in ["http", "connects", "frames", "internal", "agent"] {
+        for limit in ["http", "connects", "frames", "internal", "agent", "support"] {
             metrics.rate_limited.with_label_values(&[limit]);
         }
-        for reason in ["per_user", "per_ip", "flooding"] {
+        for reason in [
+            "per_user",
+            "per_ip",
+            "flooding",
+            "write_timeout",
+            "http_per_ip",
+        ] {
             metrics.connections_refused.with_label_values(&[reason]);
         }
         metrics

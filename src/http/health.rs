@@ -1,7 +1,63 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::db::Db;
+use crate::metrics::Metrics;
+
+/// How often the probes' state is refreshed. Probes are not rate limited,
+/// so they answer from this state rather than querying the store each.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What `/readyz` and `/metrics` report, refreshed in the background.
+pub struct ProbeCache {
+    database_ok: AtomicBool,
+}
+
+impl ProbeCache {
+    /// The database answered at start.
+    pub fn new() -> Arc<ProbeCache> {
+        Arc::new(ProbeCache {
+            database_ok: AtomicBool::new(true),
+        })
+    }
+
+    /// Refreshes the cache every `PROBE_INTERVAL`: one ping and one outbox
+    /// count per interval, whatever the number of scrapes.
+    pub fn start(self: &Arc<Self>, db: Db, metrics: Arc<Metrics>) {
+        let cache = self.clone();
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let ping = tokio::time::timeout(PROBE_INTERVAL * 5, db.ping()).await;
+                let ok = match ping {
+                    Ok(Ok(())) => true,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "readiness: database unreachable");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!("readiness: database ping timed out");
+                        false
+                    }
+                };
+                cache.database_ok.store(ok, Ordering::Relaxed);
+                // The outbox is shared by all nodes: its depth is read here.
+                if ok {
+                    if let Ok(queued) = db.queued_email_count().await {
+                        metrics.email_outbox_queued.set(queued);
+                    }
+                }
+            }
+        });
+    }
+}
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -13,15 +69,13 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     // Shutting down: the load balancer must stop sending new clients here
     // while the sockets already here are still served.
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if state.draining.load(Ordering::Relaxed) {
         return HttpResponse::ServiceUnavailable().json(json!({"status": "draining"}));
     }
-    let database = match state.db.ping().await {
-        Ok(()) => "ok",
-        Err(error) => {
-            tracing::warn!(%error, "readiness: database unreachable");
-            "unreachable"
-        }
+    let database = if state.probes.database_ok.load(Ordering::Relaxed) {
+        "ok"
+    } else {
+        "unreachable"
     };
     let broker = match state.cluster.is_healthy() {
         None => "not_configured",
@@ -49,10 +103,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // The outbox is shared by all nodes: its depth is read at scrape time.
-    if let Ok(queued) = state.db.queued_email_count().await {
-        state.metrics.email_outbox_queued.set(queued);
-    }
+    // In-memory readings only: probes query nothing (the cache above does).
     let pool = state.db.pool_status();
     let connections = &state.metrics.db_pool_connections;
     connections

@@ -39,7 +39,6 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .app_data(web::PayloadConfig::default().limit(settings.server.max_http_body_bytes))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
     .route("/v1/openapi.json", web::get().to(health::openapi))
     .route(crate::ws::PATH, web::get().to(crate::ws::not_upgraded))
     .route("/v1/rooms/{room}/messages", web::get().to(rooms::history))
@@ -80,6 +79,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
             )
             .route("/notifications", web::post().to(notifications::create)),
     );
+    if settings.server.metrics_listen.is_none() {
+        cfg.route("/metrics", web::get().to(health::metrics));
+    }
     if settings.demo_enabled() {
         cfg.configure(demo::routes);
     }

@@ -83,7 +83,7 @@ async fn apply(state: &AppState, event: &VerifiedEvent) -> Result<&'static str, 
 
 pub async fn webhook(
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let secret = state.settings.stripe.webhook_secret.expose_secret();
@@ -96,6 +96,18 @@ pub async fn webhook(
         .get("Stripe-Signature")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| AppError::Invalid("missing Stripe-Signature header".into()))?;
+    // Read only once the header is there: an unsigned request is refused
+    // before its body (which may be slow, see `limits::body_deadline`).
+    let limit = state.settings.server.max_http_body_bytes;
+    let body = match body.to_bytes_limited(limit).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return Err(AppError::Invalid(format!("body not read: {error}"))),
+        Err(_) => {
+            return Err(AppError::TooLarge(format!(
+                "the body is larger than {limit} bytes"
+            )))
+        }
+    };
     let payload =
         std::str::from_utf8(&body).map_err(|_| AppError::Invalid("body is not UTF-8".into()))?;
     let event = parse_verified(payload, signature, secret)?;

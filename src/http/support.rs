@@ -67,6 +67,16 @@ pub async fn open(
     AuthUser(who): AuthUser,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    state
+        .limiters
+        .check_support_conversation(&who.user_id)
+        .inspect_err(|_| {
+            state
+                .metrics
+                .rate_limited
+                .with_label_values(&["support"])
+                .inc()
+        })?;
     // Admins see who they are helping: mirror the caller's profile as a
     // socket login would, and as there, never for an erased user.
     let mirrored = state

@@ -212,12 +212,28 @@ impl Answer {
         let mut stream = ReplyStream::new(&self.state, &self.room, &self.reply_id);
 
         if wants_human(&message.body) {
-            let outcome = super::escalate(
-                &self.state,
-                &self.conversation_id,
-                "The user asked to talk to a person.",
-            )
-            .await?;
+            // Each escalation notifies and emails every admin: a budget
+            // per user (limits.support_escalations_per_hour).
+            let outcome = if self
+                .state
+                .limiters
+                .check_support_escalation(user_id)
+                .is_err()
+            {
+                self.state
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["support"])
+                    .inc();
+                Escalation::AlreadyRequested
+            } else {
+                super::escalate(
+                    &self.state,
+                    &self.conversation_id,
+                    "The user asked to talk to a person.",
+                )
+                .await?
+            };
             let text = match outcome {
                 Escalation::Escalated => REPLY_ESCALATED,
                 Escalation::AlreadyRequested | Escalation::Missing => REPLY_ALREADY_ESCALATED,

@@ -50,6 +50,14 @@ impl SupportTools for ConversationTools {
 
     fn escalate(&self, reason: String) -> BoxFuture<'_, Result<Escalation, ToolError>> {
         Box::pin(async move {
+            if self
+                .state
+                .limiters
+                .check_support_escalation(&self.user_id)
+                .is_err()
+            {
+                return Ok(Escalation::AlreadyRequested);
+            }
             let outcome = super::escalate(&self.state, &self.conversation_id, &reason)
                 .await
                 .map_err(|e| ToolError::Support(e.to_string()))?;

@@ -148,6 +148,13 @@ pub enum ServerFrame<'a> {
         room: &'a str,
         last_seq: i64,
         members: &'a [MemberView],
+        /// With `since`: whether the replay stopped before `last_seq` (the
+        /// client joins again with `since` = `replay_until` for the rest).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        has_more: Option<bool>,
+        /// With `since`: the seq the replay that follows ends at.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replay_until: Option<i64>,
     },
     #[serde(rename = "left")]
     Left {

@@ -9,6 +9,7 @@
 //! `GET /v1/ws` without an upgrade goes through the app to [`not_upgraded`].
 
 pub mod frames;
+mod joined;
 pub mod session;
 pub mod socket;
 
@@ -27,6 +28,10 @@ use futures_util::SinkExt;
 
 use crate::app::AppState;
 use crate::error::AppError;
+
+/// Bytes the kernel may hold for one socket on its way out (it doubles the
+/// figure for its bookkeeping): plenty for any reader that keeps up.
+const SEND_BUFFER: usize = 128 * 1024;
 
 /// The path of the WebSocket endpoint (PROTOCOL.md).
 pub const PATH: &str = "/v1/ws";
@@ -99,6 +104,10 @@ pub async fn serve_upgrade(
         read_buf: received,
         ..
     } = framed.into_parts();
+    // A fixed kernel send buffer: the kernel would otherwise grow it up to
+    // `tcp_wmem`'s maximum (4 MiB here) for a client that stopped reading,
+    // and the write deadline would only start once all that had filled.
+    let _ = socket2::SockRef::from(&io).set_send_buffer_size(SEND_BUFFER);
     let socket = Rc::new(io);
     let reader = socket::FrameReader::new(
         socket.clone(),
@@ -106,6 +115,11 @@ pub async fn serve_upgrade(
         state.settings.server.max_frame_bytes,
     );
     let sockets = state.sockets.clone();
+    let limits = socket::WriteLimits {
+        timeout: std::time::Duration::from_millis(state.settings.server.write_timeout_ms),
+        max_queued_bytes: state.settings.limits.session_queue_bytes,
+    };
+    let metrics = state.metrics.clone();
     let session = session::WsSession::new(state, client_ip);
     // actix-web-actors reads frames from a byte stream it buffers without
     // a bound; it gets none, and the session reads from `reader` instead.
@@ -119,7 +133,9 @@ pub async fn serve_upgrade(
     );
     // The socket runs as a task of its own so that the dispatcher's task
     // (9 KiB: the HTTP service's futures are laid out inline) ends here.
-    actix_rt::spawn(sockets.track_future(socket::SocketWriter::new(socket, outgoing)));
+    actix_rt::spawn(
+        sockets.track_future(socket::SocketWriter::new(socket, outgoing, limits, metrics)),
+    );
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use actix_web_actors::ws;
 use bytestring::ByteString;
 
 use super::frames::{message_frame, ClientFrame, Envelope, MessageView, ServerFrame};
+use super::joined::{replay_page, JoinedRoom, JoinedRooms};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::rooms::hub::{
     CloseConnection, JoinRoom, OpenConnection, RegisterSession, UnregisterSession,
 };
-use crate::rooms::room::{Leave, ReadReceipt, RoomActor, RoomMember, Typing};
+use crate::rooms::room::{Leave, ReadReceipt, RoomMember, Typing};
 use crate::rooms::sequencer::StoreOutcome;
 use crate::rooms::{authorize_read, authorize_write, RoomKind, RoomName};
 
@@ -41,8 +42,9 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
 const HISTORY_DEFAULT: i64 = 50;
 const HISTORY_MAX: i64 = 100;
-/// Replay reads the store in pages of this many messages.
-const REPLAY_PAGE: i64 = 500;
+/// How long a closing session waits for the acks of messages it already
+/// handed to the sequencer (they are stored: the client must hear so).
+const ACK_WAIT: Duration = Duration::from_secs(5);
 const CLIENT_ID_MAX: usize = 128;
 /// How long a write-access check of a room not joined stays valid.
 const WRITE_ACCESS_TTL: Duration = Duration::from_secs(30);
@@ -69,55 +71,6 @@ pub enum ToSession {
     },
 }
 
-struct JoinedRoom {
-    addr: Addr<RoomActor>,
-    /// Highest seq written to this socket.
-    delivered: i64,
-}
-
-/// The rooms a socket joined, by name. A list rather than a map: a socket
-/// joins a few rooms, a short scan per delivery costs less than hashing
-/// the name, and a map's table was the largest part of an idle session.
-#[derive(Default)]
-struct JoinedRooms(Vec<(String, JoinedRoom)>);
-
-impl JoinedRooms {
-    fn get(&self, room: &str) -> Option<&JoinedRoom> {
-        self.0.iter().find(|(name, _)| name == room).map(|(_, r)| r)
-    }
-
-    fn get_mut(&mut self, room: &str) -> Option<&mut JoinedRoom> {
-        self.0
-            .iter_mut()
-            .find(|(name, _)| name == room)
-            .map(|(_, r)| r)
-    }
-
-    fn contains_key(&self, room: &str) -> bool {
-        self.get(room).is_some()
-    }
-
-    /// Returns the membership it replaces, if the room was joined before.
-    fn insert(&mut self, room: String, joined: JoinedRoom) -> Option<JoinedRoom> {
-        match self.get_mut(&room) {
-            Some(existing) => Some(std::mem::replace(existing, joined)),
-            None => {
-                crate::rooms::push_small(&mut self.0, (room, joined));
-                None
-            }
-        }
-    }
-
-    fn remove(&mut self, room: &str) -> Option<JoinedRoom> {
-        let at = self.0.iter().position(|(name, _)| name == room)?;
-        Some(self.0.swap_remove(at).1)
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = (String, JoinedRoom)> + '_ {
-        self.0.drain(..)
-    }
-}
-
 pub struct WsSession {
     id: String,
     state: Arc<AppState>,
@@ -141,6 +94,11 @@ pub struct WsSession {
     token_expiry: Option<Instant>,
     /// `rate_limited` answers in a row; too many closes the socket.
     strikes: u32,
+    /// Messages handed to the sequencer whose ack has not been written.
+    pending_acks: u32,
+    /// Set while a close waits for `pending_acks`: the code and reason.
+    /// Frames from the client are ignored meanwhile.
+    closing: Option<Box<(u16, String)>>,
     /// A message split into continuation frames, being reassembled.
     fragments: Option<Vec<u8>>,
     /// For the per-address connection limit.
@@ -170,18 +128,40 @@ impl WsSession {
             writable: HashMap::new(),
             awaiting_access: HashMap::new(),
             strikes: 0,
+            pending_acks: 0,
+            closing: None,
             fragments: None,
             client_ip,
             counted_ip: true,
         }
     }
 
-    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+    /// Closes the socket with `code`. Frames already written go first;
+    /// the acks of messages already accepted are waited for (at most
+    /// `ACK_WAIT`), except for a client that stopped reading.
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        if self.pending_acks == 0 || code == CLOSE_SLOW_CONSUMER {
+            return Self::close_now(ctx, code, reason);
+        }
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(Box::new((code, reason.to_owned())));
+        ctx.run_later(ACK_WAIT, |session, ctx| session.finish_closing(ctx));
+    }
+
+    fn close_now(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::from(code),
             description: Some(reason.to_owned()),
         }));
         ctx.stop();
+    }
+
+    fn finish_closing(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(closing) = self.closing.take() {
+            Self::close_now(ctx, closing.0, &closing.1);
+        }
     }
 
     fn send_error(
@@ -200,23 +180,30 @@ impl WsSession {
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
         self.state.metrics.frames_in.inc();
-        let Envelope { reference, frame } = match super::frames::parse_client_frame(text) {
+        let parsed = super::frames::parse_client_frame(text);
+        let Some(identity) = self.identity.clone() else {
+            return match parsed {
+                Ok(Envelope {
+                    frame: ClientFrame::Auth { token },
+                    ..
+                }) => self.authenticate(&token, ctx),
+                Ok(Envelope { reference, .. }) | Err((reference, _)) => {
+                    self.refuse_before_auth(reference.as_deref(), ctx)
+                }
+            };
+        };
+        // Every frame counts, valid or not: junk is not free.
+        let reference = match &parsed {
+            Ok(envelope) => envelope.reference.as_deref(),
+            Err((reference, _)) => reference.as_deref(),
+        };
+        if !self.count_frame(&identity, reference, ctx) {
+            return;
+        }
+        let Envelope { reference, frame } = match parsed {
             Ok(envelope) => envelope,
             Err((reference, error)) => return self.send_error(ctx, reference.as_deref(), &error),
         };
-        let Some(identity) = self.identity.clone() else {
-            return match frame {
-                ClientFrame::Auth { token } => self.authenticate(&token, ctx),
-                _ => self.send_error(
-                    ctx,
-                    reference.as_deref(),
-                    &AppError::Unauthorized("send an auth frame first".into()),
-                ),
-            };
-        };
-        if let Err(error) = self.check_rate(&identity, ctx) {
-            return self.send_error(ctx, reference.as_deref(), &error);
-        }
         let result = match frame {
             ClientFrame::Auth { token } => {
                 self.refresh_auth(&token, reference.as_deref(), ctx);
@@ -272,33 +259,59 @@ impl WsSession {
         }
     }
 
-    /// A shared per-user budget across all of the user's sockets.
-    fn check_rate(
+    /// Before `auth` only `auth` is accepted: anything else is answered
+    /// `unauthorized` and closes the socket (4001), so an anonymous socket
+    /// cannot make the server work until the auth deadline.
+    fn refuse_before_auth(
+        &mut self,
+        reference: Option<&str>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let error = AppError::Unauthorized("the first frame must be auth".into());
+        self.send_error(ctx, reference, &error);
+        self.close(ctx, CLOSE_AUTH_FAILED, "the first frame must be auth");
+    }
+
+    /// Counts a frame against the user's budget, shared by all of the
+    /// user's sockets. Over it: `rate_limited`, and after
+    /// `limits.flood_strikes` of those in a row, close 4029 (after the
+    /// acks of what was accepted). Returns whether to handle the frame.
+    fn count_frame(
         &mut self,
         identity: &Identity,
+        reference: Option<&str>,
         ctx: &mut ws::WebsocketContext<Self>,
-    ) -> Result<(), AppError> {
-        match self.state.limiters.check_frame(&identity.user_id) {
-            Ok(()) => {
-                self.strikes = 0;
-                Ok(())
-            }
-            Err(error) => {
-                self.state
-                    .metrics
-                    .rate_limited
-                    .with_label_values(&["frames"])
-                    .inc();
-                self.strikes += 1;
-                if self.strikes >= self.state.settings.limits.flood_strikes {
-                    self.state
-                        .metrics
-                        .connections_refused
-                        .with_label_values(&["flooding"])
-                        .inc();
-                    self.close(ctx, CLOSE_FLOODING, "flooding after rate_limited");
-                }
-                Err(error)
+    ) -> bool {
+        let Err(error) = self.state.limiters.check_frame(&identity.user_id) else {
+            self.strikes = 0;
+            return true;
+        };
+        self.state
+            .metrics
+            .rate_limited
+            .with_label_values(&["frames"])
+            .inc();
+        self.send_error(ctx, reference, &error);
+        self.strikes += 1;
+        if self.strikes >= self.state.settings.limits.flood_strikes {
+            self.state
+                .metrics
+                .connections_refused
+                .with_label_values(&["flooding"])
+                .inc();
+            self.close(ctx, CLOSE_FLOODING, "flooding after rate_limited");
+        }
+        false
+    }
+
+    /// Counts a frame that is not text (binary, fragment, ping): before
+    /// `auth` it closes the socket. Returns whether to handle it.
+    fn count_other_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        match self.identity.clone() {
+            Some(identity) => self.count_frame(&identity, None, ctx),
+            None => {
+                self.refuse_before_auth(None, ctx);
+                false
             }
         }
     }
@@ -533,6 +546,8 @@ impl WsSession {
                     room: room.as_str(),
                     last_seq: 0,
                     members: &[],
+                    has_more: since.map(|_| false),
+                    replay_until: since.map(|_| 0),
                 }
                 .encode(),
             );
@@ -557,19 +572,10 @@ impl WsSession {
                     })
                     .await
                     .map_err(AppError::internal)??;
-                let mut replay = Vec::new();
-                if let Some(since) = since {
-                    let mut after = since;
-                    while after < info.last_seq {
-                        let page = state
-                            .db
-                            .messages_after(room.as_str(), after, info.last_seq, REPLAY_PAGE)
-                            .await?;
-                        let Some(last) = page.last() else { break };
-                        after = last.seq;
-                        replay.extend(page);
-                    }
-                }
+                let replay = match since {
+                    Some(since) => Some(replay_page(&state, &room, since, info.last_seq).await?),
+                    None => None,
+                };
                 Ok::<_, AppError>((room, addr, info, replay))
             }
             .into_actor(self)
@@ -581,10 +587,12 @@ impl WsSession {
                             room: room.as_str(),
                             last_seq: info.last_seq,
                             members: &info.members,
+                            has_more: replay.as_ref().map(|r| r.until < info.last_seq),
+                            replay_until: replay.as_ref().map(|r| r.until),
                         }
                         .encode(),
                     );
-                    for row in &replay {
+                    for row in replay.iter().flat_map(|r| &r.rows) {
                         ctx.text(message_frame(row));
                     }
                     if let Some(previous) = session.rooms.insert(
@@ -647,10 +655,11 @@ impl WsSession {
             .is_some_and(|checked| checked.elapsed() < WRITE_ACCESS_TTL);
         if self.rooms.contains_key(room.as_str()) || checked_recently {
             // No future per send: the ack comes back as a `StoreOutcome`.
-            return self
-                .state
+            self.state
                 .sequencer
-                .submit(message, ctx.address().recipient(), reference);
+                .submit(message, ctx.address().recipient(), reference)?;
+            self.pending_acks += 1;
+            return Ok(());
         }
         // Not joined: one access check per room, the sends queued behind it
         // in order (a client may pipeline many before the answer).
@@ -680,8 +689,9 @@ impl WsSession {
                             reference.clone(),
                         )
                     });
-                    if let Err(error) = submitted {
-                        session.send_error(ctx, reference.as_deref(), &error);
+                    match submitted {
+                        Ok(()) => session.pending_acks += 1,
+                        Err(error) => session.send_error(ctx, reference.as_deref(), &error),
                     }
                 }
             },
@@ -886,6 +896,16 @@ impl Handler<StoreOutcome> for WsSession {
     type Result = ();
 
     fn handle(&mut self, outcome: StoreOutcome, ctx: &mut Self::Context) {
+        self.pending_acks = self.pending_acks.saturating_sub(1);
+        self.write_outcome(outcome, ctx);
+        if self.pending_acks == 0 {
+            self.finish_closing(ctx);
+        }
+    }
+}
+
+impl WsSession {
+    fn write_outcome(&mut self, outcome: StoreOutcome, ctx: &mut ws::WebsocketContext<Self>) {
         let reference = outcome.reference.as_deref();
         match outcome.result {
             Ok(appended) => {
@@ -946,15 +966,38 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
         let span = self.span.clone();
         let _in_session = span.enter();
         self.last_heard = Instant::now();
+        if self.closing.is_some() {
+            // Closing: only the client's own close still matters.
+            if let Ok(ws::Message::Close(_)) = item {
+                self.finish_closing(ctx);
+            }
+            return;
+        }
         match item {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(ws::Message::Binary(_)) => self.send_error(
-                ctx,
-                None,
-                &AppError::Invalid("binary frames are not supported; send JSON text".into()),
-            ),
-            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
-            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Binary(_)) => {
+                if self.count_other_frame(ctx) {
+                    self.send_error(
+                        ctx,
+                        None,
+                        &AppError::Invalid(
+                            "binary frames are not supported; send JSON text".into(),
+                        ),
+                    )
+                }
+            }
+            Ok(ws::Message::Continuation(item)) => {
+                // The last fragment is counted as the text it completes.
+                let last = matches!(item, actix_http::ws::Item::Last(_));
+                if last || self.count_other_frame(ctx) {
+                    self.on_fragment(item, ctx)
+                }
+            }
+            Ok(ws::Message::Ping(payload)) => {
+                if self.identity.is_none() || self.count_other_frame(ctx) {
+                    ctx.pong(&payload)
+                }
+            }
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);

@@ -200,23 +200,34 @@ async fn bad_tokens_close_with_4001() {
     }
 }
 
-/// A frame other than `auth` before authenticating is an `unauthorized`
-/// error, and the socket can still authenticate.
+/// Before `auth`, anything else (a valid frame or junk) is answered
+/// `unauthorized` and closes the socket with 4001: an anonymous socket
+/// cannot make the server work until the auth deadline.
 #[tokio::test]
-async fn frame_before_auth_is_unauthorized() {
+async fn frame_before_auth_closes_the_socket() {
     let backend = Backend::sqlite();
     let server = TestServer::spawn(&backend, &[]);
     let ava = TestUser::client("Ava");
     server.put_user(&ava).await;
 
-    let mut ws = WsClient::connect(&server).await;
-    ws.send_json(json!({"type": "ping", "ref": "early"})).await;
-    let reply = ws.recv().await;
-    assert_error(&reply, "unauthorized");
-    assert_eq!(reply["ref"], "early", "{reply}");
-    let welcome = ws.authenticate(&ava.token).await;
-    assert_eq!(welcome["user_id"], ava.id.as_str(), "{welcome}");
-    ws.ping().await;
+    for early in [
+        json!({"type": "ping", "ref": "early"}).to_string(),
+        "{junk".to_owned(),
+    ] {
+        let mut ws = WsClient::connect(&server).await;
+        ws.send_text(&early).await;
+        for _ in 0..50 {
+            ws.send_text(&early).await;
+        }
+        let reply = ws.recv().await;
+        assert_error(&reply, "unauthorized");
+        if early.starts_with('{') && early.contains("ref") {
+            assert_eq!(reply["ref"], "early", "{reply}");
+        }
+        let (code, reason) = ws.expect_close().await;
+        assert_eq!(code, 4001, "{early}: closed with {code} {reason:?}");
+    }
+    WsClient::connect_as(&server, &ava).await.ping().await;
 }
 
 /// Only the backend's key opens the internal routes: no key, a wrong key

@@ -263,6 +263,7 @@ impl TestServer {
             .env("MIXROOM__LIMITS__CONNECTS_PER_SEC_PER_IP", "100000")
             .env("MIXROOM__LIMITS__CONNECTS_BURST_PER_IP", "100000")
             .env("MIXROOM__LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
+            .env("MIXROOM__LIMITS__MAX_HTTP_CONNECTIONS_PER_IP", "100000")
             .envs(extra_env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -316,6 +317,18 @@ impl TestServer {
             http,
             output_tail,
         }
+    }
+
+    /// The rest of the first output line starting with `prefix` (e.g. the
+    /// address after `metrics listening on `), from the kept tail.
+    pub fn output_line(&self, prefix: &str) -> Option<String> {
+        let tail = self.output_tail.lock().unwrap();
+        tail.iter().find_map(|line| {
+            let line = line
+                .split_once("] ")
+                .map_or(line.as_str(), |(_, rest)| rest);
+            line.strip_prefix(prefix).map(|rest| rest.trim().to_owned())
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -746,7 +759,7 @@ impl TestUser {
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A client's text frame (RFC 6455 §5.2: FIN, opcode 1, masked).
-fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
     let mut frame = vec![0x81];
     match payload.len() {

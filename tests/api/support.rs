@@ -397,6 +397,50 @@ async fn asking_for_a_person_notifies_admins(backend: Backend) {
     assert_eq!(body["conversation"]["status"], "escalated");
 }
 
+/// Escalations have a per-user budget: a user who asks for a person in
+/// one conversation after another notifies the admins once within
+/// `limits.support_escalations_per_hour` (here 1); the others are told a
+/// person was already asked.
+#[tokio::test]
+async fn escalations_have_a_per_user_budget() {
+    let backend = Backend::sqlite();
+    let mut env = EMBEDDED.to_vec();
+    env.push(("MIXROOM__LIMITS__SUPPORT_ESCALATIONS_PER_HOUR", "1"));
+    let server = TestServer::spawn(&backend, &env);
+    let ava = TestUser::client("Ava");
+    let admin = TestUser::admin("Ada");
+    server.put_user(&admin).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    for i in 0..3 {
+        let room = open_conversation(&server, &ava).await;
+        ava_ws.join(&room, None).await;
+        let answer = ask(
+            &mut ava_ws,
+            &room,
+            &format!("q{i}"),
+            "I want to talk to a human",
+        )
+        .await;
+        assert_streamed_answer(&answer, &room);
+    }
+    let response = admin_get(&server, &admin, "/v1/notifications").await;
+    let inbox: Value = response.json().await.unwrap();
+    let support = inbox["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "support")
+        .count();
+    assert_eq!(support, 1, "{inbox}");
+    let path = "/v1/admin/support/conversations?status=escalated";
+    let listed: Value = admin_get(&server, &admin, path).await.json().await.unwrap();
+    assert_eq!(
+        listed["conversations"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+}
+
 /// Past `ai.requests_per_minute` the user is told to slow down.
 async fn agent_requests_are_rate_limited(backend: Backend) {
     let server = TestServer::spawn(

@@ -209,6 +209,10 @@ interface RoomState {
   ahead: Map<number, MessageFrame>;
   /** The ref of the `history` request filling a hole. */
   gapRef: string | undefined;
+  /** A paged replay: the seq this page ends at, when more follows it. */
+  pageUntil: number | undefined;
+  /** The ref of the `join` fetching the next page of a replay. */
+  pageRef: string | undefined;
   /** Highest seq the app marked read, and the highest sent to the server. */
   readWanted: number;
   readSent: number;
@@ -432,6 +436,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       // What was ahead of a hole is replayed after the re-join.
       room.ahead.clear();
       room.gapRef = undefined;
+      room.pageUntil = undefined;
+      room.pageRef = undefined;
     }
     for (const message of this.outbox) {
       message.sentOn = undefined;
@@ -575,6 +581,13 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
 
   private onJoined(frame: JoinedFrame): void {
     const room = this.rooms.get(frame.room);
+    // A long replay comes in pages; newer messages wait in `ahead`.
+    const page = room !== undefined && frame.ref !== undefined && frame.ref === room.pageRef;
+    if (room) {
+      room.pageRef = undefined;
+      room.pageUntil = frame.has_more ? frame.replay_until : undefined;
+    }
+    if (page) return;
     if (room) {
       room.joinRef = undefined;
       room.joinedOnSocket = true;
@@ -634,6 +647,15 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   private deliver(room: RoomState, frame: MessageFrame): void {
     room.lastSeq = frame.seq;
     this.emit("message", frame);
+    if (room.pageUntil !== undefined && frame.seq >= room.pageUntil) this.nextPage(room);
+  }
+
+  /** Asks for the next page of a replay (a `join` with `since` again). */
+  private nextPage(room: RoomState): void {
+    room.pageUntil = undefined;
+    if (this.currentState !== "open") return;
+    room.pageRef = this.nextRef("page");
+    this.write({ type: "join", room: room.name, since: room.lastSeq ?? 0, ref: room.pageRef });
   }
 
   private drainAhead(room: RoomState): void {
@@ -655,6 +677,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
    */
   private fillGap(room: RoomState): void {
     if (room.gapRef || this.currentState !== "open" || room.ahead.size === 0) return;
+    // A paged replay in progress brings the hole itself.
+    if (room.pageUntil !== undefined || room.pageRef !== undefined) return;
     const firstAhead = Math.min(...room.ahead.keys());
     const missing = firstAhead - (room.lastSeq ?? 0) - 1;
     if (missing <= 0) return this.drainAhead(room);
@@ -710,6 +734,18 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     if (ref === undefined) return;
     const outgoing = this.outbox.find((message) => sendRef(message.clientId) === ref);
     if (outgoing) return this.onSendError(outgoing, frame);
+    const paging = [...this.rooms.values()].find((room) => room.pageRef === ref);
+    if (paging) {
+      // The next page was refused (e.g. rate_limited): ask again later.
+      paging.pageRef = undefined;
+      const generation = this.generation;
+      setTimeout(() => {
+        if (generation === this.generation && this.rooms.get(paging.name) === paging) {
+          this.nextPage(paging);
+        }
+      }, frame.retry_after_ms ?? 1000);
+      return;
+    }
     if (this.requests.has(ref)) {
       const request = this.requests.get(ref);
       this.requests.delete(ref);
@@ -867,6 +903,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
         joinRef: undefined,
         ahead: new Map(),
         gapRef: undefined,
+        pageUntil: undefined,
+        pageRef: undefined,
         readWanted: 0,
         readSent: 0,
         lastTypingAt: 0,

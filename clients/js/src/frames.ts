@@ -149,6 +149,14 @@ export interface JoinedFrame {
   /** The room's newest seq (0 for an empty room). */
   last_seq: number;
   members: Member[];
+  /**
+   * With `since`: the replay stopped before `last_seq`; the rest comes by
+   * joining again with `since` = `replay_until` (the client does this
+   * itself, before handing over newer messages).
+   */
+  has_more?: boolean;
+  /** With `since`: the seq the replay that follows this frame ends at. */
+  replay_until?: number;
 }
 
 export interface LeftFrame {

@@ -11,6 +11,7 @@ import {
   MixroomClient,
   type AckFrame,
   type BookingUpdatedFrame,
+  type JoinedFrame,
   type MessageDeltaFrame,
   type MessageFrame,
   type MixroomClientOptions,
@@ -255,6 +256,36 @@ describe("against one server", () => {
     const pieces = deltas.filter((d) => d.id === answer?.id);
     expect(pieces.length).toBeGreaterThan(1);
     expect(pieces.map((d) => d.delta).join("")).toBe(answer?.body);
+  });
+});
+
+describe("a long backlog", () => {
+  test("a join with since is replayed in pages, fetched in order before newer messages", async () => {
+    const server = await TestServer.start({ env: { MIXROOM__SERVER__REPLAY_MAX_MESSAGES: "5" } });
+    try {
+      const ava = newUser("Ava", "client");
+      const sam = newUser("Sam", "studio_owner");
+      const { room } = await server.openBooking(ava, [sam]);
+      const avaClient = await connected(clientFor(server.wsUrl, ava));
+      await avaClient.join(room);
+      for (let i = 1; i <= 23; i++) await avaClient.send(room, `backlog ${i}`);
+
+      const samClient = await connected(clientFor(server.wsUrl, sam));
+      const samSees = collect(samClient, room);
+      const joins: JoinedFrame[] = [];
+      samClient.on("joined", (frame) => joins.push(frame));
+      const joined = await samClient.join(room, { since: 0 });
+      expect(joined).toMatchObject({ last_seq: 23, has_more: true, replay_until: 5 });
+      // A newer message while the rest is being paged waits its turn.
+      await avaClient.send(room, "the newest");
+      await waitFor(() => samSees.length === 24, "the whole backlog and the newest message");
+      expect(samSees.map((m) => m.seq)).toEqual(range(1, 24));
+      expect(samSees[23]?.body).toBe("the newest");
+      expect(joins).toHaveLength(1);
+      expect(samClient.lastSeq(room)).toBe(24);
+    } finally {
+      await server.stop();
+    }
   });
 });
 

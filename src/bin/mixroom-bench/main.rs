@@ -14,6 +14,7 @@
 //! socket) with its own minimal WebSocket client: frames are parsed in
 //! place and only the fields a workload needs are read.
 
+mod abuse;
 mod fanout;
 mod idle;
 mod measure;

@@ -38,6 +38,18 @@ pub struct PairsArgs {
     pub concurrency: usize,
     #[arg(long, default_value_t = 100.0)]
     pub p99_ms: f64,
+    /// Misbehaving clients beside the workload (`abuse.rs`): non-readers,
+    /// replaying joins, slow bodies, flooders, junk senders.
+    #[arg(long, default_value_t = 0)]
+    pub attackers: usize,
+    /// Only these kinds of attackers (`non-reader`, `replaying`, `slow`,
+    /// `flooder`, `junk`; comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub attack_kinds: Vec<String>,
+    /// Seconds to keep sampling the server's RSS and descriptors after the
+    /// workload has drained.
+    #[arg(long, default_value_t = 0.0)]
+    pub watch: f64,
 }
 
 #[derive(Default)]
@@ -52,7 +64,14 @@ struct Tally {
     last_ns: Cell<u64>,
     latency: RefCell<Samples>,
     ack_latency: RefCell<Samples>,
+    /// When sending began, and the delivery latencies by 5 s window of
+    /// sending (to see when a disturbance hit).
+    start_ns: Cell<u64>,
+    windows: RefCell<Vec<Samples>>,
 }
+
+/// The width of a latency window.
+const WINDOW_NS: u64 = 5_000_000_000;
 
 /// One member's reader: its acks, and its peer's messages (its own come
 /// back too, as to every member).
@@ -85,6 +104,13 @@ async fn member(mut reader: WsReader, me: u64, tally: Rc<Tally>) {
                         }
                         if let Some((n, sent_ns)) = two_numbers_after(&k_at, text) {
                             tally.latency.borrow_mut().record_since(sent_ns, now);
+                            let window =
+                                (sent_ns.saturating_sub(tally.start_ns.get()) / WINDOW_NS) as usize;
+                            let mut windows = tally.windows.borrow_mut();
+                            if windows.len() <= window {
+                                windows.resize_with(window + 1, Samples::default);
+                            }
+                            windows[window].record_since(sent_ns, now);
                             tally.deliveries.set(tally.deliveries.get() + 1);
                             tally.last_ns.set(now);
                             if highest.is_some_and(|h| n <= h) {
@@ -169,8 +195,25 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
     // Send `index` = member `index % members`'s message `index / members`.
     let total_rate = args.rate * members as f64;
     let total = (total_rate * args.duration).round() as u64;
+    let start_ns = now_ns();
+    let sampler = crate::abuse::Sampler::start(target, start_ns);
+    let attack = match args.attackers {
+        0 => None,
+        n => Some(
+            crate::abuse::start(
+                target,
+                n,
+                &args.attack_kinds,
+                Duration::from_secs_f64(args.duration),
+            )
+            .await?,
+        ),
+    };
+    // The series' second at which the workload (and the attack) began.
+    let workload_at = round((now_ns() - start_ns) as f64 / 1e9, 1);
     let before = Snapshot::take(target);
     let start_ns = now_ns();
+    tally.start_ns.set(start_ns);
     let started = tokio::time::Instant::now();
     let mut sent: u64 = 0;
     let mut frame = String::with_capacity(args.body_bytes + 256);
@@ -205,6 +248,9 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
     )
     .await;
     let after = Snapshot::take(target);
+    tokio::time::sleep(Duration::from_secs_f64(args.watch)).await;
+    let outcomes = attack.map(crate::abuse::Attack::stop);
+    let series = sampler.map(crate::abuse::Sampler::finish);
     for task in &tasks {
         task.abort();
     }
@@ -252,7 +298,17 @@ pub async fn run(target: &Target, args: &PairsArgs) -> anyhow::Result<String> {
         "closed": tally.closed.get(),
         "ack_ms": ack_latency.json(),
         "latency_ms": latency.json(),
+        "latency_p99_ms_by_5s": tally
+            .windows
+            .borrow_mut()
+            .iter_mut()
+            .map(|w| round(w.summary().p99, 1))
+            .collect::<Vec<_>>(),
         "cpu": cpu,
+        "attackers": args.attackers,
+        "workload_started_at_s": workload_at,
+        "attacker_outcomes": outcomes,
+        "server_rss_mb_fds": series,
         "pass": pass,
     });
     println!("{line}");

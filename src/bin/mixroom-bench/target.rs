@@ -91,6 +91,30 @@ const UNLIMITED: &[(&str, &str)] = &[
     ("MIXROOM__LIMITS__SESSION_QUEUE", "16384"),
 ];
 
+/// `POST /v1/internal/rooms/{room}/messages`, from any task.
+#[derive(Clone)]
+pub struct Poster {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Poster {
+    pub async fn post(&self, room: &str, body: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/{room}/messages", self.base))
+            .bearer_auth(&self.key)
+            .json(&json!({ "body": body }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("POST a message into {room}: {}", response.status());
+        }
+        Ok(())
+    }
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -321,6 +345,15 @@ impl Target {
             bail!("PUT booking {booking_id}: {status} {body}");
         }
         Ok(())
+    }
+
+    /// Posts system messages into rooms through the internal API.
+    pub fn poster(&self) -> Poster {
+        Poster {
+            http: self.http.clone(),
+            base: format!("http://{}/v1/internal/rooms", self.addr),
+            key: self.internal_key.clone(),
+        }
     }
 
     /// Mirrors `rooms` confirmed bookings of a client and a provider each,

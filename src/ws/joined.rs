@@ -1,0 +1,107 @@
+//! What a session keeps per joined room, and the paged replay of a join.
+
+use actix::Addr;
+
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::rooms::room::RoomActor;
+use crate::rooms::RoomName;
+
+/// Replay reads the store in pages of this many messages.
+const REPLAY_PAGE: i64 = 500;
+
+pub(super) struct JoinedRoom {
+    pub addr: Addr<RoomActor>,
+    /// Highest seq written to this socket.
+    pub delivered: i64,
+}
+
+/// The rooms a socket joined, by name. A list rather than a map: a socket
+/// joins a few rooms, a short scan per delivery costs less than hashing
+/// the name, and a map's table was the largest part of an idle session.
+#[derive(Default)]
+pub(super) struct JoinedRooms(Vec<(String, JoinedRoom)>);
+
+impl JoinedRooms {
+    pub fn get(&self, room: &str) -> Option<&JoinedRoom> {
+        self.0.iter().find(|(name, _)| name == room).map(|(_, r)| r)
+    }
+
+    pub fn get_mut(&mut self, room: &str) -> Option<&mut JoinedRoom> {
+        self.0
+            .iter_mut()
+            .find(|(name, _)| name == room)
+            .map(|(_, r)| r)
+    }
+
+    pub fn contains_key(&self, room: &str) -> bool {
+        self.get(room).is_some()
+    }
+
+    /// Returns the membership it replaces, if the room was joined before.
+    pub fn insert(&mut self, room: String, joined: JoinedRoom) -> Option<JoinedRoom> {
+        match self.get_mut(&room) {
+            Some(existing) => Some(std::mem::replace(existing, joined)),
+            None => {
+                crate::rooms::push_small(&mut self.0, (room, joined));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, room: &str) -> Option<JoinedRoom> {
+        let at = self.0.iter().position(|(name, _)| name == room)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = (String, JoinedRoom)> + '_ {
+        self.0.drain(..)
+    }
+}
+
+/// One page of a join's replay: the rows after `since`, and the seq it
+/// ends at (`since` itself when it is empty).
+pub(super) struct Replay {
+    pub rows: Vec<crate::db::models::MessageRow>,
+    pub until: i64,
+}
+
+/// Reads the messages after `since`, up to `last_seq`, but no more than
+/// `server.replay_max_messages` or about `server.replay_max_bytes` of
+/// bodies: a replay of a long backlog is paged by the client, so one
+/// join never holds the whole backlog in memory.
+pub(super) async fn replay_page(
+    state: &AppState,
+    room: &RoomName,
+    since: i64,
+    last_seq: i64,
+) -> Result<Replay, AppError> {
+    let server = &state.settings.server;
+    let mut replay = Replay {
+        rows: Vec::new(),
+        until: since.min(last_seq),
+    };
+    let mut bytes = 0;
+    while replay.until < last_seq
+        && replay.rows.len() < server.replay_max_messages
+        && bytes < server.replay_max_bytes
+    {
+        let want = (server.replay_max_messages - replay.rows.len()) as i64;
+        let page = state
+            .db
+            .messages_after(room.as_str(), replay.until, last_seq, want.min(REPLAY_PAGE))
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        for row in page {
+            if bytes >= server.replay_max_bytes {
+                break;
+            }
+            bytes += row.body.len();
+            replay.until = row.seq;
+            replay.rows.push(row);
+        }
+    }
+    Ok(replay)
+}
