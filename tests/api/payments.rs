@@ -96,6 +96,19 @@ async fn send(server: &TestServer, event_type: &str, object: Value) -> Value {
     deliver(server, &payload).await
 }
 
+/// Delivers an event; returns the status the booking's `booking.updated`
+/// announces.
+async fn moves_to(
+    server: &TestServer,
+    ws: &mut WsClient,
+    event_type: &str,
+    object: Value,
+) -> String {
+    send(server, event_type, object).await;
+    let update = ws.recv_type("booking.updated").await;
+    update["status"].as_str().unwrap_or_default().to_owned()
+}
+
 async fn status_of(server: &TestServer, user: &TestUser) -> Vec<String> {
     let response = server
         .http_client()
@@ -132,43 +145,43 @@ async fn checkout_pays_at_once_or_later(backend: Backend) {
     assert_eq!(update["reason"], "Stripe: €120.00 paid", "{update}");
 
     let (debit, _, mut ws) = booking(&server).await;
-    send(
-        &server,
-        "checkout.session.completed",
-        checkout_session(&debit, "unpaid", 12_000, "eur"),
-    )
-    .await;
+    let unpaid = checkout_session(&debit, "unpaid", 12_000, "eur");
+    let paid = checkout_session(&debit, "paid", 12_000, "eur");
     assert_eq!(
-        ws.recv_type("booking.updated").await["status"],
+        moves_to(&server, &mut ws, "checkout.session.completed", unpaid).await,
         "payment_pending"
     );
-    send(
-        &server,
-        "checkout.session.async_payment_succeeded",
-        checkout_session(&debit, "paid", 12_000, "eur"),
-    )
-    .await;
-    assert_eq!(ws.recv_type("booking.updated").await["status"], "paid");
+    assert_eq!(
+        moves_to(
+            &server,
+            &mut ws,
+            "checkout.session.async_payment_succeeded",
+            paid
+        )
+        .await,
+        "paid"
+    );
 
     let (failed, _, mut ws) = booking(&server).await;
-    send(
-        &server,
-        "checkout.session.completed",
-        checkout_session(&failed, "unpaid", 12_000, "eur"),
-    )
-    .await;
+    let unpaid = checkout_session(&failed, "unpaid", 12_000, "eur");
     assert_eq!(
-        ws.recv_type("booking.updated").await["status"],
+        moves_to(
+            &server,
+            &mut ws,
+            "checkout.session.completed",
+            unpaid.clone()
+        )
+        .await,
         "payment_pending"
     );
-    send(
-        &server,
-        "checkout.session.async_payment_failed",
-        checkout_session(&failed, "unpaid", 12_000, "eur"),
-    )
-    .await;
     assert_eq!(
-        ws.recv_type("booking.updated").await["status"],
+        moves_to(
+            &server,
+            &mut ws,
+            "checkout.session.async_payment_failed",
+            unpaid
+        )
+        .await,
         "payment_failed"
     );
 
