@@ -17,12 +17,15 @@ export type SenderRole = UserRole | "agent" | "system";
 export type BookingStatus =
   | "requested"
   | "confirmed"
+  | "payment_pending"
   | "paid"
   | "payment_failed"
   | "in_session"
   | "completed"
   | "cancelled"
-  | "refunded";
+  | "partially_refunded"
+  | "refunded"
+  | "disputed";
 
 /** The `code` of an `error` frame. */
 export type ErrorCode =
