@@ -549,6 +549,19 @@ impl TestServer {
         format!("support:{id}")
     }
 
+    /// `GET /v1/me/export` as `user`, asserting it answered 200.
+    pub async fn export(&self, user: &TestUser) -> Value {
+        let response = self
+            .http
+            .get(self.http("/v1/me/export"))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .expect("GET /v1/me/export");
+        assert_eq!(response.status(), 200, "GET /v1/me/export");
+        response.json().await.expect("the export is JSON")
+    }
+
     /// `GET /readyz`: its status and body.
     pub async fn readiness(&self) -> (u16, Value) {
         let response = self

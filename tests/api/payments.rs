@@ -109,16 +109,9 @@ async fn moves_to(
     update["status"].as_str().unwrap_or_default().to_owned()
 }
 
+/// The statuses of the user's (one) booking, oldest first, from the export.
 async fn status_of(server: &TestServer, user: &TestUser) -> Vec<String> {
-    let response = server
-        .http_client()
-        .get(server.http("/v1/me/export"))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap();
-    let export: Value = response.json().await.unwrap();
-    export["bookings"][0]["status_history"]
+    server.export(user).await["bookings"][0]["status_history"]
         .as_array()
         .unwrap()
         .iter()
