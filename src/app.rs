@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::TokenVerifier;
 use crate::cluster::Cluster;
 use crate::config::Settings;
+use crate::db::client_reads::ClientReads;
 use crate::db::Db;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
@@ -29,6 +30,8 @@ use crate::support::director::SupportDirector;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: Db,
+    /// Replays and history pages: a few lanes of the pool, never all.
+    pub client_reads: ClientReads,
     pub verifier: Arc<TokenVerifier>,
     pub hub: Addr<Hub>,
     pub cluster: Cluster,
@@ -101,6 +104,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         db: db.clone(),
+        client_reads: ClientReads::new(db.clone(), settings.database.pool_size),
         verifier,
         hub: hub.clone(),
         cluster,

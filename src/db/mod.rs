@@ -7,6 +7,7 @@
 //! backend, and a macro is far lighter than generic bounds over both.
 
 pub mod bookings;
+pub mod client_reads;
 pub mod email;
 pub mod messages;
 pub mod models;
@@ -155,6 +156,33 @@ macro_rules! db_run {
             }
             $crate::db::Db::Sqlite(pool, _) => {
                 let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    }};
+}
+
+/// [`db_run!`] for a write that a client's connection causes (a profile
+/// mirrored at `auth`): on SQLite it takes its turn at the [`WriteGate`]
+/// like the bulk writers, instead of sleeping in `busy_timeout` retries
+/// that would make a chat append wait behind it.
+#[macro_export]
+macro_rules! db_write {
+    ($db:expr, |$conn:ident| $body:expr) => {{
+        #[allow(unused_imports)]
+        use diesel::prelude::*;
+        #[allow(unused_imports)]
+        use diesel_async::RunQueryDsl;
+        match $db {
+            $crate::db::Db::Postgres(pool) => {
+                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::db::Db::Sqlite(pool, gate) => {
+                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let _turn = gate.lock().await;
                 let $conn = &mut *pooled;
                 $body
             }

@@ -3,7 +3,7 @@
 use super::models::UserRow;
 use super::schema::users;
 use super::{Db, DbError};
-use crate::db_run;
+use crate::{db_run, db_write};
 
 /// What became of a profile written to the mirror.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,29 @@ impl Db {
             updated_at: now,
             erased_at: None,
         };
-        db_run!(self, |conn| {
+        // Most connections are of users whose profile is already mirrored
+        // as the token says: a read, and no write (on SQLite a write is a
+        // turn at the one write lock, and a sync).
+        let known: Option<UserRow> = db_run!(self, |conn| {
+            users::table
+                .find(id)
+                .select(UserRow::as_select())
+                .first(conn)
+                .await
+                .optional()?
+        });
+        if let Some(known) = known {
+            if known.erased_at.is_some() {
+                return Ok(ProfileMirror::Erased);
+            }
+            let unchanged = known.name.as_deref() == Some(name)
+                && known.role == role
+                && (email.is_none() || known.email.as_deref() == email);
+            if unchanged {
+                return Ok(ProfileMirror::Mirrored);
+            }
+        }
+        db_write!(self, |conn| {
             let inserted = diesel::insert_into(users::table)
                 .values(&row)
                 .on_conflict_do_nothing()

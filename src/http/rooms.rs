@@ -27,8 +27,8 @@ pub async fn history(
     let limit = history_limit(query.limit)?;
     authorize_read(&state.db, &who, &room).await?;
     let (rows, has_more) = state
-        .db
-        .messages_before(room.as_str(), query.before, limit)
+        .client_reads
+        .before(room.as_str(), query.before, limit)
         .await?;
     let messages: Vec<MessageView> = rows.iter().map(MessageView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "messages": messages, "has_more": has_more })))

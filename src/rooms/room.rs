@@ -108,10 +108,6 @@ impl RoomActor {
         self.members.iter().map(|m| m.user_id.clone()).collect()
     }
 
-    fn is_online(&self, user_id: &str) -> bool {
-        self.members.iter().any(|m| m.user_id == user_id) || self.remote_users.contains(user_id)
-    }
-
     /// Sends a frame to every member whose user is not in `except_users`.
     fn broadcast_event(&mut self, frame: &ByteString, except_users: &[String]) {
         let metrics = &self.metrics;
@@ -343,18 +339,26 @@ impl RoomActor {
     }
 
     fn member_views(&self) -> Vec<MemberView> {
+        // Sets, not scans: a large booking's joins would otherwise cost
+        // participants × members each.
+        let here: HashSet<&str> = self.members.iter().map(|m| m.user_id.as_str()).collect();
+        let mut listed: HashSet<&str> = HashSet::with_capacity(self.participants.len());
         let mut views: Vec<MemberView> = self
             .participants
             .iter()
-            .map(|p| MemberView {
-                user_id: p.user_id.clone(),
-                name: p.name.clone(),
-                role: p.role.clone(),
-                online: self.is_online(&p.user_id),
+            .map(|p| {
+                listed.insert(p.user_id.as_str());
+                MemberView {
+                    user_id: p.user_id.clone(),
+                    name: p.name.clone(),
+                    role: p.role.clone(),
+                    online: here.contains(p.user_id.as_str())
+                        || self.remote_users.contains(&p.user_id),
+                }
             })
             .collect();
         for member in self.members.iter() {
-            if views.iter().all(|v| v.user_id != member.user_id) {
+            if listed.insert(member.user_id.as_str()) {
                 views.push(MemberView {
                     user_id: member.user_id.clone(),
                     name: member.name.clone(),

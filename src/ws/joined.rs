@@ -7,9 +7,6 @@ use crate::error::AppError;
 use crate::rooms::room::RoomActor;
 use crate::rooms::RoomName;
 
-/// Replay reads the store in pages of this many messages.
-const REPLAY_PAGE: i64 = 500;
-
 pub(super) struct JoinedRoom {
     pub addr: Addr<RoomActor>,
     /// Highest seq written to this socket.
@@ -77,31 +74,16 @@ pub(super) async fn replay_page(
     last_seq: i64,
 ) -> Result<Replay, AppError> {
     let server = &state.settings.server;
-    let mut replay = Replay {
-        rows: Vec::new(),
-        until: since.min(last_seq),
-    };
-    let mut bytes = 0;
-    while replay.until < last_seq
-        && replay.rows.len() < server.replay_max_messages
-        && bytes < server.replay_max_bytes
-    {
-        let want = (server.replay_max_messages - replay.rows.len()) as i64;
-        let page = state
-            .db
-            .messages_after(room.as_str(), replay.until, last_seq, want.min(REPLAY_PAGE))
-            .await?;
-        if page.is_empty() {
-            break;
-        }
-        for row in page {
-            if bytes >= server.replay_max_bytes {
-                break;
-            }
-            bytes += row.body.len();
-            replay.until = row.seq;
-            replay.rows.push(row);
-        }
-    }
-    Ok(replay)
+    let rows = state
+        .client_reads
+        .after(
+            room.as_str(),
+            since,
+            last_seq,
+            server.replay_max_messages,
+            server.replay_max_bytes,
+        )
+        .await?;
+    let until = rows.last().map_or(since.min(last_seq), |row| row.seq);
+    Ok(Replay { rows, until })
 }

@@ -730,10 +730,11 @@ impl WsSession {
         let room = RoomName::parse(room)?;
         let limit = history_limit(limit)?;
         let db = self.state.db.clone();
+        let reads = self.state.client_reads.clone();
         ctx.spawn(
             off_context(async move {
                 authorize_read(&db, &identity, &room).await?;
-                let (rows, has_more) = db.messages_before(room.as_str(), before, limit).await?;
+                let (rows, has_more) = reads.before(room.as_str(), before, limit).await?;
                 Ok::<_, AppError>((room, rows, has_more))
             })
             .into_actor(self)
