@@ -24,6 +24,8 @@ pub enum ErrorCode {
     /// The resource existed and was erased for good (HTTP 410).
     Gone,
     TooLarge,
+    /// HTTP only (408): the request's body did not arrive in time.
+    Timeout,
     RateLimited,
     Internal,
 }
@@ -44,6 +46,8 @@ pub enum AppError {
     Gone(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("rate limited, retry in {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
     /// Logged where it is converted; the caller sees a generic message.
@@ -60,6 +64,7 @@ impl AppError {
             AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::Gone(_) => ErrorCode::Gone,
             AppError::TooLarge(_) => ErrorCode::TooLarge,
+            AppError::Timeout(_) => ErrorCode::Timeout,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Internal(_) => ErrorCode::Internal,
         }
@@ -123,6 +128,7 @@ impl ResponseError for AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Gone(_) => StatusCode::GONE,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -208,6 +208,8 @@ struct DeadlineBody {
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// Set once the whole body was read.
     complete: Rc<Cell<bool>>,
+    /// Set when the deadline passed first.
+    late: Rc<Cell<bool>>,
 }
 
 impl futures_util::Stream for DeadlineBody {
@@ -221,6 +223,7 @@ impl futures_util::Stream for DeadlineBody {
             return Poll::Ready(item);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
+            self.late.set(true);
             let late = std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "request body not received in time",
@@ -232,11 +235,12 @@ impl futures_util::Stream for DeadlineBody {
 }
 
 /// Middleware: a request's body must arrive within
-/// `server.body_timeout_ms` of its start; a slow one fails (400) and its
-/// connection is closed, so a trickling client holds nothing for long.
+/// `server.body_timeout_ms` of its start; a slow one fails (408, whatever
+/// the handler made of its cut-off body) and its connection is closed, so
+/// a trickling client holds nothing for long.
 pub async fn body_deadline(
     mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     use actix_web::http::header;
     let has_body = req.headers().contains_key(header::CONTENT_LENGTH)
@@ -245,18 +249,29 @@ pub async fn body_deadline(
         .app_data::<web::Data<AppState>>()
         .map(|state| Duration::from_millis(state.settings.server.body_timeout_ms));
     let complete = Rc::new(Cell::new(true));
+    let late = Rc::new(Cell::new(false));
     if let (true, Some(timeout)) = (has_body, timeout) {
         complete.set(false);
         let body = DeadlineBody {
             inner: req.take_payload(),
             deadline: Box::pin(tokio::time::sleep(timeout)),
             complete: complete.clone(),
+            late: late.clone(),
         };
         req.set_payload(actix_web::dev::Payload::Stream {
             payload: Box::pin(body),
         });
     }
-    let mut response = next.call(req).await?;
+    let response = next.call(req).await?;
+    let mut response = if late.get() {
+        let error = AppError::Timeout(format!(
+            "the request body did not arrive within {} ms",
+            timeout.unwrap_or_default().as_millis()
+        ));
+        response.error_response(error).map_into_right_body()
+    } else {
+        response.map_into_left_body()
+    };
     if !complete.get() {
         // The body was left unread (refused early, or too slow): the
         // connection is not kept for a request behind it.

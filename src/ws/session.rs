@@ -804,6 +804,7 @@ fn clone_error(error: &AppError) -> AppError {
         AppError::NotFound(m) => AppError::NotFound(m.clone()),
         AppError::Gone(m) => AppError::Gone(m.clone()),
         AppError::TooLarge(m) => AppError::TooLarge(m.clone()),
+        AppError::Timeout(m) => AppError::Timeout(m.clone()),
         AppError::RateLimited { retry_after_ms } => AppError::RateLimited {
             retry_after_ms: *retry_after_ms,
         },
@@ -840,6 +841,7 @@ fn error_label(error: &AppError) -> &'static str {
         crate::error::ErrorCode::NotFound => "not_found",
         crate::error::ErrorCode::Gone => "gone",
         crate::error::ErrorCode::TooLarge => "too_large",
+        crate::error::ErrorCode::Timeout => "timeout",
         crate::error::ErrorCode::RateLimited => "rate_limited",
         crate::error::ErrorCode::Internal => "internal",
     }

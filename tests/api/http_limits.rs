@@ -67,8 +67,8 @@ async fn the_backend_is_not_throttled_as_an_address() {
     assert_eq!(statuses, vec![401, 401, 429], "a guesser is an address");
 }
 
-/// A webhook body trickling in is cut off at `server.body_timeout_ms` and
-/// its connection closed; a request without the signature header is
+/// A webhook body trickling in is cut off at `server.body_timeout_ms` with
+/// 408 and its connection closed; a request without the signature header is
 /// refused before its body is read.
 #[tokio::test]
 async fn slow_request_bodies_are_cut_off() {
@@ -106,7 +106,8 @@ async fn slow_request_bodies_are_cut_off() {
         "a slow body is cut off (after {:?})",
         started.elapsed()
     );
-    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"timeout""#), "{answer}");
 }
 
 /// One address may hold `limits.max_http_connections_per_ip` connections;

@@ -33,7 +33,9 @@ export type ErrorCode =
   | "unauthorized"
   | "forbidden"
   | "not_found"
+  | "gone"
   | "too_large"
+  | "timeout"
   | "rate_limited"
   | "internal";
 
