@@ -213,8 +213,17 @@ impl Answer {
 
         if wants_human(&message.body) {
             // Each escalation notifies and emails every admin: a budget
-            // per user (limits.support_escalations_per_hour).
-            let outcome = if self
+            // per user (limits.support_escalations_per_hour), spent only
+            // by a conversation that has not asked yet.
+            let asked_before = self
+                .state
+                .db
+                .find_support_conversation(&self.conversation_id)
+                .await?
+                .is_none_or(|c| c.status != crate::db::support::STATUS_AI);
+            let outcome = if asked_before {
+                Escalation::AlreadyRequested
+            } else if self
                 .state
                 .limiters
                 .check_support_escalation(user_id)

@@ -441,6 +441,47 @@ async fn escalations_have_a_per_user_budget() {
     );
 }
 
+/// Asking again in a conversation that already asked for a person spends
+/// none of the budget: the user's next conversation still reaches the
+/// admins.
+#[tokio::test]
+async fn asking_twice_in_one_conversation_spends_one_escalation() {
+    let backend = Backend::sqlite();
+    let mut env = EMBEDDED.to_vec();
+    env.push(("MIXROOM__LIMITS__SUPPORT_ESCALATIONS_PER_HOUR", "2"));
+    let server = TestServer::spawn(&backend, &env);
+    let ava = TestUser::client("Ava");
+    let admin = TestUser::admin("Ada");
+    server.put_user(&admin).await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    let first = open_conversation(&server, &ava).await;
+    ava_ws.join(&first, None).await;
+    let answer = ask(&mut ava_ws, &first, "a0", "a human please").await;
+    assert_streamed_answer(&answer, &first);
+    let notice = next_answer(&mut ava_ws, &first).await;
+    assert_eq!(
+        notice.message["sender"]["role"], "system",
+        "{}",
+        notice.message
+    );
+    for i in 1..3 {
+        let answer = ask(&mut ava_ws, &first, &format!("a{i}"), "a human please").await;
+        assert_streamed_answer(&answer, &first);
+    }
+    let second = open_conversation(&server, &ava).await;
+    ava_ws.join(&second, None).await;
+    let answer = ask(&mut ava_ws, &second, "b0", "I want to talk to a human").await;
+    assert_streamed_answer(&answer, &second);
+
+    let path = "/v1/admin/support/conversations?status=escalated";
+    let listed: Value = admin_get(&server, &admin, path).await.json().await.unwrap();
+    assert_eq!(
+        listed["conversations"].as_array().unwrap().len(),
+        2,
+        "both conversations reached a person: {listed}"
+    );
+}
+
 /// Past `ai.requests_per_minute` the user is told to slow down.
 async fn agent_requests_are_rate_limited(backend: Backend) {
     let server = TestServer::spawn(
