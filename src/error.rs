@@ -11,24 +11,8 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::db::DbError;
-use crate::support::SupportError;
-
-/// The contract's error codes (`error.code` in frames and HTTP bodies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    Invalid,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    /// The resource existed and was erased for good (HTTP 410).
-    Gone,
-    TooLarge,
-    /// HTTP only (408): the request's body did not arrive in time.
-    Timeout,
-    RateLimited,
-    Internal,
-}
+pub use crate::domain::wire::ErrorCode;
+use crate::domain::{room::RoomNameError, wire::FrameError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -90,12 +74,15 @@ impl From<DbError> for AppError {
     }
 }
 
-impl From<SupportError> for AppError {
-    fn from(error: SupportError) -> Self {
-        match error {
-            SupportError::NoSuchConversation => AppError::NotFound(error.to_string()),
-            other => AppError::Internal(other.into()),
-        }
+impl From<RoomNameError> for AppError {
+    fn from(error: RoomNameError) -> Self {
+        AppError::Invalid(error.to_string())
+    }
+}
+
+impl From<FrameError> for AppError {
+    fn from(error: FrameError) -> Self {
+        AppError::Invalid(error.to_string())
     }
 }
 

@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use mixroom_realtime::error::ErrorCode;
 use mixroom_realtime::rooms::RoomName;
-use mixroom_realtime::ws::frames::{parse_client_frame, ClientFrame};
+use mixroom_realtime::domain::wire::{parse_client_frame, ClientFrame};
 use mixroom_realtime::ws::session::history_limit;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,6 +2,8 @@
 
 use diesel::prelude::*;
 
+use crate::domain::wire::{MessageView, SenderView};
+
 use super::schema::{booking_participants, bookings, messages, read_cursors, rooms, users};
 
 #[derive(
@@ -146,5 +148,24 @@ impl PaymentRow {
         self.failed = facts.failed;
         self.pending = facts.pending;
         self.dispute = facts.dispute.map(|d| d.as_str().to_owned());
+    }
+}
+
+/// A stored message as clients see it.
+impl<'a> From<&'a MessageRow> for MessageView<'a> {
+    fn from(row: &'a MessageRow) -> Self {
+        MessageView {
+            room: &row.room,
+            seq: row.seq,
+            id: &row.id,
+            client_id: row.client_id.as_deref(),
+            sender: SenderView {
+                user_id: row.sender_id.as_deref(),
+                name: &row.sender_name,
+                role: &row.sender_role,
+            },
+            body: &row.body,
+            sent_at: crate::time::rfc3339_ms(row.sent_at),
+        }
     }
 }

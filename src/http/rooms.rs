@@ -4,9 +4,9 @@ use serde_json::json;
 
 use super::extract::AuthUser;
 use crate::app::AppState;
+use crate::domain::wire::MessageView;
 use crate::error::AppError;
 use crate::rooms::{authorize_read, RoomName};
-use crate::ws::frames::MessageView;
 use crate::ws::session::history_limit;
 
 #[derive(Deserialize)]

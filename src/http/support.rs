@@ -10,10 +10,10 @@ use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::support::{SupportConversationRow, STATUS_AI, STATUS_ESCALATED, STATUS_HUMAN};
 use crate::db::users::ProfileMirror;
+use crate::domain::wire::MessageView;
 use crate::error::AppError;
 use crate::support::director::TakenOver;
 use crate::support::{post_notice, room_of, SupportError};
-use crate::ws::frames::MessageView;
 
 /// A conversation's whole log is read in pages of this many messages.
 const LOG_PAGE: i64 = 1000;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytestring::ByteString;
 
+use super::member::{offer, ToSession};
 use super::room::{
     Broadcast, Deliver, FrameExcept, Join, JoinInfo, RefreshPresence, ReloadParticipants, Resync,
     RoomActor, RoomMember, StopRoom,
@@ -19,7 +20,6 @@ use crate::cluster::{Channel, Cluster, ClusterEvent, Inbound};
 use crate::db::Db;
 use crate::error::AppError;
 use crate::metrics::Metrics;
-use crate::ws::session::{offer, ToSession};
 
 struct RoomEntry {
     addr: Addr<RoomActor>,
@@ -75,7 +75,7 @@ impl Hub {
         if let Some(sessions) = self.users.get(user_id) {
             for (_, recipient) in sessions {
                 recipient.do_send(ToSession::Close {
-                    code: 4001,
+                    code: crate::domain::close::AUTH_FAILED,
                     reason: "account data erased",
                 });
             }

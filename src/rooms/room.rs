@@ -13,15 +13,15 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::hub::{Hub, RoomIdle, RoomStopped};
+use super::member::{offer, ToSession};
 use super::sequencer::StoredMessage;
 use super::{RoomKind, RoomName};
 use crate::cluster::{Channel, Cluster, ClusterEvent};
 use crate::db::bookings::Participant;
 use crate::db::Db;
+use crate::domain::wire::{MemberView, ServerFrame};
 use crate::error::AppError;
 use crate::metrics::Metrics;
-use crate::ws::frames::{MemberView, ServerFrame};
-use crate::ws::session::{offer, ToSession};
 
 /// How long a hole in the seq order may wait for the missing message to
 /// arrive before it is read back from the store.

@@ -21,9 +21,9 @@ use tokio::task::JoinSet;
 use crate::db::messages::{Appended, NewMessage};
 use crate::db::models::MessageRow;
 use crate::db::Db;
+use crate::domain::wire::message_frame;
 use crate::error::AppError;
 use crate::metrics::Metrics;
-use crate::ws::frames::message_frame;
 
 /// A committed message and its `message` frame, serialised once.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub struct StoredMessage {
 
 impl StoredMessage {
     pub fn new(row: MessageRow) -> Arc<Self> {
-        let frame = message_frame(&row);
+        let frame = message_frame((&row).into());
         Arc::new(StoredMessage {
             row,
             frame,

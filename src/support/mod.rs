@@ -36,6 +36,7 @@ use crate::db::messages::NewMessage;
 use crate::db::models::NotificationRow;
 use crate::db::support::Escalation;
 use crate::db::DbError;
+use crate::error::AppError;
 use director::SupportDirector;
 use provider::SupportProvider;
 
@@ -58,6 +59,17 @@ pub enum SupportError {
     Store(String),
     #[error("support agent setup: {0}")]
     Setup(String),
+}
+
+/// The support layer's errors as callers see them (`error.rs` knows
+/// nothing of support).
+impl From<SupportError> for AppError {
+    fn from(error: SupportError) -> Self {
+        match error {
+            SupportError::NoSuchConversation => AppError::NotFound(error.to_string()),
+            other => AppError::Internal(other.into()),
+        }
+    }
 }
 
 pub fn room_of(conversation_id: &str) -> String {

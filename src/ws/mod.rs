@@ -8,7 +8,6 @@
 //! actix-web-actors' context for its mailbox and frame encoding. A plain
 //! `GET /v1/ws` without an upgrade goes through the app to [`not_upgraded`].
 
-pub mod frames;
 mod joined;
 pub mod session;
 pub mod socket;
@@ -164,4 +163,19 @@ pub async fn not_upgraded(req: HttpRequest) -> HttpResponse {
         // Unreachable in practice: such a request goes to `serve_upgrade`.
         Ok(()) => AppError::Invalid("expected a WebSocket upgrade".into()).error_response(),
     }
+}
+
+/// The `error` frame of an error (the WebSocket side of `error.rs`'s one
+/// conversion: internal details are logged, never sent).
+pub fn error_frame(reference: Option<&str>, error: &AppError) -> bytestring::ByteString {
+    if let AppError::Internal(source) = error {
+        tracing::error!(error = %format!("{source:#}"), "frame failed");
+    }
+    crate::domain::wire::ServerFrame::Error {
+        reference,
+        code: error.code(),
+        message: error.to_string(),
+        retry_after_ms: error.retry_after_ms(),
+    }
+    .encode()
 }

@@ -15,30 +15,23 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
 
-use super::frames::{message_frame, ClientFrame, Envelope, MessageView, ServerFrame};
 use super::joined::{replay_page, JoinedRoom, JoinedRooms};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
 use crate::db::users::ProfileMirror;
+use crate::domain::close;
+use crate::domain::wire::{
+    message_frame, parse_client_frame, ClientFrame, Envelope, MessageView, ServerFrame,
+};
 use crate::error::AppError;
-use crate::metrics::Metrics;
 use crate::rooms::hub::{
     CloseConnection, JoinRoom, OpenConnection, RegisterSession, UnregisterSession,
 };
+use crate::rooms::member::ToSession;
 use crate::rooms::room::{Leave, ReadReceipt, RoomMember, Typing};
 use crate::rooms::sequencer::StoreOutcome;
 use crate::rooms::{authorize_read, authorize_write, RoomKind, RoomName};
-
-/// Close codes of the contract.
-const CLOSE_AUTH_FAILED: u16 = 4001;
-const CLOSE_AUTH_TIMEOUT: u16 = 4008;
-const CLOSE_FLOODING: u16 = 4029;
-/// Too many connections (per user or per address).
-const CLOSE_POLICY: u16 = 1008;
-/// The client stopped reading and its queue filled up: reconnect and resume
-/// with `since`.
-pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
 const HISTORY_DEFAULT: i64 = 50;
 const HISTORY_MAX: i64 = 100;
@@ -48,28 +41,6 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 const CLIENT_ID_MAX: usize = 128;
 /// How long a write-access check of a room not joined stays valid.
 const WRITE_ACCESS_TTL: Duration = Duration::from_secs(30);
-
-/// What other actors send to a session.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub enum ToSession {
-    /// A stored message of a joined room; dropped unless `seq` is new.
-    Message {
-        room: Arc<str>,
-        seq: i64,
-        frame: ByteString,
-    },
-    /// Any other frame (typing, presence, user-channel notices).
-    Event(ByteString),
-    /// The session was removed from a room (no longer a participant).
-    Kicked {
-        room: Arc<str>,
-    },
-    Close {
-        code: u16,
-        reason: &'static str,
-    },
-}
 
 pub struct WsSession {
     id: String,
@@ -140,7 +111,7 @@ impl WsSession {
     /// the acks of messages already accepted are waited for (at most
     /// `ACK_WAIT`), except for a client that stopped reading.
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        if self.pending_acks == 0 || code == CLOSE_SLOW_CONSUMER {
+        if self.pending_acks == 0 || code == close::SLOW_CONSUMER {
             return Self::close_now(ctx, code, reason);
         }
         if self.closing.is_some() {
@@ -173,14 +144,14 @@ impl WsSession {
         self.state
             .metrics
             .errors_sent
-            .with_label_values(&[error_label(error)])
+            .with_label_values(&[error.code().as_str()])
             .inc();
-        ctx.text(ServerFrame::error(reference, error));
+        ctx.text(super::error_frame(reference, error));
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
         self.state.metrics.frames_in.inc();
-        let parsed = super::frames::parse_client_frame(text);
+        let parsed = parse_client_frame(text);
         let Some(identity) = self.identity.clone() else {
             return match parsed {
                 Ok(Envelope {
@@ -202,7 +173,9 @@ impl WsSession {
         }
         let Envelope { reference, frame } = match parsed {
             Ok(envelope) => envelope,
-            Err((reference, error)) => return self.send_error(ctx, reference.as_deref(), &error),
+            Err((reference, error)) => {
+                return self.send_error(ctx, reference.as_deref(), &error.into())
+            }
         };
         let result = match frame {
             ClientFrame::Auth { token } => {
@@ -269,7 +242,7 @@ impl WsSession {
     ) {
         let error = AppError::Unauthorized("the first frame must be auth".into());
         self.send_error(ctx, reference, &error);
-        self.close(ctx, CLOSE_AUTH_FAILED, "the first frame must be auth");
+        self.close(ctx, close::AUTH_FAILED, "the first frame must be auth");
     }
 
     /// Counts a frame against the user's budget, shared by all of the
@@ -299,7 +272,7 @@ impl WsSession {
                 .connections_refused
                 .with_label_values(&["flooding"])
                 .inc();
-            self.close(ctx, CLOSE_FLOODING, "flooding after rate_limited");
+            self.close(ctx, close::FLOODING, "flooding after rate_limited");
         }
         false
     }
@@ -363,7 +336,7 @@ impl WsSession {
             admitted
                 .into_actor(self)
                 .map(move |admitted, session, ctx| match admitted {
-                    Err(reason) => session.close(ctx, CLOSE_AUTH_FAILED, &reason),
+                    Err(reason) => session.close(ctx, close::AUTH_FAILED, &reason),
                     Ok((_, false)) => {
                         session
                             .state
@@ -371,7 +344,7 @@ impl WsSession {
                             .connections_refused
                             .with_label_values(&["per_user"])
                             .inc();
-                        session.close(ctx, CLOSE_POLICY, "too many connections for this user")
+                        session.close(ctx, close::POLICY, "too many connections for this user")
                     }
                     Ok((identity, true)) => {
                         session.schedule_expiry(identity.expires_at, ctx);
@@ -442,7 +415,7 @@ impl WsSession {
                             .to_string(),
                         ));
                     }
-                    Ok(_) => session.close(ctx, CLOSE_AUTH_FAILED, "token is for another user"),
+                    Ok(_) => session.close(ctx, close::AUTH_FAILED, "token is for another user"),
                     Err(error) => {
                         session.send_error(ctx, reference.as_deref(), &AppError::from(error))
                     }
@@ -496,10 +469,10 @@ impl WsSession {
         let now = Instant::now();
         match self.token_expiry {
             None if now >= self.auth_deadline => {
-                return self.close(ctx, CLOSE_AUTH_TIMEOUT, "no auth frame in time");
+                return self.close(ctx, close::AUTH_TIMEOUT, "no auth frame in time");
             }
             Some(expiry) if now >= expiry => {
-                return self.close(ctx, CLOSE_AUTH_FAILED, "token expired");
+                return self.close(ctx, close::AUTH_FAILED, "token expired");
             }
             _ => {}
         }
@@ -593,7 +566,7 @@ impl WsSession {
                         .encode(),
                     );
                     for row in replay.iter().flat_map(|r| &r.rows) {
-                        ctx.text(message_frame(row));
+                        ctx.text(message_frame(row.into()));
                     }
                     if let Some(previous) = session.rooms.insert(
                         room.to_string(),
@@ -833,20 +806,6 @@ pub fn history_limit(limit: Option<i64>) -> Result<i64, AppError> {
     }
 }
 
-fn error_label(error: &AppError) -> &'static str {
-    match error.code() {
-        crate::error::ErrorCode::Invalid => "invalid",
-        crate::error::ErrorCode::Unauthorized => "unauthorized",
-        crate::error::ErrorCode::Forbidden => "forbidden",
-        crate::error::ErrorCode::NotFound => "not_found",
-        crate::error::ErrorCode::Gone => "gone",
-        crate::error::ErrorCode::TooLarge => "too_large",
-        crate::error::ErrorCode::Timeout => "timeout",
-        crate::error::ErrorCode::RateLimited => "rate_limited",
-        crate::error::ErrorCode::Internal => "internal",
-    }
-}
-
 impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
@@ -868,7 +827,7 @@ impl Actor for WsSession {
                         .connections_refused
                         .with_label_values(&["per_ip"])
                         .inc();
-                    session.close(ctx, CLOSE_POLICY, "too many connections from this address");
+                    session.close(ctx, close::POLICY, "too many connections from this address");
                 }
             }));
         }
@@ -1014,24 +973,5 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 self.close(ctx, 1002, "protocol error");
             }
         }
-    }
-}
-
-/// Queues a message for a session without ever blocking the sender. When
-/// the session's queue is full (its client stopped reading), the session is
-/// told to close with 1013 once it runs again, and `false` tells the caller
-/// to stop sending to it: what one client does never grows server memory.
-pub fn offer(recipient: &Recipient<ToSession>, message: ToSession, metrics: &Metrics) -> bool {
-    match recipient.try_send(message) {
-        Ok(()) => true,
-        Err(SendError::Full(_)) => {
-            metrics.slow_consumers_dropped.inc();
-            recipient.do_send(ToSession::Close {
-                code: CLOSE_SLOW_CONSUMER,
-                reason: "not reading; reconnect and resume with since",
-            });
-            false
-        }
-        Err(SendError::Closed(_)) => false,
     }
 }

@@ -251,7 +251,7 @@ where
                         // now (its slots are freed), the close goes last.
                         this.metrics.slow_consumers_dropped.inc();
                         let close = close_frame(
-                            super::session::CLOSE_SLOW_CONSUMER,
+                            crate::domain::close::SLOW_CONSUMER,
                             "not reading; reconnect and resume with since",
                         );
                         *this.queued += close.len();

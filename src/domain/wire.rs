@@ -1,12 +1,48 @@
-//! The WebSocket frames of the contract (`PROTOCOL.md`), as typed values.
-//! Server frames that go to many sockets are serialised once, into a
-//! [`ByteString`] that every recipient shares.
+//! The WebSocket frames of the contract (`PROTOCOL.md`), as typed values,
+//! with the error codes they carry. Server frames that go to many sockets
+//! are serialised once, into a [`ByteString`] that every recipient shares.
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
-use crate::db::models::MessageRow;
-use crate::error::{AppError, ErrorCode};
+/// The contract's error codes (`error.code` in frames and HTTP bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Invalid,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    /// The resource existed and was erased for good (HTTP 410).
+    Gone,
+    TooLarge,
+    /// HTTP only (408): the request's body did not arrive in time.
+    Timeout,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it is written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Gone => "gone",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A client frame that cannot be read (its message is the `error` frame's).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FrameError(String);
 
 /// A client frame with its optional `ref`.
 #[derive(Debug, Deserialize)]
@@ -59,7 +95,7 @@ const CLIENT_FRAME_TYPES: &[&str] = &[
 
 /// Parses a text frame; on failure returns the error to answer with and the
 /// `ref` if one could be read, so even a bad frame gets a correlated reply.
-pub fn parse_client_frame(text: &str) -> Result<Envelope, (Option<String>, AppError)> {
+pub fn parse_client_frame(text: &str) -> Result<Envelope, (Option<String>, FrameError)> {
     match serde_json::from_str::<Envelope>(text) {
         Ok(envelope) => Ok(envelope),
         Err(error) => {
@@ -80,7 +116,7 @@ pub fn parse_client_frame(text: &str) -> Result<Envelope, (Option<String>, AppEr
                     Some(t) => format!("invalid `{t}` frame: {error}"),
                 },
             };
-            Err((reference, AppError::Invalid(message)))
+            Err((reference, FrameError(message)))
         }
     }
 }
@@ -102,24 +138,6 @@ pub struct MessageView<'a> {
     pub sender: SenderView<'a>,
     pub body: &'a str,
     pub sent_at: String,
-}
-
-impl<'a> From<&'a MessageRow> for MessageView<'a> {
-    fn from(row: &'a MessageRow) -> Self {
-        MessageView {
-            room: &row.room,
-            seq: row.seq,
-            id: &row.id,
-            client_id: row.client_id.as_deref(),
-            sender: SenderView {
-                user_id: row.sender_id.as_deref(),
-                name: &row.sender_name,
-                role: &row.sender_role,
-            },
-            body: &row.body,
-            sent_at: crate::time::rfc3339_ms(row.sent_at),
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -217,24 +235,12 @@ impl ServerFrame<'_> {
         // Serialising these types cannot fail: no maps with non-string keys.
         ByteString::from(serde_json::to_string(self).expect("server frames serialise"))
     }
-
-    pub fn error(reference: Option<&str>, error: &AppError) -> ByteString {
-        if let AppError::Internal(source) = error {
-            tracing::error!(error = %format!("{source:#}"), "frame failed");
-        }
-        ServerFrame::Error {
-            reference,
-            code: error.code(),
-            message: error.to_string(),
-            retry_after_ms: error.retry_after_ms(),
-        }
-        .encode()
-    }
 }
 
-/// The `message` frame of a stored row, serialised once for all recipients.
-pub fn message_frame(row: &MessageRow) -> ByteString {
-    ServerFrame::Message(MessageView::from(row)).encode()
+/// The `message` frame of a stored message, serialised once for all
+/// recipients.
+pub fn message_frame(message: MessageView<'_>) -> ByteString {
+    ServerFrame::Message(message).encode()
 }
 
 #[cfg(test)]
