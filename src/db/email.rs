@@ -20,36 +20,7 @@ use super::schema::{
 };
 use super::{Db, DbError};
 use crate::db_run;
-
-/// States of an unread item.
-pub mod item_state {
-    pub const PENDING: &str = "pending";
-    pub const EMAILED: &str = "emailed";
-    /// Read before it was due.
-    pub const READ: &str = "read";
-    /// The recipient turned this kind of email off.
-    pub const DISABLED: &str = "disabled";
-    /// The recipient has no email address (or was erased).
-    pub const NO_ADDRESS: &str = "no_address";
-    /// The message or notification is gone, or the recipient left the room.
-    pub const GONE: &str = "gone";
-}
-
-/// States of an outbox email.
-pub mod outbox_state {
-    pub const QUEUED: &str = "queued";
-    pub const SENT: &str = "sent";
-    pub const FAILED: &str = "failed";
-}
-
-/// States of a batch (one request to Resend).
-pub mod batch_state {
-    pub const PENDING: &str = "pending";
-    pub const SENT: &str = "sent";
-    pub const FAILED: &str = "failed";
-    /// Refused as a whole: its emails went back to the outbox to go alone.
-    pub const SPLIT: &str = "split";
-}
+use crate::domain::email::{Audience, BatchState, ChatRoom, EmailKind, ItemState, OutboxState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = email_preferences, treat_none_as_default_value = false)]
@@ -77,27 +48,24 @@ impl PreferencesRow {
         }
     }
 
-    /// Whether emails of `kind` are on; unknown kinds are off.
-    pub fn allows(&self, kind: &str) -> bool {
+    /// Whether emails of `kind` are on.
+    pub fn allows(&self, kind: EmailKind) -> bool {
         match kind {
-            "chat" => self.chat,
-            "booking" => self.booking,
-            "support" => self.support,
-            "marketing" => self.marketing,
-            _ => false,
+            EmailKind::Chat => self.chat,
+            EmailKind::Booking => self.booking,
+            EmailKind::Support => self.support,
+            EmailKind::Marketing => self.marketing,
         }
     }
 
-    pub fn set(&mut self, kind: &str, enabled: bool) -> bool {
+    pub fn set(&mut self, kind: EmailKind, enabled: bool) {
         let flag = match kind {
-            "chat" => &mut self.chat,
-            "booking" => &mut self.booking,
-            "support" => &mut self.support,
-            "marketing" => &mut self.marketing,
-            _ => return false,
+            EmailKind::Chat => &mut self.chat,
+            EmailKind::Booking => &mut self.booking,
+            EmailKind::Support => &mut self.support,
+            EmailKind::Marketing => &mut self.marketing,
         };
         *flag = enabled;
-        true
     }
 }
 
@@ -106,7 +74,7 @@ impl PreferencesRow {
 pub struct EmailItemRow {
     pub id: String,
     pub user_id: String,
-    pub kind: String,
+    pub kind: EmailKind,
     /// `message:<id>`, `notification:<id>` or, for a chat range,
     /// `range:<room>:<item id>`: unique per user.
     pub source: String,
@@ -118,7 +86,7 @@ pub struct EmailItemRow {
     /// When the message or notification itself was created.
     pub created_at: i64,
     pub due_at: i64,
-    pub state: String,
+    pub state: ItemState,
     pub outbox_id: Option<String>,
     pub updated_at: i64,
     /// A chat range's last message: the item covers the room's messages
@@ -148,7 +116,7 @@ pub struct OutboxRow {
     /// For the `List-Unsubscribe` header, when the email is of one kind.
     pub unsubscribe_url: Option<String>,
     pub item_count: i64,
-    pub state: String,
+    pub state: OutboxState,
     pub solo: bool,
     pub batch_id: Option<String>,
     pub provider_id: Option<String>,
@@ -161,7 +129,7 @@ pub struct OutboxRow {
 #[diesel(table_name = email_batches, treat_none_as_default_value = false)]
 pub struct BatchRow {
     pub id: String,
-    pub state: String,
+    pub state: BatchState,
     pub email_count: i64,
     /// Counted when a batch is claimed, so a send that crashes the process
     /// still counts and a poison email cannot be retried for ever.
@@ -219,8 +187,8 @@ pub struct DispatchPlan {
     /// The digest to store; `emailed` items point at it.
     pub email: Option<OutboxRow>,
     pub emailed: Vec<String>,
-    /// Item id and its final state (one of `item_state`).
-    pub dropped: Vec<(String, &'static str)>,
+    /// Item id and its final state.
+    pub dropped: Vec<(String, ItemState)>,
     /// Item id and when to look at it again.
     pub rescheduled: Vec<(String, i64)>,
 }
@@ -282,7 +250,7 @@ impl LockRecipient for diesel_async::AsyncPgConnection {
     async fn pending_email_items(&mut self, user_id: &str) -> QueryResult<Vec<EmailItemRow>> {
         email_items::table
             .filter(email_items::user_id.eq(user_id))
-            .filter(email_items::state.eq(item_state::PENDING))
+            .filter(email_items::state.eq(ItemState::Pending))
             .order(email_items::created_at.asc())
             .select(EmailItemRow::as_select())
             .for_update()
@@ -299,7 +267,7 @@ impl LockRecipient for super::SqliteConn {
         diesel::update(
             email_items::table
                 .filter(email_items::user_id.eq(user_id))
-                .filter(email_items::state.eq(item_state::PENDING)),
+                .filter(email_items::state.eq(ItemState::Pending)),
         )
         .set(email_items::updated_at.eq(email_items::updated_at))
         .execute(self)
@@ -311,7 +279,7 @@ impl LockRecipient for super::SqliteConn {
     async fn pending_email_items(&mut self, user_id: &str) -> QueryResult<Vec<EmailItemRow>> {
         email_items::table
             .filter(email_items::user_id.eq(user_id))
-            .filter(email_items::state.eq(item_state::PENDING))
+            .filter(email_items::state.eq(ItemState::Pending))
             .order(email_items::created_at.asc())
             .select(EmailItemRow::as_select())
             .load(self)
@@ -375,7 +343,7 @@ impl Db {
     pub async fn set_email_kind(
         &self,
         user_id: &str,
-        kind: &str,
+        kind: EmailKind,
         enabled: bool,
     ) -> Result<PreferencesRow, DbError> {
         let now = crate::time::now_ms();
@@ -390,25 +358,25 @@ impl Db {
                     .await?;
                 let row = email_preferences::table.find(user_id);
                 let updated = match kind {
-                    "chat" => diesel::update(row)
+                    EmailKind::Chat => diesel::update(row)
                         .set((
                             email_preferences::chat.eq(enabled),
                             email_preferences::updated_at.eq(now),
                         ))
                         .execute(conn),
-                    "booking" => diesel::update(row)
+                    EmailKind::Booking => diesel::update(row)
                         .set((
                             email_preferences::booking.eq(enabled),
                             email_preferences::updated_at.eq(now),
                         ))
                         .execute(conn),
-                    "support" => diesel::update(row)
+                    EmailKind::Support => diesel::update(row)
                         .set((
                             email_preferences::support.eq(enabled),
                             email_preferences::updated_at.eq(now),
                         ))
                         .execute(conn),
-                    _ => diesel::update(row)
+                    EmailKind::Marketing => diesel::update(row)
                         .set((
                             email_preferences::marketing.eq(enabled),
                             email_preferences::updated_at.eq(now),
@@ -530,7 +498,7 @@ impl Db {
     pub async fn due_email_recipients(&self, now: i64, limit: i64) -> Result<Vec<String>, DbError> {
         db_run!(self, |conn| {
             Ok(email_items::table
-                .filter(email_items::state.eq(item_state::PENDING))
+                .filter(email_items::state.eq(ItemState::Pending))
                 .filter(email_items::due_at.le(now))
                 .select(email_items::user_id)
                 .distinct()
@@ -544,7 +512,7 @@ impl Db {
     pub async fn next_email_item_due(&self) -> Result<Option<i64>, DbError> {
         db_run!(self, |conn| {
             Ok(email_items::table
-                .filter(email_items::state.eq(item_state::PENDING))
+                .filter(email_items::state.eq(ItemState::Pending))
                 .select(diesel::dsl::min(email_items::due_at))
                 .first(conn)
                 .await?)
@@ -589,14 +557,8 @@ impl Db {
                     .iter()
                     .filter_map(|r| r.chat_range().map(|(room, _, _)| room))
                     .collect();
-                let booking_ids: Vec<&str> = rooms
-                    .iter()
-                    .filter_map(|room| room.strip_prefix("booking:"))
-                    .collect();
-                let conversation_ids: Vec<&str> = rooms
-                    .iter()
-                    .filter_map(|room| room.strip_prefix("support:"))
-                    .collect();
+                let (booking_ids, conversation_ids) =
+                    ChatRoom::ids(rooms.iter().filter_map(|room| ChatRoom::parse(room)));
                 let cursors: Vec<(String, i64)> = if rooms.is_empty() {
                     Vec::new()
                 } else {
@@ -607,15 +569,19 @@ impl Db {
                         .load(conn)
                         .await?
                 };
-                let (member_bookings, booking_rows): (Vec<String>, Vec<BookingRow>) =
+                // Loaded here; who of them is owed an email is the domain's
+                // rule (`Audience`).
+                let (participants, booking_rows): (Vec<(String, String)>, Vec<BookingRow>) =
                     if booking_ids.is_empty() {
                         (Vec::new(), Vec::new())
                     } else {
                         (
                             booking_participants::table
-                                .filter(booking_participants::user_id.eq(user_id))
                                 .filter(booking_participants::booking_id.eq_any(&booking_ids))
-                                .select(booking_participants::booking_id)
+                                .select((
+                                    booking_participants::booking_id,
+                                    booking_participants::user_id,
+                                ))
                                 .load(conn)
                                 .await?,
                             bookings::table
@@ -625,16 +591,16 @@ impl Db {
                                 .await?,
                         )
                     };
-                let own_conversations: Vec<String> = if conversation_ids.is_empty() {
+                let owners: Vec<(String, String)> = if conversation_ids.is_empty() {
                     Vec::new()
                 } else {
                     support_conversations::table
-                        .filter(support_conversations::user_id.eq(user_id))
                         .filter(support_conversations::id.eq_any(&conversation_ids))
-                        .select(support_conversations::id)
+                        .select((support_conversations::id, support_conversations::user_id))
                         .load(conn)
                         .await?
                 };
+                let audience = Audience::new(participants, owners);
                 let found_notifications: Vec<NotificationRow> = if notification_ids.is_empty() {
                     Vec::new()
                 } else {
@@ -665,20 +631,15 @@ impl Db {
                             .iter()
                             .find(|(r, _)| r == room)
                             .map_or(0, |(_, seq)| *seq);
-                        let (member, booking_title) =
-                            if let Some(booking) = room.strip_prefix("booking:") {
-                                (
-                                    member_bookings.iter().any(|b| b == booking),
-                                    booking_rows
-                                        .iter()
-                                        .find(|b| b.id == booking)
-                                        .map(|b| b.title.clone()),
-                                )
-                            } else if let Some(conversation) = room.strip_prefix("support:") {
-                                (own_conversations.iter().any(|c| c == conversation), None)
-                            } else {
-                                (false, None)
-                            };
+                        let chat_room = ChatRoom::parse(room);
+                        let member = chat_room.is_some_and(|r| audience.owes(r, user_id));
+                        let booking_title = match chat_room {
+                            Some(ChatRoom::Booking(id)) => booking_rows
+                                .iter()
+                                .find(|b| b.id == id)
+                                .map(|b| b.title.clone()),
+                            _ => None,
+                        };
                         let (shown, more, oldest_unread_at) = if member && read_up_to < last {
                             let from = first.max(read_up_to + 1);
                             // What earlier emails showed is not shown again
@@ -687,7 +648,7 @@ impl Db {
                             let shown_before: Vec<(Option<i64>, Option<i64>)> = email_items::table
                                 .filter(email_items::user_id.eq(user_id))
                                 .filter(email_items::room.eq(room))
-                                .filter(email_items::state.eq(item_state::EMAILED))
+                                .filter(email_items::state.eq(ItemState::Emailed))
                                 .filter(email_items::seq.le(last))
                                 .filter(
                                     diesel::dsl::sql::<diesel::sql_types::Bool>(
@@ -775,7 +736,7 @@ impl Db {
                         email_items::table.filter(email_items::id.eq_any(&plan.emailed)),
                     )
                     .set((
-                        email_items::state.eq(item_state::EMAILED),
+                        email_items::state.eq(ItemState::Emailed),
                         email_items::outbox_id.eq(&email.id),
                         email_items::updated_at.eq(now),
                     ))
@@ -814,21 +775,21 @@ impl Db {
             conn.transaction::<_, DbError, _>(async |conn| {
                 let items = diesel::delete(
                     email_items::table
-                        .filter(email_items::state.ne(item_state::PENDING))
+                        .filter(email_items::state.ne(ItemState::Pending))
                         .filter(email_items::updated_at.lt(before)),
                 )
                 .execute(conn)
                 .await?;
                 let emails = diesel::delete(
                     email_outbox::table
-                        .filter(email_outbox::state.eq(outbox_state::SENT))
+                        .filter(email_outbox::state.eq(OutboxState::Sent))
                         .filter(email_outbox::sent_at.lt(before)),
                 )
                 .execute(conn)
                 .await?;
                 let batches = diesel::delete(
                     email_batches::table
-                        .filter(email_batches::state.ne(batch_state::PENDING))
+                        .filter(email_batches::state.ne(BatchState::Pending))
                         .filter(email_batches::updated_at.lt(before)),
                 )
                 .execute(conn)
@@ -893,34 +854,36 @@ impl Db {
         })
     }
 
-    /// `(booking_id, user_id)` of every participant of these bookings.
-    pub async fn participants_of_bookings(
+    /// The people of these bookings and support conversations (who of them
+    /// is owed an email is the [`Audience`]'s rule).
+    pub async fn chat_audience(
         &self,
         booking_ids: &[&str],
-    ) -> Result<Vec<(String, String)>, DbError> {
-        db_run!(self, |conn| {
-            Ok(booking_participants::table
-                .filter(booking_participants::booking_id.eq_any(booking_ids))
-                .select((
-                    booking_participants::booking_id,
-                    booking_participants::user_id,
-                ))
-                .load(conn)
-                .await?)
-        })
-    }
-
-    /// `(conversation_id, user_id)`: who opened these support conversations.
-    pub async fn support_conversation_owners(
-        &self,
         conversation_ids: &[&str],
-    ) -> Result<Vec<(String, String)>, DbError> {
+    ) -> Result<Audience, DbError> {
         db_run!(self, |conn| {
-            Ok(support_conversations::table
-                .filter(support_conversations::id.eq_any(conversation_ids))
-                .select((support_conversations::id, support_conversations::user_id))
-                .load(conn)
-                .await?)
+            let participants: Vec<(String, String)> = if booking_ids.is_empty() {
+                Vec::new()
+            } else {
+                booking_participants::table
+                    .filter(booking_participants::booking_id.eq_any(booking_ids))
+                    .select((
+                        booking_participants::booking_id,
+                        booking_participants::user_id,
+                    ))
+                    .load(conn)
+                    .await?
+            };
+            let owners: Vec<(String, String)> = if conversation_ids.is_empty() {
+                Vec::new()
+            } else {
+                support_conversations::table
+                    .filter(support_conversations::id.eq_any(conversation_ids))
+                    .select((support_conversations::id, support_conversations::user_id))
+                    .load(conn)
+                    .await?
+            };
+            Ok(Audience::new(participants, owners))
         })
     }
 
@@ -936,7 +899,7 @@ impl Db {
                 let mut assigned = 0;
                 for solo in [true, false] {
                     let unbatched = email_outbox::table
-                        .filter(email_outbox::state.eq(outbox_state::QUEUED))
+                        .filter(email_outbox::state.eq(OutboxState::Queued))
                         .filter(email_outbox::batch_id.is_null())
                         .filter(email_outbox::solo.eq(solo));
                     let candidates: Vec<String> = unbatched
@@ -967,7 +930,7 @@ impl Db {
                 }
                 let batch = BatchRow {
                     id: batch_id.clone(),
-                    state: batch_state::PENDING.to_owned(),
+                    state: BatchState::Pending,
                     email_count: assigned as i64,
                     attempts: 0,
                     next_attempt_at: now,
@@ -998,7 +961,7 @@ impl Db {
         let now = crate::time::now_ms();
         db_run!(self, |conn| {
             let claimable = email_batches::state
-                .eq(batch_state::PENDING)
+                .eq(BatchState::Pending)
                 .and(email_batches::next_attempt_at.le(now))
                 .and(
                     email_batches::claimed_until
@@ -1067,7 +1030,7 @@ impl Db {
                         .filter(email_batches::claimed_by.eq(node)),
                 )
                 .set((
-                    email_batches::state.eq(batch_state::SENT),
+                    email_batches::state.eq(BatchState::Sent),
                     email_batches::claimed_by.eq(None::<String>),
                     email_batches::claimed_until.eq(None::<i64>),
                     email_batches::last_error.eq(None::<String>),
@@ -1080,7 +1043,7 @@ impl Db {
                 }
                 diesel::update(email_outbox::table.filter(email_outbox::batch_id.eq(batch_id)))
                     .set((
-                        email_outbox::state.eq(outbox_state::SENT),
+                        email_outbox::state.eq(OutboxState::Sent),
                         email_outbox::sent_at.eq(now),
                     ))
                     .execute(conn)
@@ -1145,7 +1108,7 @@ impl Db {
                         .filter(email_batches::claimed_by.eq(node)),
                 )
                 .set((
-                    email_batches::state.eq(batch_state::FAILED),
+                    email_batches::state.eq(BatchState::Failed),
                     email_batches::claimed_by.eq(None::<String>),
                     email_batches::claimed_until.eq(None::<i64>),
                     email_batches::last_error.eq(error),
@@ -1158,7 +1121,7 @@ impl Db {
                 }
                 diesel::update(email_outbox::table.filter(email_outbox::batch_id.eq(batch_id)))
                     .set((
-                        email_outbox::state.eq(outbox_state::FAILED),
+                        email_outbox::state.eq(OutboxState::Failed),
                         email_outbox::last_error.eq(error),
                     ))
                     .execute(conn)
@@ -1186,7 +1149,7 @@ impl Db {
                         .filter(email_batches::claimed_by.eq(node)),
                 )
                 .set((
-                    email_batches::state.eq(batch_state::SPLIT),
+                    email_batches::state.eq(BatchState::Split),
                     email_batches::claimed_by.eq(None::<String>),
                     email_batches::claimed_until.eq(None::<i64>),
                     email_batches::last_error.eq(error),
@@ -1218,7 +1181,7 @@ impl Db {
         let now = crate::time::now_ms();
         db_run!(self, |conn| {
             let unbatched: i64 = email_outbox::table
-                .filter(email_outbox::state.eq(outbox_state::QUEUED))
+                .filter(email_outbox::state.eq(OutboxState::Queued))
                 .filter(email_outbox::batch_id.is_null())
                 .count()
                 .get_result(conn)
@@ -1227,7 +1190,7 @@ impl Db {
                 return Ok(Some(now));
             }
             let pending: Vec<(i64, Option<i64>)> = email_batches::table
-                .filter(email_batches::state.eq(batch_state::PENDING))
+                .filter(email_batches::state.eq(BatchState::Pending))
                 .order(email_batches::next_attempt_at.asc())
                 .limit(100)
                 .select((email_batches::next_attempt_at, email_batches::claimed_until))
@@ -1246,7 +1209,7 @@ impl Db {
     pub async fn queued_email_count(&self) -> Result<i64, DbError> {
         db_run!(self, |conn| {
             Ok(email_outbox::table
-                .filter(email_outbox::state.eq(outbox_state::QUEUED))
+                .filter(email_outbox::state.eq(OutboxState::Queued))
                 .count()
                 .get_result(conn)
                 .await?)
@@ -1340,7 +1303,7 @@ mod sqlite_items {
                     query = query
                         .bind::<Text, _>(&row.id)
                         .bind::<Text, _>(&row.user_id)
-                        .bind::<Text, _>(&row.kind)
+                        .bind::<Text, _>(row.kind)
                         .bind::<Text, _>(&row.source)
                         .bind::<Nullable<Text>, _>(&row.room)
                         .bind::<Nullable<BigInt>, _>(row.seq)
@@ -1348,7 +1311,7 @@ mod sqlite_items {
                         .bind::<Nullable<Text>, _>(&row.notification_id)
                         .bind::<BigInt, _>(row.created_at)
                         .bind::<BigInt, _>(row.due_at)
-                        .bind::<Text, _>(&row.state)
+                        .bind::<Text, _>(row.state)
                         .bind::<Nullable<Text>, _>(&row.outbox_id)
                         .bind::<BigInt, _>(row.updated_at)
                         .bind::<Nullable<BigInt>, _>(row.up_to_seq);

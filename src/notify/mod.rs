@@ -43,6 +43,7 @@ use actix::{Actor, Addr};
 
 use crate::config::{EmailSettings, Settings};
 use crate::db::{Db, DbError};
+use crate::domain::email::EmailKind;
 use crate::metrics::Metrics;
 use crate::rooms::hub::{Hub, WatchCommitted};
 
@@ -73,9 +74,9 @@ impl Delays {
 
     /// The delays for an item of `kind`: a recipient's own chat delay
     /// (preferences) replaces both for chat messages.
-    pub fn for_item(self, kind: &str, chat_delay_secs: Option<i64>) -> Delays {
+    pub fn for_item(self, kind: EmailKind, chat_delay_secs: Option<i64>) -> Delays {
         match (kind, chat_delay_secs) {
-            ("chat", Some(secs)) => {
+            (EmailKind::Chat, Some(secs)) => {
                 let ms = secs.max(0).saturating_mul(1000);
                 Delays {
                     offline_ms: ms,

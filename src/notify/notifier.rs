@@ -14,11 +14,12 @@ use super::unsubscribe::UnsubscribeSigner;
 use super::{Delays, NotifyError};
 use crate::config::Settings;
 use crate::db::email::{
-    is_status_notice, item_state, outbox_state, DispatchPlan, EmailItemRow, ItemSource, OutboxRow,
-    PendingItem, PreferencesRow, RecipientSnapshot,
+    is_status_notice, DispatchPlan, EmailItemRow, ItemSource, OutboxRow, PendingItem,
+    PreferencesRow, RecipientSnapshot,
 };
 use crate::db::models::{MessageRow, NotificationRow};
 use crate::db::Db;
+use crate::domain::email::{ChatRoom, EmailKind, ItemState, OutboxState};
 use crate::metrics::Metrics;
 use crate::rooms::hub::{Hub, IsOnline};
 use crate::rooms::sequencer::Committed;
@@ -290,8 +291,7 @@ fn chat_items_every(delays: Delays) -> Duration {
 /// emails are about. Booking status notices are left out: each status
 /// change is also a `booking` notification, which is emailed.
 fn is_chat(message: &MessageRow) -> bool {
-    let room_ok = message.room.starts_with("booking:") || message.room.starts_with("support:");
-    room_ok && !is_status_notice(message)
+    ChatRoom::parse(&message.room).is_some() && !is_status_notice(message)
 }
 
 /// Committed chat messages not yet in a range, by room and sender: all a
@@ -353,7 +353,7 @@ impl UnreadChat {
 
 fn new_item(
     user_id: &str,
-    kind: &str,
+    kind: EmailKind,
     source: String,
     created_at: i64,
     due_at: i64,
@@ -362,7 +362,7 @@ fn new_item(
     EmailItemRow {
         id: uuid::Uuid::now_v7().to_string(),
         user_id: user_id.to_owned(),
-        kind: kind.to_owned(),
+        kind,
         source,
         room: None,
         seq: None,
@@ -370,7 +370,7 @@ fn new_item(
         notification_id: None,
         created_at,
         due_at,
-        state: item_state::PENDING.to_owned(),
+        state: ItemState::Pending,
         outbox_id: None,
         updated_at: now,
         up_to_seq: None,
@@ -385,37 +385,17 @@ async fn chat_ranges(
     delays: Delays,
     unread: UnreadChat,
 ) -> Result<Vec<EmailItemRow>, NotifyError> {
-    let booking_ids: Vec<&str> = unread
+    let rooms: Vec<(&String, ChatRoom)> = unread
         .by_room
         .keys()
-        .filter_map(|room| room.strip_prefix("booking:"))
+        .filter_map(|room| Some((room, ChatRoom::parse(room)?)))
         .collect();
-    let conversation_ids: Vec<&str> = unread
-        .by_room
-        .keys()
-        .filter_map(|room| room.strip_prefix("support:"))
-        .collect();
-    let mut members: HashMap<String, Vec<String>> = HashMap::new();
-    if !booking_ids.is_empty() {
-        for (booking, user) in db.participants_of_bookings(&booking_ids).await? {
-            members
-                .entry(format!("booking:{booking}"))
-                .or_default()
-                .push(user);
-        }
-    }
-    if !conversation_ids.is_empty() {
-        for (conversation, user) in db.support_conversation_owners(&conversation_ids).await? {
-            members
-                .entry(format!("support:{conversation}"))
-                .or_default()
-                .push(user);
-        }
-    }
-    let recipients: Vec<String> = members
-        .values()
-        .flatten()
-        .cloned()
+    let (booking_ids, conversation_ids) = ChatRoom::ids(rooms.iter().map(|(_, room)| *room));
+    let audience = db.chat_audience(&booking_ids, &conversation_ids).await?;
+    let recipients: Vec<String> = rooms
+        .iter()
+        .flat_map(|(_, room)| audience.recipients(*room))
+        .map(str::to_owned)
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -427,13 +407,9 @@ async fn chat_ranges(
         .collect();
 
     let mut ranges = Vec::new();
-    for (room, users) in &members {
-        let kind = if room.starts_with("support:") {
-            "support"
-        } else {
-            "chat"
-        };
-        for user in users {
+    for (room, chat_room) in &rooms {
+        let kind = chat_room.email_kind();
+        for user in audience.recipients(*chat_room) {
             let Some((first, last, first_sent_at)) = unread.range_for(room, user) else {
                 continue;
             };
@@ -441,7 +417,7 @@ async fn chat_ranges(
             let due = delays.for_item(kind, own_delay).first_check(first_sent_at);
             let mut item = new_item(user, kind, String::new(), first_sent_at, due);
             item.source = format!("range:{room}:{}", item.id);
-            item.room = Some(room.clone());
+            item.room = Some((*room).clone());
             item.seq = Some(first);
             item.up_to_seq = Some(last);
             ranges.push(item);
@@ -453,17 +429,23 @@ async fn chat_ranges(
 fn notification_items(delays: Delays, rows: &[NotificationRow]) -> Vec<EmailItemRow> {
     rows.iter()
         .filter(|n| n.read_at.is_none())
-        .map(|n| {
+        .filter_map(|n| {
+            // Kinds are checked where notifications are made; one that is
+            // not a kind of email has no switch to honour, so no email.
+            let Some(kind) = EmailKind::parse(&n.kind) else {
+                tracing::warn!(kind = %n.kind, "notification of no email kind: not emailed");
+                return None;
+            };
             let due = delays.first_check(n.created_at);
             let mut item = new_item(
                 &n.user_id,
-                &n.kind,
+                kind,
                 format!("notification:{}", n.id),
                 n.created_at,
                 due,
             );
             item.notification_id = Some(n.id.clone());
-            item
+            Some(item)
         })
         .collect()
 }
@@ -636,14 +618,10 @@ impl DispatchRound {
         for (_, reason) in &plan.dropped {
             self.metrics
                 .email_items_dropped
-                .with_label_values(&[reason])
+                .with_label_values(&[reason.as_str()])
                 .inc();
         }
-        if plan
-            .dropped
-            .iter()
-            .any(|(_, r)| *r == item_state::NO_ADDRESS)
-        {
+        if plan.dropped.iter().any(|(_, r)| *r == ItemState::NoAddress) {
             tracing::warn!(
                 user = %user_id,
                 items = plan.dropped.len(),
@@ -696,18 +674,18 @@ fn timing(now: i64, online: bool, created_at: i64, delays: Delays) -> Timing {
 }
 
 /// Why an item will not be emailed, if it will not.
-fn drop_reason(item: &PendingItem, preferences: &PreferencesRow) -> Option<&'static str> {
+fn drop_reason(item: &PendingItem, preferences: &PreferencesRow) -> Option<ItemState> {
     match &item.source {
-        ItemSource::Gone => Some(item_state::GONE),
-        ItemSource::Chat { member: false, .. } => Some(item_state::GONE),
-        ItemSource::Chat { read: true, .. } => Some(item_state::READ),
+        ItemSource::Gone => Some(ItemState::Gone),
+        ItemSource::Chat { member: false, .. } => Some(ItemState::Gone),
+        ItemSource::Chat { read: true, .. } => Some(ItemState::Read),
         // Nothing of the range left to show: only the recipient's own,
         // notices, or what an earlier email showed.
         ItemSource::Chat { messages, more, .. } if messages.is_empty() && *more == 0 => {
-            Some(item_state::GONE)
+            Some(ItemState::Gone)
         }
-        ItemSource::Notification(row) if row.read_at.is_some() => Some(item_state::READ),
-        _ if !preferences.allows(&item.row.kind) => Some(item_state::DISABLED),
+        ItemSource::Notification(row) if row.read_at.is_some() => Some(ItemState::Read),
+        _ if !preferences.allows(item.row.kind) => Some(ItemState::Disabled),
         _ => None,
     }
 }
@@ -744,7 +722,7 @@ fn decide(
             None => {
                 let delays = composer
                     .delays
-                    .for_item(&item.row.kind, preferences.chat_delay_secs);
+                    .for_item(item.row.kind, preferences.chat_delay_secs);
                 let timing = timing(now, online, unread_since(&item), delays);
                 keep.push((item, timing));
             }
@@ -770,7 +748,7 @@ fn decide(
     let Some(address) = address else {
         plan.dropped.extend(
             keep.into_iter()
-                .map(|(item, _)| (item.row.id, item_state::NO_ADDRESS)),
+                .map(|(item, _)| (item.row.id, ItemState::NoAddress)),
         );
         return plan;
     };
@@ -810,7 +788,7 @@ fn decide(
             _ => None,
         },
         item_count: plan.emailed.len() as i64,
-        state: outbox_state::QUEUED.to_owned(),
+        state: OutboxState::Queued,
         solo: false,
         batch_id: None,
         provider_id: None,
@@ -832,17 +810,17 @@ fn digest_entries(composer: &Composer, item: &PendingItem) -> Vec<DigestEntry> {
             booking_title,
             ..
         } => {
-            let room = item.row.room.as_deref().unwrap_or_default();
-            let (place, link) = match room.split_once(':') {
-                Some(("booking", id)) => (
+            let room = item.row.room.as_deref().and_then(ChatRoom::parse);
+            let (place, link) = match room {
+                Some(ChatRoom::Booking(id)) => (
                     booking_title.clone().filter(|t| !t.trim().is_empty()),
                     format!("{}/bookings/{id}", composer.app_base_url),
                 ),
-                Some(("support", id)) => (
+                Some(ChatRoom::Support(id)) => (
                     Some("Mixroom support".to_owned()),
                     format!("{}/support/{id}", composer.app_base_url),
                 ),
-                _ => (None, composer.app_base_url.clone()),
+                None => (None, composer.app_base_url.clone()),
             };
             let mut entries = Vec::with_capacity(messages.len() + 1);
             if *more > 0 {
@@ -852,7 +830,7 @@ fn digest_entries(composer: &Composer, item: &PendingItem) -> Vec<DigestEntry> {
                     format!("{more} earlier unread messages")
                 };
                 entries.push(DigestEntry {
-                    kind: item.row.kind.clone(),
+                    kind: item.row.kind.as_str().to_owned(),
                     is_message: false,
                     heading: match &place {
                         Some(place) => format!("{what} · {place}"),
@@ -864,7 +842,7 @@ fn digest_entries(composer: &Composer, item: &PendingItem) -> Vec<DigestEntry> {
                 });
             }
             entries.extend(messages.iter().map(|message| DigestEntry {
-                kind: item.row.kind.clone(),
+                kind: item.row.kind.as_str().to_owned(),
                 is_message: true,
                 heading: match &place {
                     Some(place) => format!("{} · {place}", message.sender_name),
@@ -929,7 +907,7 @@ mod tests {
 
     #[test]
     fn a_users_chat_delay_replaces_both_for_chat_only() {
-        let own = DELAYS.for_item("chat", Some(5));
+        let own = DELAYS.for_item(EmailKind::Chat, Some(5));
         assert_eq!(
             own,
             Delays {
@@ -937,8 +915,8 @@ mod tests {
                 unread_ms: 5_000
             }
         );
-        assert_eq!(DELAYS.for_item("booking", Some(5)), DELAYS);
-        assert_eq!(DELAYS.for_item("chat", None), DELAYS);
+        assert_eq!(DELAYS.for_item(EmailKind::Booking, Some(5)), DELAYS);
+        assert_eq!(DELAYS.for_item(EmailKind::Chat, None), DELAYS);
     }
 
     fn composer() -> Composer {
@@ -964,7 +942,7 @@ mod tests {
         };
         let mut row = new_item(
             "sam",
-            "chat",
+            EmailKind::Chat,
             format!("message:{}", message.id),
             created_at,
             0,
@@ -1040,7 +1018,7 @@ mod tests {
     #[test]
     fn a_catch_up_range_leaves_out_what_is_covered() {
         let page: Vec<MessageRow> = (1..=6).map(|seq| message(seq, "ava", seq * 10)).collect();
-        let mut range = new_item("sam", "chat", String::new(), 10, 0);
+        let mut range = new_item("sam", EmailKind::Chat, String::new(), 10, 0);
         range.room = Some("booking:b1".into());
         range.seq = Some(1);
         range.up_to_seq = Some(6);
@@ -1084,7 +1062,7 @@ mod tests {
         };
         let plan = decide(&composer(), "sam", snapshot, 60_000, false);
         assert_eq!(plan.emailed, vec!["a".to_owned(), "b".to_owned()]);
-        assert_eq!(plan.dropped, vec![("c".to_owned(), item_state::READ)]);
+        assert_eq!(plan.dropped, vec![("c".to_owned(), ItemState::Read)]);
         let email = plan.email.unwrap();
         assert_eq!(email.to_address, "sam@example.com");
         assert_eq!(email.item_count, 2);
@@ -1117,7 +1095,7 @@ mod tests {
         };
         let plan = decide(&composer(), "sam", snapshot, 60_000, false);
         assert!(plan.email.is_none());
-        assert_eq!(plan.dropped, vec![("a".to_owned(), item_state::DISABLED)]);
+        assert_eq!(plan.dropped, vec![("a".to_owned(), ItemState::Disabled)]);
 
         let snapshot = RecipientSnapshot {
             user: sam(None),
@@ -1126,6 +1104,6 @@ mod tests {
         };
         let plan = decide(&composer(), "sam", snapshot, 60_000, false);
         assert!(plan.email.is_none());
-        assert_eq!(plan.dropped, vec![("a".to_owned(), item_state::NO_ADDRESS)]);
+        assert_eq!(plan.dropped, vec![("a".to_owned(), ItemState::NoAddress)]);
     }
 }
