@@ -227,7 +227,13 @@ impl Audience {
     /// Whether `user_id` is still owed emails about the room: one who left
     /// the booking (or a room that is gone) is not.
     pub fn owes(&self, room: ChatRoom<'_>, user_id: &str) -> bool {
-        self.recipients(room).contains(&user_id)
+        match room {
+            ChatRoom::Booking(id) => self
+                .participants
+                .get(id)
+                .is_some_and(|users| users.iter().any(|u| u == user_id)),
+            ChatRoom::Support(id) => self.owners.get(id).is_some_and(|owner| owner == user_id),
+        }
     }
 }
 

@@ -76,6 +76,34 @@ pub const DIGEST_MESSAGES_PER_ROOM: usize = 20;
 /// for the ones left out (status notices, shown by an earlier email).
 const DIGEST_MESSAGES_READ: i64 = 100;
 
+/// Of a range's unread messages (`newest` first, `unread` of them in
+/// all), those a digest shows, oldest first, and how many older ones it
+/// only counts: at most [`DIGEST_MESSAGES_PER_ROOM`], leaving out status
+/// notices and what the `(first, last)` ranges of earlier emails showed.
+fn messages_to_show(
+    newest: Vec<MessageRow>,
+    shown_before: &[(Option<i64>, Option<i64>)],
+    unread: i64,
+) -> (Vec<MessageRow>, i64) {
+    let mut looked_at = 0;
+    let mut shown = Vec::new();
+    for message in newest {
+        if shown.len() == DIGEST_MESSAGES_PER_ROOM {
+            break;
+        }
+        looked_at += 1;
+        let emailed = shown_before.iter().any(|(first, last)| {
+            let first = first.unwrap_or(i64::MAX);
+            first <= message.seq && message.seq <= last.unwrap_or(first)
+        });
+        if !emailed && !is_status_notice(&message) {
+            shown.push(message);
+        }
+    }
+    shown.reverse();
+    (shown, (unread - looked_at).max(0))
+}
+
 /// Serialises the deciding of one recipient's items across nodes.
 pub(crate) trait LockRecipient {
     async fn lock_email_recipient(&mut self, user_id: &str) -> QueryResult<()>;
@@ -317,23 +345,8 @@ impl Db {
                                 .select(MessageRow::as_select())
                                 .load(conn)
                                 .await?;
-                            let mut looked_at = 0;
-                            let mut shown = Vec::new();
-                            for message in newest {
-                                if shown.len() == DIGEST_MESSAGES_PER_ROOM {
-                                    break;
-                                }
-                                looked_at += 1;
-                                let emailed = shown_before.iter().any(|(first, last)| {
-                                    let first = first.unwrap_or(i64::MAX);
-                                    first <= message.seq && message.seq <= last.unwrap_or(first)
-                                });
-                                if !emailed && !is_status_notice(&message) {
-                                    shown.push(message);
-                                }
-                            }
-                            shown.reverse();
-                            (shown, (count - looked_at).max(0), oldest_at)
+                            let (shown, more) = messages_to_show(newest, &shown_before, count);
+                            (shown, more, oldest_at)
                         } else {
                             (Vec::new(), 0, None)
                         };
@@ -401,5 +414,61 @@ impl Db {
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: i64, client_id: &str) -> MessageRow {
+        MessageRow {
+            id: format!("m{seq}"),
+            room: "booking:b1".into(),
+            seq,
+            sender_id: Some("ava".into()),
+            sender_name: "Ava".into(),
+            sender_role: if client_id.starts_with("status:") {
+                "system".into()
+            } else {
+                "client".into()
+            },
+            client_id: Some(client_id.into()),
+            body: format!("take {seq}"),
+            sent_at: seq * 10,
+        }
+    }
+
+    fn seqs(messages: &[MessageRow]) -> Vec<i64> {
+        messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn a_digest_shows_the_newest_unread_not_shown_before_oldest_first() {
+        let newest: Vec<MessageRow> = (1..=6)
+            .rev()
+            .map(|seq| match seq {
+                4 => message(seq, "status:confirmed"),
+                _ => message(seq, &format!("c{seq}")),
+            })
+            .collect();
+        // An earlier email showed 2 and 3; one stored per message showed 6.
+        let before = [(Some(2), Some(3)), (Some(6), None)];
+        let (shown, more) = messages_to_show(newest, &before, 6);
+        assert_eq!(seqs(&shown), [1, 5]);
+        assert_eq!(more, 0);
+    }
+
+    #[test]
+    fn a_long_range_shows_its_newest_and_counts_the_rest() {
+        let count = DIGEST_MESSAGES_PER_ROOM as i64 + 30;
+        let newest: Vec<MessageRow> = (1..=count)
+            .rev()
+            .map(|seq| message(seq, &format!("c{seq}")))
+            .collect();
+        let (shown, more) = messages_to_show(newest, &[], count);
+        assert_eq!(shown.len(), DIGEST_MESSAGES_PER_ROOM);
+        assert_eq!(seqs(&shown), (31..=count).collect::<Vec<_>>());
+        assert_eq!(more, 30);
     }
 }
