@@ -12,6 +12,7 @@ use super::schema::{
 };
 use super::{Db, DbError};
 use crate::db_run;
+use crate::domain::email::{ItemState, OutboxState};
 
 /// What erasure leaves in place of a message body and a sender's name.
 pub const ERASED_BODY: &str = "[deleted]";
@@ -462,10 +463,10 @@ impl Db {
                 diesel::update(
                     email_items::table
                         .filter(email_items::user_id.eq(user_id))
-                        .filter(email_items::state.eq(super::email::item_state::PENDING)),
+                        .filter(email_items::state.eq(ItemState::Pending)),
                 )
                 .set((
-                    email_items::state.eq(super::email::item_state::NO_ADDRESS),
+                    email_items::state.eq(ItemState::NoAddress),
                     email_items::updated_at.eq(now),
                 ))
                 .execute(conn)
@@ -473,11 +474,11 @@ impl Db {
                 let emails_cancelled = diesel::update(
                     email_outbox::table
                         .filter(email_outbox::user_id.eq(user_id))
-                        .filter(email_outbox::state.eq(super::email::outbox_state::QUEUED))
+                        .filter(email_outbox::state.eq(OutboxState::Queued))
                         .filter(email_outbox::batch_id.is_null()),
                 )
                 .set((
-                    email_outbox::state.eq(super::email::outbox_state::FAILED),
+                    email_outbox::state.eq(OutboxState::Failed),
                     email_outbox::last_error.eq("recipient erased"),
                 ))
                 .execute(conn)
@@ -485,7 +486,7 @@ impl Db {
                 diesel::update(
                     email_outbox::table
                         .filter(email_outbox::user_id.eq(user_id))
-                        .filter(email_outbox::state.ne(super::email::outbox_state::QUEUED)),
+                        .filter(email_outbox::state.ne(OutboxState::Queued)),
                 )
                 .set((
                     email_outbox::to_address.eq(""),

@@ -1,8 +1,9 @@
 //! The leaf of the crate: what the product's words mean (room names, the
-//! frames of the wire, close codes), with errors of their own. It depends
-//! on nothing else of this crate, so rooms, sessions, routes and the store
-//! can all use it without depending on each other.
+//! frames of the wire, close codes, email kinds and states), with errors of
+//! their own. It depends on nothing else of this crate, so rooms, sessions,
+//! routes and the store can all use it without depending on each other.
 
 pub mod close;
+pub mod email;
 pub mod room;
 pub mod wire;

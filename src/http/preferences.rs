@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::extract::AuthUser;
 use crate::app::AppState;
 use crate::db::email::PreferencesRow;
+use crate::domain::email::EmailKind;
 use crate::error::AppError;
 use crate::notifications::KINDS;
 use crate::notify::templates::kind_label;
@@ -100,12 +101,13 @@ pub async fn put(
         .await?
         .unwrap_or_else(|| PreferencesRow::defaults(&who.user_id));
     for (kind, enabled) in &update.email {
-        if !row.set(kind, *enabled) {
+        let Some(kind) = EmailKind::parse(kind) else {
             return Err(AppError::Unprocessable(format!(
                 "unknown email kind `{kind}`; expected one of {}",
                 KINDS.join(", ")
             )));
-        }
+        };
+        row.set(kind, *enabled);
     }
     if let Some(delay) = update.chat_delay_secs {
         if delay.is_some_and(|secs| !(0..=CHAT_DELAY_MAX_SECS).contains(&secs)) {
@@ -159,11 +161,11 @@ fn page(
         .body(html)
 }
 
-fn what_unsubscribing_does(kind: &str) -> String {
+fn what_unsubscribing_does(kind: EmailKind) -> String {
     format!(
         "You will no longer get emails about {} from Mixroom. You can turn them \
          back on at any time in your Mixroom settings.",
-        kind_label(kind)
+        kind_label(kind.as_str())
     )
 }
 
@@ -197,7 +199,7 @@ pub async fn confirm_unsubscribe(
     page(
         actix_web::http::StatusCode::OK,
         "Unsubscribe from these emails?",
-        &what_unsubscribing_does(&target.kind),
+        &what_unsubscribing_does(target.kind),
         Some(&action),
     )
 }
@@ -215,13 +217,13 @@ pub async fn unsubscribe(
     };
     state
         .db
-        .set_email_kind(&target.user_id, &target.kind, false)
+        .set_email_kind(&target.user_id, target.kind, false)
         .await?;
     tracing::info!(user = %target.user_id, kind = %target.kind, "unsubscribed by link");
     Ok(page(
         actix_web::http::StatusCode::OK,
         "You are unsubscribed",
-        &what_unsubscribing_does(&target.kind),
+        &what_unsubscribing_does(target.kind),
         None,
     ))
 }

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use sha2::Sha256;
 
 use crate::config::Settings;
-use crate::notifications::KINDS;
+use crate::domain::email::EmailKind;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -26,7 +26,7 @@ pub enum UnsubscribeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub user_id: String,
-    pub kind: String,
+    pub kind: EmailKind,
 }
 
 pub struct UnsubscribeSigner {
@@ -95,16 +95,16 @@ impl UnsubscribeSigner {
         if user_id.is_empty() {
             return Err(UnsubscribeError::Malformed);
         }
-        if !KINDS.contains(&kind) {
+        let Some(kind) = EmailKind::parse(kind) else {
             return Err(UnsubscribeError::UnknownKind);
-        }
+        };
         let signature = hex::decode(signature).map_err(|_| UnsubscribeError::BadSignature)?;
-        self.mac(user_id, kind)
+        self.mac(user_id, kind.as_str())
             .verify_slice(&signature)
             .map_err(|_| UnsubscribeError::BadSignature)?;
         Ok(Unsubscribe {
             user_id: user_id.to_owned(),
-            kind: kind.to_owned(),
+            kind,
         })
     }
 }
@@ -127,7 +127,7 @@ mod tests {
             signer.verify(&token).unwrap(),
             Unsubscribe {
                 user_id: "6f1c1a52-0000-4000-8000-000000000001".into(),
-                kind: "chat".into()
+                kind: EmailKind::Chat
             }
         );
         let url = signer.url("u.with.dots", "marketing");

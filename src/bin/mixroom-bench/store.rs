@@ -15,6 +15,7 @@ use clap::Args;
 use mixroom_realtime::db::email::EmailItemRow;
 use mixroom_realtime::db::messages::NewMessage;
 use mixroom_realtime::db::Db;
+use mixroom_realtime::domain::email::{EmailKind, ItemState};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -190,14 +191,14 @@ async fn measure(args: &StoreArgs, url: &SecretString) -> anyhow::Result<String>
                             source: format!("range:{}:{id}", row.room),
                             id,
                             user_id: peer,
-                            kind: "chat".into(),
+                            kind: EmailKind::Chat,
                             room: Some(row.room.clone()),
                             seq: Some(row.seq),
                             message_id: None,
                             notification_id: None,
                             created_at: row.sent_at,
                             due_at: row.sent_at + 600_000,
-                            state: "pending".into(),
+                            state: ItemState::Pending,
                             outbox_id: None,
                             updated_at: row.sent_at,
                             up_to_seq: Some(row.seq),
