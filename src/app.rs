@@ -117,6 +117,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         probes: crate::http::health::ProbeCache::new(),
         draining: Arc::new(AtomicBool::new(false)),
     });
+    let sessions = Arc::new(crate::ws::SessionServices {
+        server: settings.server.clone(),
+        limits: settings.limits.clone(),
+        db: state.db.clone(),
+        client_reads: state.client_reads.clone(),
+        verifier: state.verifier.clone(),
+        hub: state.hub.clone(),
+        sequencer: state.sequencer.clone(),
+        limiters: state.limiters.clone(),
+        metrics: state.metrics.clone(),
+        sockets: state.sockets.clone(),
+    });
     state.probes.start(db.clone(), state.metrics.clone());
     crate::support::start(support_context, state.clone(), support_runtime);
 
@@ -177,7 +189,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 !server_settings.cors_origins.is_empty(),
                 crate::http::cors(&server_settings.cors_origins),
             ));
-        let upgrade_state = state.clone().into_inner();
+        let upgrade_state = sessions.clone();
         let http = HttpService::build()
             .client_request_timeout(Duration::from_secs(5))
             .client_disconnect_timeout(Duration::from_secs(1))

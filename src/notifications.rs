@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::app::AppState;
 use crate::db::models::NotificationRow;
+use crate::db::Db;
 use crate::error::AppError;
 use crate::rooms::hub::ToUser;
 
@@ -65,13 +66,9 @@ pub fn push(state: &AppState, rows: &[NotificationRow]) {
 }
 
 /// Unread notifications and unread chat messages per booking room.
-pub async fn unread_summary(
-    state: &AppState,
-    user_id: &str,
-) -> Result<serde_json::Value, AppError> {
-    let notifications = state.db.unread_notification_count(user_id).await?;
-    let rooms: serde_json::Map<String, serde_json::Value> = state
-        .db
+pub async fn unread_summary(db: &Db, user_id: &str) -> Result<serde_json::Value, AppError> {
+    let notifications = db.unread_notification_count(user_id).await?;
+    let rooms: serde_json::Map<String, serde_json::Value> = db
         .unread_room_counts(user_id)
         .await?
         .into_iter()

@@ -68,7 +68,8 @@ pub async fn unread(
     AuthUser(who): AuthUser,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    Ok(HttpResponse::Ok().json(crate::notifications::unread_summary(&state, &who.user_id).await?))
+    Ok(HttpResponse::Ok()
+        .json(crate::notifications::unread_summary(&state.db, &who.user_id).await?))
 }
 
 #[derive(Deserialize)]

@@ -2,7 +2,7 @@
 
 use actix::Addr;
 
-use crate::app::AppState;
+use super::SessionServices;
 use crate::error::AppError;
 use crate::rooms::room::RoomActor;
 use crate::rooms::RoomName;
@@ -68,12 +68,12 @@ pub(super) struct Replay {
 /// bodies: a replay of a long backlog is paged by the client, so one
 /// join never holds the whole backlog in memory.
 pub(super) async fn replay_page(
-    state: &AppState,
+    state: &SessionServices,
     room: &RoomName,
     since: i64,
     last_seq: i64,
 ) -> Result<Replay, AppError> {
-    let server = &state.settings.server;
+    let server = &state.server;
     let rows = state
         .client_reads
         .after(

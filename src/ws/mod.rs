@@ -25,8 +25,18 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws::WebsocketContext;
 use futures_util::SinkExt;
 
-use crate::app::AppState;
+use actix::Addr;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenVerifier;
+use crate::config::{LimitSettings, ServerSettings};
+use crate::db::client_reads::ClientReads;
+use crate::db::Db;
 use crate::error::AppError;
+use crate::limits::Limiters;
+use crate::metrics::Metrics;
+use crate::rooms::hub::Hub;
+use crate::rooms::sequencer::Sequencer;
 
 /// Bytes the kernel may hold for one socket on its way out (it doubles the
 /// figure for its bookkeeping): plenty for any reader that keeps up.
@@ -51,7 +61,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppError>
 
 /// Admits an upgrade request (returning the client's address, for the
 /// per-address limits) or refuses it with the HTTP response it gets.
-fn admit(state: &AppState, head: &RequestHead) -> Result<Option<IpAddr>, Response<BoxBody>> {
+fn admit(state: &SessionServices, head: &RequestHead) -> Result<Option<IpAddr>, Response<BoxBody>> {
     if head.uri.path() != PATH {
         let error = AppError::NotFound(format!("no WebSocket endpoint at {}", head.uri.path()));
         return Err(error.error_response().into());
@@ -68,15 +78,32 @@ fn admit(state: &AppState, head: &RequestHead) -> Result<Option<IpAddr>, Respons
             error.error_response()
         })?;
     }
-    check_origin(&head.headers, &state.settings.server.allowed_origins)
+    check_origin(&head.headers, &state.server.allowed_origins)
         .map_err(|error| error.error_response())?;
     Ok(client_ip)
+}
+
+/// What sockets and their sessions use of the server: these handles,
+/// not the whole application state (made once, in `app`).
+pub struct SessionServices {
+    pub server: ServerSettings,
+    pub limits: LimitSettings,
+    pub db: Db,
+    /// Replays and history pages.
+    pub client_reads: ClientReads,
+    pub verifier: Arc<TokenVerifier>,
+    pub hub: Addr<Hub>,
+    pub sequencer: Sequencer,
+    pub limiters: Arc<Limiters>,
+    pub metrics: Arc<Metrics>,
+    /// Every socket's task: shutdown waits for their close frames.
+    pub sockets: TaskTracker,
 }
 
 /// The server's upgrade service: every request carrying
 /// `Upgrade: websocket` comes here with its connection.
 pub async fn serve_upgrade(
-    state: Arc<AppState>,
+    state: Arc<SessionServices>,
     request: Request,
     mut framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), actix_web::Error> {
@@ -108,15 +135,11 @@ pub async fn serve_upgrade(
     // and the write deadline would only start once all that had filled.
     let _ = socket2::SockRef::from(&io).set_send_buffer_size(SEND_BUFFER);
     let socket = Rc::new(io);
-    let reader = socket::FrameReader::new(
-        socket.clone(),
-        received,
-        state.settings.server.max_frame_bytes,
-    );
+    let reader = socket::FrameReader::new(socket.clone(), received, state.server.max_frame_bytes);
     let sockets = state.sockets.clone();
     let limits = socket::WriteLimits {
-        timeout: std::time::Duration::from_millis(state.settings.server.write_timeout_ms),
-        max_queued_bytes: state.settings.limits.session_queue_bytes,
+        timeout: std::time::Duration::from_millis(state.server.write_timeout_ms),
+        max_queued_bytes: state.limits.session_queue_bytes,
     };
     let metrics = state.metrics.clone();
     let session = session::WsSession::new(state, client_ip);

@@ -16,7 +16,7 @@ use actix_web_actors::ws;
 use bytestring::ByteString;
 
 use super::joined::{replay_page, JoinedRoom, JoinedRooms};
-use crate::app::AppState;
+use super::SessionServices;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
 use crate::db::users::ProfileMirror;
@@ -44,7 +44,7 @@ const WRITE_ACCESS_TTL: Duration = Duration::from_secs(30);
 
 pub struct WsSession {
     id: String,
-    state: Arc<AppState>,
+    state: Arc<SessionServices>,
     identity: Option<Identity>,
     last_heard: Instant,
     rooms: JoinedRooms,
@@ -81,9 +81,9 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    pub fn new(state: Arc<AppState>, client_ip: Option<IpAddr>) -> Self {
+    pub fn new(state: Arc<SessionServices>, client_ip: Option<IpAddr>) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
-        let server = &state.settings.server;
+        let server = &state.server;
         let now = Instant::now();
         WsSession {
             next_ping: now + Duration::from_millis(server.heartbeat_ms),
@@ -266,7 +266,7 @@ impl WsSession {
             .inc();
         self.send_error(ctx, reference, &error);
         self.strikes += 1;
-        if self.strikes >= self.state.settings.limits.flood_strikes {
+        if self.strikes >= self.state.limits.flood_strikes {
             self.state
                 .metrics
                 .connections_refused
@@ -296,7 +296,7 @@ impl WsSession {
             session_id: self.id.clone(),
             user_id: String::new(),
             recipient: ctx.address().recipient(),
-            max_sessions: self.state.settings.limits.max_connections_per_user,
+            max_sessions: self.state.limits.max_connections_per_user,
         };
         // Verified (a rotated signing key is fetched first), mirrored (an
         // erased user is refused here, so nothing they send can bring their
@@ -353,7 +353,7 @@ impl WsSession {
                                 user_id: &identity.user_id,
                                 session_id: &session.id,
                                 server_time: crate::time::rfc3339_ms(crate::time::now_ms()),
-                                heartbeat_ms: session.state.settings.server.heartbeat_ms,
+                                heartbeat_ms: session.state.server.heartbeat_ms,
                             }
                             .encode(),
                         );
@@ -374,7 +374,7 @@ impl WsSession {
         let user_id = identity.user_id.clone();
         let session = ctx.address();
         actix_rt::spawn(async move {
-            match crate::notifications::unread_summary(&state, &user_id).await {
+            match crate::notifications::unread_summary(&state.db, &user_id).await {
                 Ok(mut summary) => {
                     summary["type"] = "unread".into();
                     session.do_send(ToSession::Event(summary.to_string().into()));
@@ -477,7 +477,7 @@ impl WsSession {
             _ => {}
         }
         if now >= self.next_ping {
-            let server = &self.state.settings.server;
+            let server = &self.state.server;
             if self.last_heard.elapsed() > Duration::from_millis(server.client_timeout_ms) {
                 tracing::debug!(session = %self.id, "peer silent; dropping session");
                 return ctx.stop();
@@ -606,7 +606,7 @@ impl WsSession {
         if body.trim().is_empty() {
             return Err(AppError::Invalid("`body` must not be empty".into()));
         }
-        let max = self.state.settings.server.max_message_bytes;
+        let max = self.state.server.max_message_bytes;
         if body.len() > max {
             return Err(AppError::TooLarge(format!(
                 "`body` is {} bytes; the limit is {max}",
@@ -750,7 +750,7 @@ impl WsSession {
             return;
         };
         buffer.extend_from_slice(&bytes);
-        if buffer.len() > self.state.settings.server.max_frame_bytes {
+        if buffer.len() > self.state.server.max_frame_bytes {
             self.fragments = None;
             return self.close(ctx, 1009, "message larger than the limit");
         }
@@ -812,11 +812,11 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.state.metrics.ws_sessions.inc();
         // Bounds what waits for a client that stops reading (see `offer`).
-        ctx.set_mailbox_capacity(self.state.settings.limits.session_queue);
+        ctx.set_mailbox_capacity(self.state.limits.session_queue);
         if let Some(ip) = self.client_ip {
             let open = self.state.hub.send(OpenConnection {
                 ip,
-                max: self.state.settings.limits.max_connections_per_ip,
+                max: self.state.limits.max_connections_per_ip,
             });
             ctx.wait(open.into_actor(self).map(|admitted, session, ctx| {
                 if !matches!(admitted, Ok(true)) {
