@@ -11,10 +11,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,8 +21,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-/// The HS256 secret and backend key every test server is started with.
-pub const JWT_SECRET: &str = "mixroom-test-jwt-secret-7d3f0a9c1e5b4a2f8c6d0e1f2a3b4c5d";
+use mixroom_testkit::database::with_database;
+/// Users, their tokens and client frames come from the test kit, shared
+/// with the bench; every test server is started with the kit's HS256
+/// secret.
+pub use mixroom_testkit::{
+    claims, masked_text_frame, now_secs, sign, User as TestUser, JWT_SECRET,
+};
+
+/// The backend key every test server is started with.
 pub const INTERNAL_API_KEY: &str = "mixroom-test-internal-key-91b2c3";
 
 /// Frame-rate limits high enough that stories which pipeline many sends
@@ -168,24 +174,6 @@ fn run_admin_sql(admin_url: &str, sql: &str) -> Result<(), String> {
     })
     .join()
     .map_err(|_| "the admin SQL thread panicked".to_string())?
-}
-
-/// `postgres://u@h:5432/postgres?x=y` with the database name replaced.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut replaced = format!("{}/{database}", &base[..path_start]);
-    if let Some(query) = query {
-        replaced.push('?');
-        replaced.push_str(query);
-    }
-    replaced
 }
 
 // ---------------------------------------------------------------------------
@@ -675,121 +663,10 @@ async fn assert_success(response: reqwest::Response, what: &str) {
 }
 
 // ---------------------------------------------------------------------------
-// Users and tokens
-// ---------------------------------------------------------------------------
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// Claims shaped like a Supabase Auth access token.
-pub fn claims(user_id: &str, role: &str, name: &str, exp: u64) -> Value {
-    json!({
-        "sub": user_id,
-        "aud": "authenticated",
-        "exp": exp,
-        "iat": now_secs(),
-        "email": format!("{}@example.com", name.to_lowercase()),
-        "user_metadata": {"full_name": name},
-        "app_metadata": {"role": role},
-    })
-}
-
-/// HS256-signs `claims` with `secret`.
-pub fn sign(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign a test token")
-}
-
-/// A valid token for one hour.
-pub fn token(user_id: &str, role: &str, name: &str) -> String {
-    token_with_exp(user_id, role, name, now_secs() + 3600)
-}
-
-/// A token expiring at `exp` (unix seconds).
-pub fn token_with_exp(user_id: &str, role: &str, name: &str, exp: u64) -> String {
-    sign(&claims(user_id, role, name, exp), JWT_SECRET)
-}
-
-/// A person using Mixroom, with a fresh id and a valid token.
-#[derive(Debug, Clone)]
-pub struct TestUser {
-    pub id: String,
-    pub role: String,
-    pub name: String,
-    pub token: String,
-}
-
-impl TestUser {
-    fn new(role: &str, name: &str) -> TestUser {
-        let id = Uuid::new_v4().to_string();
-        let token = token(&id, role, name);
-        TestUser {
-            id,
-            role: role.to_owned(),
-            name: name.to_owned(),
-            token,
-        }
-    }
-
-    pub fn client(name: &str) -> TestUser {
-        TestUser::new("client", name)
-    }
-
-    pub fn studio_owner(name: &str) -> TestUser {
-        TestUser::new("studio_owner", name)
-    }
-
-    pub fn engineer(name: &str) -> TestUser {
-        TestUser::new("engineer", name)
-    }
-
-    pub fn admin(name: &str) -> TestUser {
-        TestUser::new("admin", name)
-    }
-
-    pub fn email(&self) -> String {
-        format!("{}@example.com", self.name.to_lowercase())
-    }
-
-    /// Another token for this user, expiring at `exp` (unix seconds).
-    pub fn token_expiring_at(&self, exp: u64) -> String {
-        token_with_exp(&self.id, &self.role, &self.name, exp)
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The WebSocket client
 // ---------------------------------------------------------------------------
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A client's text frame (RFC 6455 §5.2: FIN, opcode 1, masked).
-pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x81];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend((n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend((n as u64).to_be_bytes());
-        }
-    }
-    frame.extend(mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
 
 /// What ended a wait for a frame.
 enum Interrupt {
