@@ -151,11 +151,21 @@ impl Claims {
 
     /// Signs these claims with a project's HS256 secret.
     pub fn sign_hs256(&self, secret: &str) -> Result<String, jsonwebtoken::errors::Error> {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            self,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        self.sign(Algorithm::HS256, None, &key)
+    }
+
+    /// Signs these claims with `key`, naming it `kid` in the header, as a
+    /// project that publishes its keys (JWKS) does.
+    pub fn sign(
+        &self,
+        algorithm: Algorithm,
+        kid: Option<&str>,
+        key: &EncodingKey,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, self, key)
     }
 }
 

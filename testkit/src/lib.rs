@@ -10,5 +10,5 @@ pub mod tokens;
 pub mod users;
 
 pub use frames::{encode_client_frame, masked_text_frame};
-pub use tokens::{claims, now_secs, sign};
+pub use tokens::{claims, now_secs, sign, sign_with_pem};
 pub use users::{User, JWT_SECRET};

@@ -1,6 +1,8 @@
 //! Supabase-shaped access tokens, minted as the server's `token` command
 //! mints them.
 
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::EncodingKey;
 pub use mixroom_realtime::auth::Claims;
 /// Unix seconds, by the server's clock function.
 pub use mixroom_realtime::time::now_secs;
@@ -16,6 +18,19 @@ pub fn sign(claims: &Claims, secret: &str) -> String {
     claims
         .sign_hs256(secret)
         .expect("HS256 signing cannot fail")
+}
+
+/// Signs `claims` with an ES256 or RS256 private key (PEM) named `kid`, as
+/// a project that publishes its keys (JWKS) does.
+pub fn sign_with_pem(claims: &Claims, algorithm: Algorithm, kid: &str, pem: &[u8]) -> String {
+    let key = match algorithm {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem),
+        _ => EncodingKey::from_rsa_pem(pem),
+    }
+    .expect("a PEM private key");
+    claims
+        .sign(algorithm, Some(kid), &key)
+        .expect("signing with a valid key cannot fail")
 }
 
 /// `Ava` → `ava@example.com`, `Sub 7` → `sub.7@example.com`.

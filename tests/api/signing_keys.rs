@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use mixroom_testkit::tokens::Claims;
 
-use crate::helpers::{claims, now_secs, sign, Backend, TestServer, WsClient, JWT_SECRET};
+use crate::helpers::{
+    claims, now_secs, sign, sign_with_pem, Backend, TestServer, WsClient, JWT_SECRET,
+};
 
 /// The test keys of `tests/fixtures/jwks/`: an ES256 and an RS256 pair, so
 /// the rotation also moves from one algorithm to the other.
@@ -65,15 +67,8 @@ impl TestKey {
     }
 
     fn sign(&self, claims: &Claims) -> String {
-        let mut header = Header::new(self.algorithm);
-        header.kid = Some(self.kid.to_owned());
         let pem = fixture(self.private_pem);
-        let key = match self.algorithm {
-            Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
-            _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
-        }
-        .expect("a test key");
-        jsonwebtoken::encode(&header, claims, &key).expect("sign a test token")
+        sign_with_pem(claims, self.algorithm, self.kid, pem.as_bytes())
     }
 }
 

@@ -13,7 +13,7 @@ mod ws_client;
 
 pub use database::Backend;
 pub use mixroom_testkit::{
-    claims, masked_text_frame, now_secs, sign, User as TestUser, JWT_SECRET,
+    claims, masked_text_frame, now_secs, sign, sign_with_pem, User as TestUser, JWT_SECRET,
 };
 pub use server::TestServer;
 pub use ws_client::{seqs, WsClient};
