@@ -87,35 +87,86 @@ impl Identity {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    sub: String,
-    exp: i64,
+/// The claims of a Supabase access token: what [`TokenVerifier::verify`]
+/// reads and what [`mint_token`] (and the test kit, so the tests and the
+/// bench) write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<i64>,
+    pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    nbf: Option<i64>,
+    pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    iss: Option<String>,
-    aud: String,
+    pub iss: Option<String>,
+    pub aud: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    email: Option<String>,
+    pub email: Option<String>,
     #[serde(default)]
-    user_metadata: UserMetadata,
+    pub user_metadata: UserMetadata,
     #[serde(default)]
-    app_metadata: AppMetadata,
+    pub app_metadata: AppMetadata,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct UserMetadata {
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    full_name: Option<String>,
+    pub full_name: Option<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct AppMetadata {
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    role: Option<String>,
+    pub role: Option<String>,
+}
+
+impl Claims {
+    /// Claims as Supabase issues them: our audience, issued now, expiring
+    /// at `expires_at` (unix seconds). `role` is a string so that tools can
+    /// also mint roles this server does not know.
+    pub fn new(
+        user_id: &str,
+        role: &str,
+        name: Option<&str>,
+        email: Option<&str>,
+        expires_at: i64,
+    ) -> Claims {
+        Claims {
+            sub: user_id.to_owned(),
+            exp: expires_at,
+            iat: Some(crate::time::now_secs()),
+            nbf: None,
+            iss: None,
+            aud: AUDIENCE.to_owned(),
+            email: email.map(str::to_owned),
+            user_metadata: UserMetadata {
+                full_name: name.map(str::to_owned),
+            },
+            app_metadata: AppMetadata {
+                role: Some(role.to_owned()),
+            },
+        }
+    }
+
+    /// Signs these claims with a project's HS256 secret.
+    pub fn sign_hs256(&self, secret: &str) -> Result<String, jsonwebtoken::errors::Error> {
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        self.sign(Algorithm::HS256, None, &key)
+    }
+
+    /// Signs these claims with `key`, naming it `kid` in the header, as a
+    /// project that publishes its keys (JWKS) does.
+    pub fn sign(
+        &self,
+        algorithm: Algorithm,
+        kid: Option<&str>,
+        key: &EncodingKey,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, self, key)
+    }
 }
 
 /// Where asymmetric keys come from.
@@ -309,27 +360,8 @@ pub fn mint_token(
     email: Option<&str>,
     ttl_secs: i64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = crate::time::now_secs();
-    let claims = Claims {
-        sub: user_id.to_owned(),
-        exp: now + ttl_secs,
-        iat: Some(now),
-        nbf: None,
-        iss: None,
-        aud: AUDIENCE.to_owned(),
-        email: email.map(str::to_owned),
-        user_metadata: UserMetadata {
-            full_name: name.map(str::to_owned),
-        },
-        app_metadata: AppMetadata {
-            role: Some(role.as_str().to_owned()),
-        },
-    };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
-    )
+    let expires_at = crate::time::now_secs() + ttl_secs;
+    Claims::new(user_id, role.as_str(), name, email, expires_at).sign_hs256(secret.expose_secret())
 }
 
 /// The backend's keys in `auth.internal_api_key`: one, or several

@@ -4,8 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    claims, now_secs, seqs, sign, token_with_exp, Backend, TestServer, TestUser, WsClient,
-    INTERNAL_API_KEY,
+    claims, now_secs, seqs, sign, Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY,
 };
 
 both_backends!(
@@ -173,7 +172,7 @@ async fn bad_tokens_close_with_4001() {
     let server = TestServer::spawn(&backend, &[]);
     let mallory = TestUser::client("Mallory");
     let mut wrong_audience = claims(&mallory.id, "client", "Mallory", now_secs() + 3600);
-    wrong_audience["aud"] = json!("anon");
+    wrong_audience.aud = "anon".to_owned();
     let bad_tokens = [
         ("garbage", "not-a-jwt".to_owned()),
         (
@@ -185,7 +184,7 @@ async fn bad_tokens_close_with_4001() {
         ),
         (
             "expired an hour ago",
-            token_with_exp(&mallory.id, "client", "Mallory", now_secs() - 3600),
+            mallory.token_expiring_at(now_secs() - 3600),
         ),
         (
             "for another audience",

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::helpers::{claims, now_secs, Backend, TestServer, TestUser, WsClient};
+use crate::helpers::{claims, now_secs, sign_with_pem, Backend, TestServer, TestUser, WsClient};
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/jwks/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -16,14 +16,8 @@ fn fixture(name: &str) -> String {
 
 fn sign_asymmetric(user: &TestUser, algorithm: Algorithm, kid: &str, pem_file: &str) -> String {
     let pem = std::fs::read(fixture(pem_file)).expect("test key");
-    let key = match algorithm {
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
-        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
-    };
-    let mut header = Header::new(algorithm);
-    header.kid = Some(kid.to_owned());
     let claims = claims(&user.id, &user.role, &user.name, now_secs() + 600);
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    sign_with_pem(&claims, algorithm, kid, &pem)
 }
 
 /// A Supabase project that signs with asymmetric keys: ES256 and RS256

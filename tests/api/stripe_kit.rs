@@ -69,7 +69,7 @@ pub fn stripe_event(event_type: &str, booking_id: &str) -> (String, String) {
 }
 
 /// `Stripe-Signature` as Stripe computes it: HMAC-SHA256 of `t.payload`.
-pub fn stripe_signature(payload: &str, secret: &str, timestamp: u64) -> String {
+pub fn stripe_signature(payload: &str, secret: &str, timestamp: i64) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{timestamp}.{payload}").as_bytes());
     format!(

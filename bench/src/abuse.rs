@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use mixroom_testkit::frames::{encode_client_frame, OP_TEXT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
@@ -155,22 +156,10 @@ pub async fn start(
     Ok(Attack { tasks, outcomes })
 }
 
-/// A masked text frame (zero mask: the payload goes as it is).
+/// A text frame with a zero mask: the payload goes as it is.
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x81];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend((n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend((n as u64).to_be_bytes());
-        }
-    }
-    out.extend([0, 0, 0, 0]);
-    out.extend_from_slice(payload);
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    encode_client_frame(&mut out, OP_TEXT, payload, [0; 4]);
     out
 }
 

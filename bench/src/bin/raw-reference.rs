@@ -19,7 +19,8 @@ use std::io::Write;
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use mixroom_realtime::ws::frames::{MessageView, SenderView, ServerFrame};
+use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -35,27 +36,6 @@ struct Frame<'a> {
     client_id: Option<&'a str>,
     #[serde(default)]
     body: Option<String>,
-}
-
-/// The `message` frame, fields in the order of the real server's.
-#[derive(Serialize)]
-struct MessageFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    room: &'a str,
-    seq: u64,
-    id: &'a str,
-    client_id: &'a str,
-    sender: Sender<'a>,
-    body: &'a str,
-    sent_at: &'a str,
-}
-
-#[derive(Serialize)]
-struct Sender<'a> {
-    user_id: &'a str,
-    name: &'a str,
-    role: &'a str,
 }
 
 struct Member {
@@ -171,16 +151,16 @@ async fn serve(
                         room.seq += 1;
                         let seq = room.seq;
                         let message_id = format!("01900000-0000-7000-8000-{seq:012}");
-                        let message = MessageFrame {
-                            kind: "message",
+                        // The real server's frame type: the same bytes go out.
+                        let message = ServerFrame::Message(MessageView {
                             room: room_name,
-                            seq,
+                            seq: seq as i64,
                             id: &message_id,
-                            client_id,
-                            sender: Sender { user_id: &user_id, name: "Sender", role: "client" },
+                            client_id: Some(client_id),
+                            sender: SenderView { user_id: Some(&user_id), name: "Sender", role: "client" },
                             body: frame.body.as_deref().unwrap_or_default(),
-                            sent_at: "2026-01-01T00:00:00.000Z",
-                        };
+                            sent_at: "2026-01-01T00:00:00.000Z".to_owned(),
+                        });
                         // Serialised once; every member gets the same bytes.
                         let text = serde_json::to_string(&message).unwrap_or_default();
                         let shared = Message::Text(Utf8Bytes::from(text));

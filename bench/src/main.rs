@@ -6,7 +6,8 @@
 //! lines plus a one-line summary.
 //!
 //! ```sh
-//! cargo build --release --features bench
+//! cargo build --release                   # the server, as production builds it
+//! cargo build --release -p mixroom-bench  # this generator and raw-reference
 //! target/release/mixroom-bench fanout --spawn target/release/mixroom-realtime --sweep
 //! ```
 //!

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures_util::StreamExt;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mixroom_testkit::database::with_database;
+use mixroom_testkit::now_secs;
 use serde_json::json;
 
 /// The embedded defaults of `config/default.toml` (development only).
@@ -115,13 +116,6 @@ impl Poster {
     }
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 pub fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -148,24 +142,6 @@ async fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
         bail!("refusing {authority}: the generator only loads loopback servers (127.0.0.1)");
     }
     Ok(first)
-}
-
-/// `postgres://u@h:5432/db?x` with another database name.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut replaced = format!("{}/{database}", &base[..path_start]);
-    if let Some(query) = query {
-        replaced.push('?');
-        replaced.push_str(query);
-    }
-    replaced
 }
 
 /// Connects as the server does (the URL's `sslmode`/`sslrootcert` apply).
@@ -298,21 +274,8 @@ impl Target {
 
     /// A Supabase-shaped access token for a user, valid for two hours.
     pub fn token(&self, user_id: &str, role: &str, name: &str) -> String {
-        let claims = json!({
-            "sub": user_id,
-            "aud": "authenticated",
-            "exp": now_unix() + 7200,
-            "iat": now_unix(),
-            "email": format!("{user_id}@bench.invalid"),
-            "user_metadata": {"full_name": name},
-            "app_metadata": {"role": role},
-        });
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(self.jwt_secret.as_bytes()),
-        )
-        .expect("HS256 signing cannot fail")
+        let claims = mixroom_testkit::claims(user_id, role, name, now_secs() + 7200);
+        mixroom_testkit::sign(&claims, &self.jwt_secret)
     }
 
     /// Mirrors a confirmed booking (as the Mixroom backend does); nothing

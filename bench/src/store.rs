@@ -21,7 +21,9 @@ use serde_json::json;
 
 use crate::procfs::{self, Cpu};
 use crate::stats::{now_ns, round, Samples};
-use crate::target::{admin_sql, unique_suffix, with_database};
+use mixroom_testkit::database::with_database;
+
+use crate::target::{admin_sql, unique_suffix};
 
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {

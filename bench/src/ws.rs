@@ -15,10 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+use mixroom_testkit::frames::{encode_client_frame, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 
 /// What the reader got.
 pub enum Event {
@@ -222,30 +219,13 @@ impl WsWriter {
     /// writes everything pending (so frames of two tasks never interleave).
     async fn send(&self, opcode: u8, payload: &[u8]) -> io::Result<()> {
         {
-            let mut out = self.pending.borrow_mut();
-            out.push(0x80 | opcode);
-            let len = payload.len();
-            if len < 126 {
-                out.push(0x80 | len as u8);
-            } else if len <= u16::MAX as usize {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(len as u16).to_be_bytes());
-            } else {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(len as u64).to_be_bytes());
-            }
             let mut state = self.mask_state.get();
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
             self.mask_state.set(state);
-            let mask = state.to_be_bytes();
-            out.extend_from_slice(&mask);
-            let from = out.len();
-            out.extend_from_slice(payload);
-            for (i, byte) in out[from..].iter_mut().enumerate() {
-                *byte ^= mask[i & 3];
-            }
+            let mut out = self.pending.borrow_mut();
+            encode_client_frame(&mut out, opcode, payload, state.to_be_bytes());
         }
         if self.busy.get() {
             return Ok(());
