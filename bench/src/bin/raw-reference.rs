@@ -19,7 +19,7 @@ use std::io::Write;
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
-use mixroom_realtime::ws::frames::{MessageView, SenderView, ServerFrame};
+use mixroom_realtime::domain::wire::{MessageView, SenderView, ServerFrame};
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
