@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, AsyncContext};
+use actix::{Actor, Addr};
 use actix_http::HttpService;
 use actix_service::{fn_service, map_config, IntoServiceFactory, Service, ServiceFactoryExt};
 use actix_web::dev::AppConfig;
@@ -15,15 +15,18 @@ use secrecy::ExposeSecret;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
+use crate::bookings::Bookings;
 use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::db::client_reads::ClientReads;
 use crate::db::Db;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
+use crate::notifications::Inbox;
 use crate::rooms::hub::{CloseAllSessions, Hub, UseCluster};
 use crate::rooms::sequencer::Sequencer;
 use crate::support::director::SupportDirector;
+use crate::support::SupportServices;
 
 /// What every request handler and session shares. Actors are reached by
 /// address; nothing here is behind a lock.
@@ -42,8 +45,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Routes support-room messages to the conversations' agents.
     pub support: Addr<SupportDirector>,
-    /// Emails what users have not read (takes new notifications).
-    pub notifier: Addr<crate::notify::Notifier>,
+    /// Users' news: their live sessions and the email fallback.
+    pub inbox: Inbox,
+    /// Booking changes and what follows them.
+    pub bookings: Bookings,
     /// The upgraded WebSockets, each a task of its own: shutdown waits for
     /// them to write their close frames.
     pub sockets: TaskTracker,
@@ -98,9 +103,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let notifier =
         crate::notify::start(settings.clone(), db.clone(), hub.clone(), metrics.clone())?;
     let support_runtime = crate::support::SupportRuntime::load(&settings.ai)?;
-    // The director needs the state and the state holds its address: make
-    // the address first, start the director once the state exists.
-    let support_context = actix::Context::<SupportDirector>::new();
+    let inbox = Inbox::new(hub.clone(), notifier);
+    let support = crate::support::start(
+        SupportServices {
+            ai: settings.ai.clone(),
+            db: db.clone(),
+            hub: hub.clone(),
+            sequencer: sequencer.clone(),
+            limiters: limiters.clone(),
+            metrics: metrics.clone(),
+            inbox: inbox.clone(),
+        },
+        support_runtime,
+    );
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         db: db.clone(),
@@ -111,8 +126,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         sequencer: sequencer.clone(),
         limiters: limiters.clone(),
         metrics,
-        support: support_context.address(),
-        notifier,
+        support,
+        bookings: Bookings::new(db.clone(), hub.clone(), sequencer.clone(), inbox.clone()),
+        inbox,
         sockets: TaskTracker::new(),
         probes: crate::http::health::ProbeCache::new(),
         draining: Arc::new(AtomicBool::new(false)),
@@ -130,7 +146,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         sockets: state.sockets.clone(),
     });
     state.probes.start(db.clone(), state.metrics.clone());
-    crate::support::start(support_context, state.clone(), support_runtime);
 
     crate::retention::start(db.clone(), settings.retention.clone());
     let listener = bind(settings.server.listen)?;

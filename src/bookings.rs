@@ -2,14 +2,17 @@
 //! a Stripe webhook): stored with their cause, pushed to everyone concerned
 //! and written into the booking room's history as a `system` message.
 
+use actix::Addr;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::db::bookings::{booking_room, BookingOutcome, BookingUpsert};
 use crate::db::messages::NewMessage;
 use crate::db::models::{NotificationRow, StatusChangeRow};
+use crate::db::Db;
 use crate::error::AppError;
-use crate::rooms::hub::{BookingUpdated, RoomChanged};
+use crate::notifications::Inbox;
+use crate::rooms::hub::{BookingUpdated, Hub, RoomChanged};
+use crate::rooms::sequencer::Sequencer;
 
 /// The statuses a booking can have (payments: `docs/payments.md`).
 pub const STATUSES: &[&str] = &[
@@ -48,142 +51,162 @@ struct BookingUpdatedFrame<'a> {
     at: String,
 }
 
-/// Applies the backend's view of a booking and announces a status change.
-pub async fn apply(state: &AppState, update: BookingUpsert) -> Result<BookingOutcome, AppError> {
-    validate_status(&update.status)?;
-    let booking_id = update.id.clone();
-    let outcome = state.db.upsert_booking(update).await?;
-    after_change(state, &booking_id, &outcome).await?;
-    Ok(outcome)
+/// Booking changes and what follows them: the store, the rooms' live
+/// frames, the inbox and the rooms' history. Cheap to clone.
+#[derive(Clone)]
+pub struct Bookings {
+    db: Db,
+    hub: Addr<Hub>,
+    sequencer: Sequencer,
+    inbox: Inbox,
 }
 
-/// Announces what a payment event did to its booking; a payment becoming
-/// disputed is also told to every admin.
-pub async fn announce_payment(
-    state: &AppState,
-    booking_id: &str,
-    outcome: &BookingOutcome,
-) -> Result<(), AppError> {
-    after_change(state, booking_id, outcome).await?;
-    let BookingOutcome::Applied {
-        status_change: Some(change),
-        ..
-    } = outcome
-    else {
-        return Ok(());
-    };
-    if change.status != "disputed" {
-        return Ok(());
+impl Bookings {
+    pub fn new(db: Db, hub: Addr<Hub>, sequencer: Sequencer, inbox: Inbox) -> Self {
+        Bookings {
+            db,
+            hub,
+            sequencer,
+            inbox,
+        }
     }
-    let mut created = Vec::new();
-    for admin_id in state.db.admin_user_ids().await? {
-        let row = NotificationRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            user_id: admin_id,
-            kind: "booking".to_owned(),
-            title: "A booking payment is disputed".to_owned(),
-            body: change
-                .reason
-                .clone()
-                .unwrap_or_else(|| "A payment is disputed.".to_owned()),
-            link: Some(format!("/bookings/{booking_id}")),
-            // One per admin and change, even if retried.
-            source: Some(format!("dispute:{}", change.id)),
-            created_at: change.at,
-            read_at: None,
+
+    /// Applies the backend's view of a booking and announces a status change.
+    pub async fn apply(&self, update: BookingUpsert) -> Result<BookingOutcome, AppError> {
+        validate_status(&update.status)?;
+        let booking_id = update.id.clone();
+        let outcome = self.db.upsert_booking(update).await?;
+        self.after_change(&booking_id, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Announces what a payment event did to its booking; a payment becoming
+    /// disputed is also told to every admin.
+    pub async fn announce_payment(
+        &self,
+        booking_id: &str,
+        outcome: &BookingOutcome,
+    ) -> Result<(), AppError> {
+        self.after_change(booking_id, outcome).await?;
+        let BookingOutcome::Applied {
+            status_change: Some(change),
+            ..
+        } = outcome
+        else {
+            return Ok(());
         };
-        let (row, is_new) = state.db.create_notification(row).await?;
-        if is_new {
-            created.push(row);
+        if change.status != "disputed" {
+            return Ok(());
         }
-    }
-    crate::notifications::push(state, &created);
-    Ok(())
-}
-
-async fn after_change(
-    state: &AppState,
-    booking_id: &str,
-    outcome: &BookingOutcome,
-) -> Result<(), AppError> {
-    let BookingOutcome::Applied {
-        status_change,
-        participants,
-        notifications,
-        ..
-    } = outcome
-    else {
-        return Ok(());
-    };
-    let room = booking_room(booking_id);
-    state.hub.do_send(RoomChanged { room: room.clone() });
-    crate::notifications::push(state, notifications);
-    // A new booking is not a change: its first status is only recorded.
-    if let Some(change) = status_change
-        .as_ref()
-        .filter(|c| c.previous_status.is_some())
-    {
-        announce(state, &room, change, participants).await?;
-    }
-    Ok(())
-}
-
-async fn announce(
-    state: &AppState,
-    room: &str,
-    change: &StatusChangeRow,
-    participants: &[String],
-) -> Result<(), AppError> {
-    let frame = serde_json::to_string(&BookingUpdatedFrame {
-        kind: "booking.updated",
-        booking_id: &change.booking_id,
-        status: &change.status,
-        previous_status: change.previous_status.as_deref(),
-        reason: change.reason.as_deref(),
-        at: crate::time::rfc3339_ms(change.at),
-    })
-    .map_err(AppError::internal)?;
-    state.hub.do_send(BookingUpdated {
-        room: room.to_owned(),
-        participants: participants.to_vec(),
-        frame: frame.into(),
-    });
-    let human = |status: &str| status.replace('_', " ");
-    let mut body = match &change.previous_status {
-        Some(previous) if *previous == change.status => {
-            format!("Booking still {}.", human(&change.status))
+        let mut created = Vec::new();
+        for admin_id in self.db.admin_user_ids().await? {
+            let row = NotificationRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                user_id: admin_id,
+                kind: "booking".to_owned(),
+                title: "A booking payment is disputed".to_owned(),
+                body: change
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "A payment is disputed.".to_owned()),
+                link: Some(format!("/bookings/{booking_id}")),
+                // One per admin and change, even if retried.
+                source: Some(format!("dispute:{}", change.id)),
+                created_at: change.at,
+                read_at: None,
+            };
+            let (row, is_new) = self.db.create_notification(row).await?;
+            if is_new {
+                created.push(row);
+            }
         }
-        Some(previous) => format!(
-            "Booking status changed from {} to {}.",
-            human(previous),
-            human(&change.status)
-        ),
-        None => format!("Booking created with status {}.", human(&change.status)),
-    };
-    // A payment's change says how much (`Stripe: $25.00 of $100.00 refunded`).
-    if let Some(money) = change
-        .reason
-        .as_deref()
-        .and_then(|r| r.strip_prefix("Stripe: "))
-    {
-        body.push(' ');
-        body.push_str(&capitalized(money));
-        body.push('.');
+        self.inbox.push(&created);
+        Ok(())
     }
-    // Keyed by the change, so a retried announcement is stored once.
-    state
-        .sequencer
-        .append(NewMessage {
-            id: None,
-            room: room.to_owned(),
-            sender_id: None,
-            sender_name: "Mixroom".to_owned(),
-            sender_role: "system".to_owned(),
-            client_id: Some(format!("status:{}", change.id)),
-            body,
+
+    async fn after_change(
+        &self,
+        booking_id: &str,
+        outcome: &BookingOutcome,
+    ) -> Result<(), AppError> {
+        let BookingOutcome::Applied {
+            status_change,
+            participants,
+            notifications,
+            ..
+        } = outcome
+        else {
+            return Ok(());
+        };
+        let room = booking_room(booking_id);
+        self.hub.do_send(RoomChanged { room: room.clone() });
+        self.inbox.push(notifications);
+        // A new booking is not a change: its first status is only recorded.
+        if let Some(change) = status_change
+            .as_ref()
+            .filter(|c| c.previous_status.is_some())
+        {
+            self.announce(&room, change, participants).await?;
+        }
+        Ok(())
+    }
+
+    async fn announce(
+        &self,
+        room: &str,
+        change: &StatusChangeRow,
+        participants: &[String],
+    ) -> Result<(), AppError> {
+        let frame = serde_json::to_string(&BookingUpdatedFrame {
+            kind: "booking.updated",
+            booking_id: &change.booking_id,
+            status: &change.status,
+            previous_status: change.previous_status.as_deref(),
+            reason: change.reason.as_deref(),
+            at: crate::time::rfc3339_ms(change.at),
         })
-        .await?;
-    Ok(())
+        .map_err(AppError::internal)?;
+        self.hub.do_send(BookingUpdated {
+            room: room.to_owned(),
+            participants: participants.to_vec(),
+            frame: frame.into(),
+        });
+        let human = |status: &str| status.replace('_', " ");
+        let mut body = match &change.previous_status {
+            Some(previous) if *previous == change.status => {
+                format!("Booking still {}.", human(&change.status))
+            }
+            Some(previous) => format!(
+                "Booking status changed from {} to {}.",
+                human(previous),
+                human(&change.status)
+            ),
+            None => format!("Booking created with status {}.", human(&change.status)),
+        };
+        // A payment's change says how much (`Stripe: $25.00 of $100.00 refunded`).
+        if let Some(money) = change
+            .reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix("Stripe: "))
+        {
+            body.push(' ');
+            body.push_str(&capitalized(money));
+            body.push('.');
+        }
+        // Keyed by the change, so a retried announcement is stored once.
+        self.sequencer
+            .append(NewMessage {
+                id: None,
+                room: room.to_owned(),
+                sender_id: None,
+                sender_name: "Mixroom".to_owned(),
+                sender_role: "system".to_owned(),
+                client_id: Some(format!("status:{}", change.id)),
+                body,
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 fn capitalized(text: &str) -> String {

@@ -1,12 +1,13 @@
 //! In-app notifications: stored first, then pushed on the user's channel.
 
+use actix::Addr;
 use serde::Serialize;
 
-use crate::app::AppState;
 use crate::db::models::NotificationRow;
 use crate::db::Db;
 use crate::error::AppError;
-use crate::rooms::hub::ToUser;
+use crate::notify::Notifier;
+use crate::rooms::hub::{Hub, ToUser};
 
 /// Kinds of notification, which are also the email preference kinds.
 pub const KINDS: &[&str] = &["chat", "booking", "support", "marketing"];
@@ -44,28 +45,40 @@ struct NotificationFrame<'a> {
     view: NotificationView<'a>,
 }
 
-/// Pushes stored notifications to their users' live sessions, and hands
-/// them to the email fallback (emailed if not read in time).
-pub fn push(state: &AppState, rows: &[NotificationRow]) {
-    if !rows.is_empty() {
-        state
-            .notifier
-            .do_send(crate::notify::NotificationsCreated(rows.to_vec()));
+/// Where a user's news goes: their live sessions (through the hub) and
+/// the email fallback (the notifier). Cheap to clone.
+#[derive(Clone)]
+pub struct Inbox {
+    hub: Addr<Hub>,
+    notifier: Addr<Notifier>,
+}
+
+impl Inbox {
+    pub fn new(hub: Addr<Hub>, notifier: Addr<Notifier>) -> Self {
+        Inbox { hub, notifier }
     }
-    for row in rows {
-        let frame = serde_json::to_string(&NotificationFrame {
-            kind: "notification",
-            view: NotificationView::from(row),
-        })
-        .expect("notification frames serialise");
-        state.hub.do_send(ToUser {
-            user_id: row.user_id.clone(),
-            frame: frame.into(),
-        });
+
+    /// Pushes stored notifications to their users' live sessions, and
+    /// hands them to the email fallback (emailed if not read in time).
+    pub fn push(&self, rows: &[NotificationRow]) {
+        if !rows.is_empty() {
+            self.notifier
+                .do_send(crate::notify::NotificationsCreated(rows.to_vec()));
+        }
+        for row in rows {
+            let frame = serde_json::to_string(&NotificationFrame {
+                kind: "notification",
+                view: NotificationView::from(row),
+            })
+            .expect("notification frames serialise");
+            self.hub.do_send(ToUser {
+                user_id: row.user_id.clone(),
+                frame: frame.into(),
+            });
+        }
     }
 }
 
-/// Unread notifications and unread chat messages per booking room.
 pub async fn unread_summary(db: &Db, user_id: &str) -> Result<serde_json::Value, AppError> {
     let notifications = db.unread_notification_count(user_id).await?;
     let rooms: serde_json::Map<String, serde_json::Value> = db

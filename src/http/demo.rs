@@ -189,9 +189,9 @@ async fn apply_demo_booking(
     let [client, providers @ ..] = DEMO_USERS else {
         unreachable!("the demo has users")
     };
-    crate::bookings::apply(
-        state,
-        BookingUpsert {
+    state
+        .bookings
+        .apply(BookingUpsert {
             id: DEMO_BOOKING_ID.to_owned(),
             client_id: client.id.to_owned(),
             provider_ids: providers.iter().map(|p| p.id.to_owned()).collect(),
@@ -201,9 +201,8 @@ async fn apply_demo_booking(
             version: None,
             reason: reason.map(str::to_owned),
             caused_by: "demo".to_owned(),
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(())
 }
 
@@ -274,7 +273,10 @@ async fn play_payment(
             outcome,
         } = outcome
         {
-            crate::bookings::announce_payment(&state, &booking_id, &outcome).await?;
+            state
+                .bookings
+                .announce_payment(&booking_id, &outcome)
+                .await?;
         }
     }
     let status = state

@@ -113,9 +113,9 @@ pub async fn put_booking(
         (None, None) => None,
     };
     let body = body.into_inner();
-    let outcome = crate::bookings::apply(
-        &state,
-        BookingUpsert {
+    let outcome = state
+        .bookings
+        .apply(BookingUpsert {
             id: id.into_inner(),
             client_id: body.client_id,
             provider_ids: body.provider_ids,
@@ -125,9 +125,8 @@ pub async fn put_booking(
             version,
             reason: body.reason,
             caused_by: "backend".to_owned(),
-        },
-    )
-    .await?;
+        })
+        .await?;
     Ok(match outcome {
         BookingOutcome::Stale { stored_version } => HttpResponse::Ok().json(json!({
             "applied": false,

@@ -123,7 +123,7 @@ pub async fn create(
     };
     let (row, created) = state.db.create_notification(row).await?;
     if created {
-        crate::notifications::push(&state, std::slice::from_ref(&row));
+        state.inbox.push(std::slice::from_ref(&row));
     }
     let status = if created {
         actix_web::http::StatusCode::CREATED

@@ -65,7 +65,10 @@ async fn apply(state: &AppState, event: &VerifiedEvent) -> Result<&'static str, 
             booking_id,
             outcome,
         } => {
-            crate::bookings::announce_payment(state, &booking_id, &outcome).await?;
+            state
+                .bookings
+                .announce_payment(&booking_id, &outcome)
+                .await?;
             match (outcome.as_ref(), &payment.kind) {
                 (_, EventKind::Expired) => "recorded",
                 (

@@ -201,7 +201,7 @@ pub async fn take_over(
             "{} from the Mixroom support team has joined the conversation and will answer from now on.",
             who.name
         );
-        post_notice(&state, &room_of(&row.id), None, &notice).await?;
+        post_notice(&state.sequencer, &room_of(&row.id), None, &notice).await?;
     }
     Ok(HttpResponse::Ok().json(json!({ "conversation": ConversationView::new(&row, None) })))
 }

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::web;
 use serde_json::json;
 
 use super::director::{AgentIdle, AgentStopped, SupportDirector, SupportShared};
 use super::provider::{stream_words, ProviderError, ReplyRequest, ReplySink, Speaker, Turn};
 use super::tools::ConversationTools;
+use super::SupportServices;
 use super::{post_notice, wants_human, AGENT_NAME, AGENT_ROLE, ESCALATION_NOTICE, NOTICE_ROLE};
-use crate::app::AppState;
 use crate::db::messages::NewMessage;
 use crate::db::models::MessageRow;
 use crate::db::support::{usage_day, Escalation};
@@ -119,7 +118,7 @@ impl ConversationAgent {
         if let Some(handle) = self.idle_check.take() {
             ctx.cancel_future(handle);
         }
-        let idle = Duration::from_secs(self.shared.state.settings.ai.agent_idle_secs);
+        let idle = Duration::from_secs(self.shared.state.ai.agent_idle_secs);
         self.idle_check = Some(ctx.run_later(idle, |agent, _| {
             agent.idle_check = None;
             if agent.answering.is_none() && agent.queue.is_empty() {
@@ -180,7 +179,7 @@ impl Handler<StopAgent> for ConversationAgent {
 
 /// Everything one answer needs, owned, so it can run as a future.
 struct Answer {
-    state: web::Data<AppState>,
+    state: Arc<SupportServices>,
     shared: Arc<SupportShared>,
     conversation_id: String,
     room: String,
@@ -261,14 +260,21 @@ impl Answer {
                 .rate_limited
                 .with_label_values(&["agent"])
                 .inc();
-            return post_notice(&self.state, &self.room, notice_key, NOTICE_RATE_LIMITED).await;
+            return post_notice(
+                &self.state.sequencer,
+                &self.room,
+                notice_key,
+                NOTICE_RATE_LIMITED,
+            )
+            .await;
         }
         let provider = &self.shared.provider;
         let day = usage_day(crate::time::now_ms());
         if provider.uses_tokens() {
             let used = self.state.db.support_tokens_used(user_id, day).await?;
-            if used >= self.state.settings.ai.daily_token_budget as i64 {
-                return post_notice(&self.state, &self.room, notice_key, NOTICE_BUDGET).await;
+            if used >= self.state.ai.daily_token_budget as i64 {
+                return post_notice(&self.state.sequencer, &self.room, notice_key, NOTICE_BUDGET)
+                    .await;
             }
         }
 
@@ -316,7 +322,7 @@ impl Answer {
                 if stream.streamed {
                     broadcast_aborted(&self.state, &self.room, &self.reply_id, "failed");
                 }
-                post_notice(&self.state, &self.room, notice_key, notice).await?;
+                post_notice(&self.state.sequencer, &self.room, notice_key, notice).await?;
             }
         }
         if tools.escalated() {
@@ -326,14 +332,14 @@ impl Answer {
     }
 
     fn word_delay(&self) -> Duration {
-        Duration::from_millis(self.state.settings.ai.embedded_word_delay_ms)
+        Duration::from_millis(self.state.ai.embedded_word_delay_ms)
     }
 
     /// The conversation up to and including message `seq`, bounded, as the
     /// provider sees it: the owner's words and the answers they got
     /// (notices are left out: they are for the user, not the model).
     async fn history(&self, owner: &str, seq: i64) -> Result<Vec<Turn>, super::SupportError> {
-        let limit = self.state.settings.ai.history_messages as i64;
+        let limit = self.state.ai.history_messages as i64;
         let (mut rows, _) = self
             .state
             .db
@@ -382,7 +388,7 @@ impl Answer {
 
     async fn post_escalation_notice(&self) -> Result<(), super::SupportError> {
         let key = Some(format!("escalated:{}", self.conversation_id));
-        post_notice(&self.state, &self.room, key, ESCALATION_NOTICE).await
+        post_notice(&self.state.sequencer, &self.room, key, ESCALATION_NOTICE).await
     }
 }
 
@@ -399,7 +405,7 @@ fn notice_for(error: &ProviderError) -> &'static str {
 
 /// `{"type":"message.aborted","room","id","reason"}`: the pieces streamed
 /// under `id` will not become a message.
-fn broadcast_aborted(state: &AppState, room: &str, id: &str, reason: &str) {
+fn broadcast_aborted(state: &SupportServices, room: &str, id: &str, reason: &str) {
     let frame = json!({"type": "message.aborted", "room": room, "id": id, "reason": reason});
     state.hub.do_send(RoomBroadcast {
         room: room.to_owned(),
@@ -419,7 +425,7 @@ struct ReplyStream {
 }
 
 impl ReplyStream {
-    fn new(state: &AppState, room: &str, id: &str) -> Self {
+    fn new(state: &SupportServices, room: &str, id: &str) -> Self {
         ReplyStream {
             hub: state.hub.clone(),
             room: room.to_owned(),

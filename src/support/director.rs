@@ -8,18 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::web;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::agent::{ConversationAgent, StopAgent, StopAnswering, UserTurn};
 use super::provider::SupportProvider;
-use super::{conversation_of, SupportRuntime, AGENT_ROLE, NOTICE_ROLE};
-use crate::app::AppState;
+use super::{conversation_of, SupportRuntime, SupportServices, AGENT_ROLE, NOTICE_ROLE};
 use crate::rooms::sequencer::Committed;
 
 /// What every conversation's agent shares.
 pub struct SupportShared {
-    pub state: web::Data<AppState>,
+    pub state: Arc<SupportServices>,
     pub provider: Arc<dyn SupportProvider>,
     /// Agent answers per user, across conversations.
     pub limiter: DefaultKeyedRateLimiter<String>,
@@ -37,9 +35,8 @@ pub struct SupportDirector {
 }
 
 impl SupportDirector {
-    pub fn new(state: web::Data<AppState>, runtime: SupportRuntime) -> Self {
-        let per_minute =
-            NonZeroU32::new(state.settings.ai.requests_per_minute).unwrap_or(NonZeroU32::MIN);
+    pub fn new(state: Arc<SupportServices>, runtime: SupportRuntime) -> Self {
+        let per_minute = NonZeroU32::new(state.ai.requests_per_minute).unwrap_or(NonZeroU32::MIN);
         SupportDirector {
             shared: Arc::new(SupportShared {
                 state,

@@ -27,16 +27,20 @@ pub mod tools;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, AsyncContext};
+use actix::{Actor, Addr};
 use secrecy::ExposeSecret;
 
-use crate::app::AppState;
 use crate::config::AiSettings;
 use crate::db::messages::NewMessage;
 use crate::db::models::NotificationRow;
 use crate::db::support::Escalation;
-use crate::db::DbError;
+use crate::db::{Db, DbError};
 use crate::error::AppError;
+use crate::limits::Limiters;
+use crate::metrics::Metrics;
+use crate::notifications::Inbox;
+use crate::rooms::hub::Hub;
+use crate::rooms::sequencer::Sequencer;
 use director::SupportDirector;
 use provider::SupportProvider;
 
@@ -126,18 +130,26 @@ impl SupportRuntime {
     }
 }
 
-/// Starts the director in the context whose address `state.support` holds,
-/// and lets it watch committed messages.
-pub fn start(
-    context: actix::Context<SupportDirector>,
-    state: actix_web::web::Data<AppState>,
-    runtime: SupportRuntime,
-) -> Addr<SupportDirector> {
-    let address = context.address();
-    state.hub.do_send(crate::rooms::hub::WatchCommitted(
-        address.clone().recipient(),
+/// What the support agent uses of the server: these handles, not the
+/// application state (made once, in `app`).
+pub struct SupportServices {
+    pub ai: AiSettings,
+    pub db: Db,
+    pub hub: Addr<Hub>,
+    pub sequencer: Sequencer,
+    pub limiters: Arc<Limiters>,
+    pub metrics: Arc<Metrics>,
+    pub inbox: Inbox,
+}
+
+/// Starts the director and lets it watch committed messages.
+pub fn start(services: SupportServices, runtime: SupportRuntime) -> Addr<SupportDirector> {
+    let hub = services.hub.clone();
+    let director = SupportDirector::new(Arc::new(services), runtime).start();
+    hub.do_send(crate::rooms::hub::WatchCommitted(
+        director.clone().recipient(),
     ));
-    context.run(SupportDirector::new(state, runtime))
+    director
 }
 
 /// Does the message ask for a person? Checked before any provider, so it
@@ -177,13 +189,12 @@ pub fn wants_human(text: &str) -> bool {
 
 /// Stores a `system` notice in a support room; `key` makes it idempotent.
 pub async fn post_notice(
-    state: &AppState,
+    sequencer: &Sequencer,
     room: &str,
     key: Option<String>,
     body: &str,
 ) -> Result<(), SupportError> {
-    state
-        .sequencer
+    sequencer
         .append(NewMessage {
             id: None,
             room: room.to_owned(),
@@ -204,7 +215,7 @@ pub const ESCALATION_NOTICE: &str =
 /// Marks the conversation escalated and, the first time, notifies every
 /// admin in-app. The notice in the room is the caller's, after its answer.
 pub async fn escalate(
-    state: &AppState,
+    state: &SupportServices,
     conversation_id: &str,
     reason: &str,
 ) -> Result<Escalation, SupportError> {
@@ -236,7 +247,7 @@ pub async fn escalate(
             created.push(row);
         }
     }
-    crate::notifications::push(state, &created);
+    state.inbox.push(&created);
     tracing::info!(
         conversation = conversation_id,
         admins = created.len(),

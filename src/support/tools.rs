@@ -3,18 +3,18 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix_web::web;
 use futures_util::future::BoxFuture;
+use std::sync::Arc;
 
 use super::provider::{SupportTools, ToolError};
-use crate::app::AppState;
+use super::SupportServices;
 use crate::db::support::{BookingFact, Escalation};
 
 /// Bookings looked up at most per call.
 const BOOKINGS_LIMIT: i64 = 20;
 
 pub struct ConversationTools {
-    state: web::Data<AppState>,
+    state: Arc<SupportServices>,
     conversation_id: String,
     /// The conversation's owner, from the store, never from the model.
     user_id: String,
@@ -22,7 +22,7 @@ pub struct ConversationTools {
 }
 
 impl ConversationTools {
-    pub fn new(state: web::Data<AppState>, conversation_id: &str, user_id: &str) -> Self {
+    pub fn new(state: Arc<SupportServices>, conversation_id: &str, user_id: &str) -> Self {
         ConversationTools {
             state,
             conversation_id: conversation_id.to_owned(),
