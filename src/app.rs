@@ -1,12 +1,13 @@
-//! Wiring: builds the shared state and actors, serves HTTP and WebSockets,
-//! and shuts down in order on SIGTERM.
+//! Assembly: starts the actors, hands each part the handles it uses (the
+//! routes get the whole [`AppState`]), serves HTTP and WebSockets, and
+//! shuts down in order on SIGTERM.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Actor;
 use actix_http::HttpService;
 use actix_service::{fn_service, map_config, IntoServiceFactory, Service, ServiceFactoryExt};
 use actix_web::dev::AppConfig;
@@ -20,44 +21,13 @@ use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::db::client_reads::ClientReads;
 use crate::db::Db;
+use crate::http::AppState;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::notifications::Inbox;
 use crate::rooms::hub::{CloseAllSessions, Hub, UseCluster};
 use crate::rooms::sequencer::Sequencer;
-use crate::support::director::SupportDirector;
 use crate::support::SupportServices;
-
-/// What every request handler and session shares. Actors are reached by
-/// address; nothing here is behind a lock.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub db: Db,
-    /// Replays and history pages: a few lanes of the pool, never all.
-    pub client_reads: ClientReads,
-    pub verifier: Arc<TokenVerifier>,
-    pub hub: Addr<Hub>,
-    pub cluster: Cluster,
-    pub sequencer: Sequencer,
-    /// Rate limits: frames per user, requests and connects per IP, the
-    /// internal API.
-    pub limiters: Arc<Limiters>,
-    pub metrics: Arc<Metrics>,
-    /// Routes support-room messages to the conversations' agents.
-    pub support: Addr<SupportDirector>,
-    /// Users' news: their live sessions and the email fallback.
-    pub inbox: Inbox,
-    /// Booking changes and what follows them.
-    pub bookings: Bookings,
-    /// The upgraded WebSockets, each a task of its own: shutdown waits for
-    /// them to write their close frames.
-    pub sockets: TaskTracker,
-    /// What the probes answer, refreshed in the background.
-    pub probes: Arc<crate::http::health::ProbeCache>,
-    /// Set on SIGTERM: readiness fails so the load balancer stops sending
-    /// new clients here while the sockets still work.
-    pub draining: Arc<AtomicBool>,
-}
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -190,8 +160,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let app = App::new()
             .app_data(state.clone())
             .configure(|cfg| crate::http::routes(cfg, &state.settings))
-            .wrap(actix_web::middleware::from_fn(crate::limits::limit_http))
-            .wrap(actix_web::middleware::from_fn(crate::limits::body_deadline))
+            .wrap(actix_web::middleware::from_fn(
+                crate::http::middleware::limit_http,
+            ))
+            .wrap(actix_web::middleware::from_fn(
+                crate::http::middleware::body_deadline,
+            ))
             .wrap(actix_web::middleware::from_fn(
                 crate::http::request_log::count_requests,
             ))

@@ -22,12 +22,12 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::{mint_token, Role};
 use crate::db::bookings::{booking_room, BookingUpsert};
 use crate::db::payments::PaymentOutcome;
 use crate::db::users::ProfileMirror;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::payments::{EventKind, PaymentEvent};
 
 const INDEX_HTML: &str = include_str!("../../demo/index.html");

@@ -6,9 +6,9 @@ use std::future::{ready, Ready};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
-use crate::app::AppState;
 use crate::auth::{internal_key_matches, Identity};
 use crate::error::AppError;
+use crate::http::AppState;
 
 fn bearer(req: &HttpRequest) -> Result<&str, AppError> {
     req.headers()

@@ -5,8 +5,8 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::db::Db;
+use crate::http::AppState;
 use crate::metrics::Metrics;
 
 /// How often the probes' state is refreshed. Probes are not rate limited,

@@ -6,12 +6,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::InternalCaller;
-use crate::app::AppState;
 use crate::auth::Role;
 use crate::db::bookings::{BookingOutcome, BookingUpsert};
 use crate::db::messages::NewMessage;
 use crate::db::users::ProfileMirror;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::rooms::{RoomKind, RoomName};
 
 fn validate_id(what: &str, id: &str) -> Result<(), AppError> {

@@ -5,8 +5,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::extract::AuthUser;
-use crate::app::AppState;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::notifications::NotificationView;
 use crate::rooms::hub::{CloseUserSessions, RoomChanged};
 

@@ -6,12 +6,16 @@ pub mod extract;
 pub mod health;
 pub mod internal;
 pub mod me;
+pub mod middleware;
 pub mod notifications;
 pub mod preferences;
 pub mod request_log;
 pub mod rooms;
+mod state;
 pub mod stripe;
 pub mod support;
+
+pub use state::AppState;
 
 use actix_web::web;
 

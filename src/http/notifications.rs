@@ -5,9 +5,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{AuthUser, InternalCaller};
-use crate::app::AppState;
 use crate::db::models::NotificationRow;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::notifications::{NotificationView, KINDS};
 
 #[derive(Deserialize)]

@@ -5,10 +5,10 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::extract::AuthUser;
-use crate::app::AppState;
 use crate::db::email::PreferencesRow;
 use crate::domain::email::EmailKind;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::notifications::KINDS;
 use crate::notify::templates::kind_label;
 use crate::notify::unsubscribe::{UnsubscribeError, UnsubscribeSigner};

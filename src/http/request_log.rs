@@ -11,7 +11,7 @@ use actix_web::{web, Error, HttpMessage};
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 
-use crate::app::AppState;
+use crate::http::AppState;
 
 /// What stands in a log line for a redacted value.
 pub const REDACTED: &str = "[redacted]";

@@ -3,9 +3,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::AuthUser;
-use crate::app::AppState;
 use crate::domain::wire::MessageView;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::rooms::{authorize_read, RoomName};
 use crate::ws::session::history_limit;
 

@@ -11,10 +11,10 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use stripe_webhook::{Webhook, WebhookError};
 
-use crate::app::AppState;
 use crate::db::bookings::BookingOutcome;
 use crate::db::payments::{EventClaim, PaymentOutcome};
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::payments::{EventKind, PaymentEvent};
 
 /// A verified event: its id, type and object.
@@ -100,7 +100,7 @@ pub async fn webhook(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| AppError::Invalid("missing Stripe-Signature header".into()))?;
     // Read only once the header is there: an unsigned request is refused
-    // before its body (which may be slow, see `limits::body_deadline`).
+    // before its body (which may be slow, see `http::middleware::body_deadline`).
     let limit = state.settings.server.max_http_body_bytes;
     let body = match body.to_bytes_limited(limit).await {
         Ok(Ok(body)) => body,

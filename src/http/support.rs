@@ -6,12 +6,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::extract::AuthUser;
-use crate::app::AppState;
 use crate::auth::Identity;
 use crate::db::support::{SupportConversationRow, STATUS_AI, STATUS_ESCALATED, STATUS_HUMAN};
 use crate::db::users::ProfileMirror;
 use crate::domain::wire::MessageView;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::support::director::TakenOver;
 use crate::support::{post_notice, room_of, SupportError};
 
