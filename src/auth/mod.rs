@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::AuthSettings;
 use jwks::{KeySetStatus, PublishedKeys};
 
+pub use crate::domain::role::Role;
+
 pub const AUDIENCE: &str = "authenticated";
 /// Clocks differ a little between Supabase and us: a token is accepted
 /// this long before its `nbf`.
@@ -30,44 +32,6 @@ pub enum AuthError {
     UnknownKey,
     #[error("cannot load JWKS document {path}: {reason}")]
     Jwks { path: String, reason: String },
-}
-
-/// The roles the contract knows; a missing role claim means `client`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    #[default]
-    Client,
-    StudioOwner,
-    Engineer,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::StudioOwner => "studio_owner",
-            Role::Engineer => "engineer",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Role> {
-        match raw {
-            "client" => Some(Role::Client),
-            "studio_owner" => Some(Role::StudioOwner),
-            "engineer" => Some(Role::Engineer),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// Who is calling, as proven by a verified token.

@@ -9,20 +9,14 @@ use super::schema::{
 };
 use super::{Db, DbError};
 use crate::db_run;
-
-/// The agent answers.
-pub const STATUS_AI: &str = "ai";
-/// Admins were asked to step in; the agent still answers until one does.
-pub const STATUS_ESCALATED: &str = "escalated";
-/// An admin took over; the agent stays silent.
-pub const STATUS_HUMAN: &str = "human";
+pub use crate::domain::support::ConversationStatus;
 
 #[derive(Debug, Clone, diesel::Queryable, diesel::Selectable, diesel::Insertable)]
 #[diesel(table_name = support_conversations, treat_none_as_default_value = false)]
 pub struct SupportConversationRow {
     pub id: String,
     pub user_id: String,
-    pub status: String,
+    pub status: ConversationStatus,
     pub created_at: i64,
     pub updated_at: i64,
     pub escalated_at: Option<i64>,
@@ -69,7 +63,7 @@ impl Db {
         let row = SupportConversationRow {
             id: id.to_owned(),
             user_id: user_id.to_owned(),
-            status: STATUS_AI.to_owned(),
+            status: ConversationStatus::Ai,
             created_at: now,
             updated_at: now,
             escalated_at: None,
@@ -105,7 +99,7 @@ impl Db {
     /// conversation id (ids are time-ordered) to page from.
     pub async fn list_support_conversations(
         &self,
-        status: Option<&str>,
+        status: Option<ConversationStatus>,
         before: Option<&str>,
         limit: i64,
     ) -> Result<(Vec<(SupportConversationRow, Option<String>)>, bool), DbError> {
@@ -146,7 +140,7 @@ impl Db {
                 support_conversations::table
                     .filter(support_conversations::id.eq(conversation_id))
                     .filter(support_conversations::user_id.eq(sender_id))
-                    .filter(support_conversations::status.ne(STATUS_HUMAN))
+                    .filter(support_conversations::status.ne(ConversationStatus::Human))
                     .filter(support_conversations::answered_seq.lt(seq)),
             )
             .set((
@@ -170,10 +164,10 @@ impl Db {
             let changed = diesel::update(
                 support_conversations::table
                     .filter(support_conversations::id.eq(id))
-                    .filter(support_conversations::status.eq(STATUS_AI)),
+                    .filter(support_conversations::status.eq(ConversationStatus::Ai)),
             )
             .set((
-                support_conversations::status.eq(STATUS_ESCALATED),
+                support_conversations::status.eq(ConversationStatus::Escalated),
                 support_conversations::escalated_at.eq(now),
                 support_conversations::escalation_reason.eq(reason),
                 support_conversations::updated_at.eq(now),
@@ -211,13 +205,13 @@ impl Db {
                     .filter(support_conversations::id.eq(id))
                     .filter(
                         support_conversations::status
-                            .ne(STATUS_HUMAN)
+                            .ne(ConversationStatus::Human)
                             .or(support_conversations::taken_over_by.is_null())
                             .or(support_conversations::taken_over_by.ne(admin_id)),
                     ),
             )
             .set((
-                support_conversations::status.eq(STATUS_HUMAN),
+                support_conversations::status.eq(ConversationStatus::Human),
                 support_conversations::taken_over_by.eq(admin_id),
                 support_conversations::taken_over_at.eq(now),
                 support_conversations::updated_at.eq(now),

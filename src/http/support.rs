@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::extract::AuthUser;
 use crate::auth::Identity;
-use crate::db::support::{SupportConversationRow, STATUS_AI, STATUS_ESCALATED, STATUS_HUMAN};
+use crate::db::support::{ConversationStatus, SupportConversationRow};
 use crate::db::users::ProfileMirror;
 use crate::domain::wire::MessageView;
 use crate::error::AppError;
@@ -41,7 +41,7 @@ impl<'a> ConversationView<'a> {
             room: room_of(&row.id),
             user_id: &row.user_id,
             user_name,
-            status: &row.status,
+            status: row.status.as_str(),
             created_at: crate::time::rfc3339_ms(row.created_at),
             updated_at: crate::time::rfc3339_ms(row.updated_at),
             escalated_at: row.escalated_at.map(crate::time::rfc3339_ms),
@@ -120,17 +120,18 @@ pub async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     require_admin(&who)?;
-    if let Some(status) = &query.status {
-        if ![STATUS_AI, STATUS_ESCALATED, STATUS_HUMAN].contains(&status.as_str()) {
-            return Err(AppError::Invalid(format!(
-                "unknown status `{status}`; expected ai, escalated or human"
-            )));
-        }
-    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(ConversationStatus::parse(text).ok_or_else(|| {
+            AppError::Invalid(format!(
+                "unknown status `{text}`; expected ai, escalated or human"
+            ))
+        })?),
+    };
     let limit = crate::ws::session::history_limit(query.limit)?;
     let (rows, has_more) = state
         .db
-        .list_support_conversations(query.status.as_deref(), query.before.as_deref(), limit)
+        .list_support_conversations(status, query.before.as_deref(), limit)
         .await?;
     let conversations: Vec<ConversationView> = rows
         .iter()

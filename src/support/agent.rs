@@ -219,7 +219,7 @@ impl Answer {
                 .db
                 .find_support_conversation(&self.conversation_id)
                 .await?
-                .is_none_or(|c| c.status != crate::db::support::STATUS_AI);
+                .is_none_or(|c| c.status != crate::db::support::ConversationStatus::Ai);
             let outcome = if asked_before {
                 Escalation::AlreadyRequested
             } else if self
