@@ -9,35 +9,21 @@ use crate::db::bookings::{booking_room, BookingOutcome, BookingUpsert};
 use crate::db::messages::NewMessage;
 use crate::db::models::{NotificationRow, StatusChangeRow};
 use crate::db::Db;
+use crate::domain::booking::BookingStatus;
 use crate::error::AppError;
 use crate::notifications::Inbox;
 use crate::rooms::hub::{BookingUpdated, Hub, RoomChanged};
 use crate::rooms::sequencer::Sequencer;
 
-/// The statuses a booking can have (payments: `docs/payments.md`).
-pub const STATUSES: &[&str] = &[
-    "requested",
-    "confirmed",
-    "payment_pending",
-    "paid",
-    "payment_failed",
-    "in_session",
-    "completed",
-    "cancelled",
-    "partially_refunded",
-    "refunded",
-    "disputed",
-];
-
-pub fn validate_status(status: &str) -> Result<(), AppError> {
-    if STATUSES.contains(&status) {
-        Ok(())
-    } else {
-        Err(AppError::Unprocessable(format!(
-            "unknown status `{status}`; expected one of {}",
-            STATUSES.join(", ")
-        )))
-    }
+/// A status as a client of the API wrote it (422 with the statuses known).
+pub fn parse_status(text: &str) -> Result<BookingStatus, AppError> {
+    BookingStatus::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = BookingStatus::ALL.iter().map(|s| s.as_str()).collect();
+        AppError::Unprocessable(format!(
+            "unknown status `{text}`; expected one of {}",
+            known.join(", ")
+        ))
+    })
 }
 
 #[derive(Serialize)]
@@ -73,7 +59,6 @@ impl Bookings {
 
     /// Applies the backend's view of a booking and announces a status change.
     pub async fn apply(&self, update: BookingUpsert) -> Result<BookingOutcome, AppError> {
-        validate_status(&update.status)?;
         let booking_id = update.id.clone();
         let outcome = self.db.upsert_booking(update).await?;
         self.after_change(&booking_id, &outcome).await?;
@@ -95,7 +80,7 @@ impl Bookings {
         else {
             return Ok(());
         };
-        if change.status != "disputed" {
+        if change.status != BookingStatus::Disputed {
             return Ok(());
         }
         let mut created = Vec::new();
@@ -160,8 +145,8 @@ impl Bookings {
         let frame = serde_json::to_string(&BookingUpdatedFrame {
             kind: "booking.updated",
             booking_id: &change.booking_id,
-            status: &change.status,
-            previous_status: change.previous_status.as_deref(),
+            status: change.status.as_str(),
+            previous_status: change.previous_status.map(BookingStatus::as_str),
             reason: change.reason.as_deref(),
             at: crate::time::rfc3339_ms(change.at),
         })
@@ -171,17 +156,16 @@ impl Bookings {
             participants: participants.to_vec(),
             frame: frame.into(),
         });
-        let human = |status: &str| status.replace('_', " ");
         let mut body = match &change.previous_status {
             Some(previous) if *previous == change.status => {
-                format!("Booking still {}.", human(&change.status))
+                format!("Booking still {}.", change.status.words())
             }
             Some(previous) => format!(
                 "Booking status changed from {} to {}.",
-                human(previous),
-                human(&change.status)
+                previous.words(),
+                change.status.words()
             ),
-            None => format!("Booking created with status {}.", human(&change.status)),
+            None => format!("Booking created with status {}.", change.status.words()),
         };
         // A payment's change says how much (`Stripe: $25.00 of $100.00 refunded`).
         if let Some(money) = change

@@ -13,6 +13,9 @@
 
 use serde_json::Value;
 
+use crate::domain::booking::BookingStatus;
+use BookingStatus::*;
+
 /// A dispute's state, as far as the booking is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisputeState {
@@ -115,28 +118,24 @@ impl PaymentFacts {
     /// The booking status these facts lead to (`None`: nothing to say yet).
     /// Money that went back outranks money that came in, an open dispute
     /// outranks both; a dispute won leaves the status it interrupted.
-    pub fn status(&self) -> Option<&'static str> {
+    pub fn status(&self) -> Option<BookingStatus> {
         match self.dispute {
-            Some(DisputeState::Open) => return Some("disputed"),
-            Some(DisputeState::Lost) => return Some("refunded"),
+            Some(DisputeState::Open) => return Some(Disputed),
+            Some(DisputeState::Lost) => return Some(Refunded),
             Some(DisputeState::Won) | None => {}
         }
         if self.amount_refunded > 0 {
             let whole = self
                 .amount
                 .is_some_and(|amount| self.amount_refunded >= amount);
-            return Some(if whole {
-                "refunded"
-            } else {
-                "partially_refunded"
-            });
+            return Some(if whole { Refunded } else { PartiallyRefunded });
         }
         if self.paid {
-            Some("paid")
+            Some(Paid)
         } else if self.failed {
-            Some("payment_failed")
+            Some(PaymentFailed)
         } else if self.pending {
-            Some("payment_pending")
+            Some(PaymentPending)
         } else {
             None
         }
@@ -144,26 +143,23 @@ impl PaymentFacts {
 
     /// A sentence about the money, for the status change's reason (and so
     /// the frame, the room's notice, the notification and the email).
-    pub fn describe(&self, status: &str) -> Option<String> {
+    pub fn describe(&self, status: BookingStatus) -> Option<String> {
         let currency = self.currency.as_deref()?;
         let money = |minor: i64| format_amount(minor, currency);
         match (status, self.amount) {
-            ("partially_refunded", Some(amount)) => Some(format!(
+            (PartiallyRefunded, Some(amount)) => Some(format!(
                 "{} of {} refunded",
                 money(self.amount_refunded),
                 money(amount)
             )),
-            ("partially_refunded", None) => {
-                Some(format!("{} refunded", money(self.amount_refunded)))
-            }
-            ("refunded", Some(amount)) if self.dispute == Some(DisputeState::Lost) => Some(
-                format!("dispute lost: {} returned to the payer", money(amount)),
-            ),
-            ("refunded", Some(amount)) => Some(format!("{} refunded", money(amount))),
-            ("disputed", Some(amount)) => {
-                Some(format!("a payment of {} is disputed", money(amount)))
-            }
-            ("paid", Some(amount)) => Some(format!("{} paid", money(amount))),
+            (PartiallyRefunded, None) => Some(format!("{} refunded", money(self.amount_refunded))),
+            (Refunded, Some(amount)) if self.dispute == Some(DisputeState::Lost) => Some(format!(
+                "dispute lost: {} returned to the payer",
+                money(amount)
+            )),
+            (Refunded, Some(amount)) => Some(format!("{} refunded", money(amount))),
+            (Disputed, Some(amount)) => Some(format!("a payment of {} is disputed", money(amount))),
+            (Paid, Some(amount)) => Some(format!("{} paid", money(amount))),
             _ => None,
         }
     }
@@ -172,12 +168,9 @@ impl PaymentFacts {
 /// Which statuses a payment may move a booking out of. A booking the
 /// backend moved on (in session, completed, cancelled) takes money that
 /// went back or a dispute, never a late "paid" or "failed".
-pub fn may_follow(current: &str, target: &str) -> bool {
-    let progressed = matches!(
-        current,
-        "in_session" | "completed" | "cancelled" | "refunded"
-    );
-    let money_back = matches!(target, "refunded" | "partially_refunded" | "disputed");
+pub fn may_follow(current: BookingStatus, target: BookingStatus) -> bool {
+    let progressed = matches!(current, InSession | Completed | Cancelled | Refunded);
+    let money_back = matches!(target, Refunded | PartiallyRefunded | Disputed);
     !progressed || money_back
 }
 
@@ -395,7 +388,7 @@ mod tests {
             ),
             ("charge.succeeded", charge(0)),
         ]);
-        assert_eq!(once.status(), Some("paid"));
+        assert_eq!(once.status(), Some(Paid));
         assert_eq!(once, thrice);
     }
 
@@ -408,16 +401,16 @@ mod tests {
             ),
             ("charge.refunded", charge(2_500)),
         ]);
-        assert_eq!(partial.status(), Some("partially_refunded"));
+        assert_eq!(partial.status(), Some(PartiallyRefunded));
         assert_eq!(
-            partial.describe("partially_refunded").unwrap(),
+            partial.describe(PartiallyRefunded).unwrap(),
             "$25.00 of $100.00 refunded"
         );
         let whole = facts(&[
             ("charge.refunded", charge(2_500)),
             ("charge.refunded", charge(10_000)),
         ]);
-        assert_eq!(whole.status(), Some("refunded"));
+        assert_eq!(whole.status(), Some(Refunded));
         // A refund reported before the success still ends refunded, and a
         // late, smaller cumulative amount does not lower it.
         let reordered = facts(&[
@@ -428,7 +421,7 @@ mod tests {
                 json!({"object": "payment_intent", "amount": 10_000}),
             ),
         ]);
-        assert_eq!(reordered.status(), Some("refunded"));
+        assert_eq!(reordered.status(), Some(Refunded));
     }
 
     #[test]
@@ -451,18 +444,18 @@ mod tests {
         );
         assert_eq!(
             facts(&[paid.clone(), opened.clone()]).status(),
-            Some("disputed")
+            Some(Disputed)
         );
         assert_eq!(
             facts(&[paid.clone(), opened.clone(), won.clone()]).status(),
-            Some("paid")
+            Some(Paid)
         );
         assert_eq!(
             facts(&[paid.clone(), opened.clone(), lost]).status(),
-            Some("refunded")
+            Some(Refunded)
         );
         // Closed before created: the late "created" does not reopen it.
-        assert_eq!(facts(&[paid, won, opened]).status(), Some("paid"));
+        assert_eq!(facts(&[paid, won, opened]).status(), Some(Paid));
     }
 
     #[test]
@@ -472,7 +465,7 @@ mod tests {
         assert_eq!(unpaid.booking_id.as_deref(), Some("b1"));
         assert_eq!(
             facts(&[("checkout.session.completed", session("unpaid"))]).status(),
-            Some("payment_pending")
+            Some(PaymentPending)
         );
         assert_eq!(
             facts(&[
@@ -480,7 +473,7 @@ mod tests {
                 ("checkout.session.async_payment_failed", session("unpaid"))
             ])
             .status(),
-            Some("payment_failed")
+            Some(PaymentFailed)
         );
         assert_eq!(
             facts(&[("checkout.session.expired", session("unpaid"))]).status(),
@@ -494,13 +487,13 @@ mod tests {
 
     #[test]
     fn a_booking_that_moved_on_takes_only_money_going_back() {
-        assert!(may_follow("confirmed", "paid"));
-        assert!(!may_follow("completed", "paid"));
-        assert!(!may_follow("in_session", "payment_failed"));
-        assert!(may_follow("completed", "partially_refunded"));
-        assert!(may_follow("cancelled", "refunded"));
+        assert!(may_follow(Confirmed, Paid));
+        assert!(!may_follow(Completed, Paid));
+        assert!(!may_follow(InSession, PaymentFailed));
+        assert!(may_follow(Completed, PartiallyRefunded));
+        assert!(may_follow(Cancelled, Refunded));
         assert!(
-            !may_follow("refunded", "paid"),
+            !may_follow(Refunded, Paid),
             "a backend refund is not undone"
         );
     }

@@ -9,6 +9,7 @@ use super::schema::{
 };
 use super::{Db, DbError};
 use crate::db_run;
+use crate::domain::booking::BookingStatus;
 
 /// What the backend says a booking is now.
 #[derive(Debug, Clone)]
@@ -16,7 +17,7 @@ pub struct BookingUpsert {
     pub id: String,
     pub client_id: String,
     pub provider_ids: Vec<String>,
-    pub status: String,
+    pub status: BookingStatus,
     pub title: String,
     pub starts_at: Option<String>,
     /// Ordering of updates; `None` means "apply as the newest".
@@ -91,7 +92,7 @@ macro_rules! record_status_change {
         let mut created = Vec::new();
         if let Some(previous) = &change.previous_status {
             for user_id in $participants.iter() {
-                let row = status_notification(booking, previous, &change, user_id);
+                let row = status_notification(booking, *previous, &change, user_id);
                 diesel::insert_into(notifications::table)
                     .values(&row)
                     .execute($conn)
@@ -108,7 +109,7 @@ pub(super) use record_status_change;
 
 pub(super) fn status_notification(
     booking: &BookingRow,
-    previous: &str,
+    previous: BookingStatus,
     change: &StatusChangeRow,
     user_id: &str,
 ) -> NotificationRow {
@@ -121,7 +122,7 @@ pub(super) fn status_notification(
         id: uuid::Uuid::now_v7().to_string(),
         user_id: user_id.to_owned(),
         kind: "booking".to_owned(),
-        title: format!("Booking {}", change.status.replace('_', " ")),
+        title: format!("Booking {}", change.status.words()),
         body: match change
             .reason
             .as_deref()
@@ -132,13 +133,13 @@ pub(super) fn status_notification(
             Some(money) if previous == change.status => format!("{what}: {money}."),
             Some(money) => format!(
                 "{what}: status changed from {} to {} ({money}).",
-                previous.replace('_', " "),
-                change.status.replace('_', " ")
+                previous.words(),
+                change.status.words()
             ),
             None => format!(
                 "{what}: status changed from {} to {}.",
-                previous.replace('_', " "),
-                change.status.replace('_', " ")
+                previous.words(),
+                change.status.words()
             ),
         },
         link: Some(format!("/bookings/{}", booking.id)),
@@ -178,7 +179,7 @@ impl Db {
                 let row = BookingRow {
                     id: update.id.clone(),
                     client_id: update.client_id.clone(),
-                    status: update.status.clone(),
+                    status: update.status,
                     title: update.title.clone(),
                     starts_at: update.starts_at.clone(),
                     version,
@@ -239,23 +240,22 @@ impl Db {
                         .execute(conn)
                         .await?;
                 }
-                let previous_status = stored.as_ref().map(|s| s.status.clone());
+                let previous_status = stored.as_ref().map(|s| s.status);
                 let participant_ids: Vec<String> =
                     participants.iter().map(|p| p.user_id.clone()).collect();
-                let (status_change, notifications) =
-                    if previous_status.as_deref() != Some(&update.status) {
-                        record_status_change!(
-                            conn,
-                            &row,
-                            previous_status,
-                            update.reason.clone(),
-                            update.caused_by.clone(),
-                            &participant_ids,
-                            now
-                        )
-                    } else {
-                        (None, Vec::new())
-                    };
+                let (status_change, notifications) = if previous_status != Some(update.status) {
+                    record_status_change!(
+                        conn,
+                        &row,
+                        previous_status,
+                        update.reason.clone(),
+                        update.caused_by.clone(),
+                        &participant_ids,
+                        now
+                    )
+                } else {
+                    (None, Vec::new())
+                };
                 Ok(BookingOutcome::Applied {
                     created: stored.is_none(),
                     status_change,

@@ -2,6 +2,7 @@
 
 use diesel::prelude::*;
 
+use crate::domain::booking::BookingStatus;
 use crate::domain::wire::{MessageView, SenderView};
 
 use super::schema::{booking_participants, bookings, messages, read_cursors, rooms, users};
@@ -55,7 +56,7 @@ pub struct UserRow {
 pub struct BookingRow {
     pub id: String,
     pub client_id: String,
-    pub status: String,
+    pub status: BookingStatus,
     pub title: String,
     pub starts_at: Option<String>,
     pub version: i64,
@@ -85,8 +86,8 @@ pub struct ReadCursorRow {
 pub struct StatusChangeRow {
     pub id: String,
     pub booking_id: String,
-    pub status: String,
-    pub previous_status: Option<String>,
+    pub status: BookingStatus,
+    pub previous_status: Option<BookingStatus>,
     pub reason: Option<String>,
     pub caused_by: String,
     pub at: i64,

@@ -15,6 +15,7 @@ use super::schema::{
 };
 use super::{Db, DbError};
 use crate::db_run;
+use crate::domain::booking::BookingStatus;
 use crate::payments::{may_follow, PaymentEvent, PaymentFacts};
 
 /// The stored payments an event's charge or payment intent names.
@@ -304,9 +305,9 @@ impl Db {
                 // Another partial refund keeps the status but is news too.
                 let more_refunded = facts.amount_refunded > refunded_before;
                 let target = facts.status().filter(|target| {
-                    may_follow(&row.status, target)
+                    may_follow(row.status, *target)
                         && (*target != row.status
-                            || (*target == "partially_refunded" && more_refunded))
+                            || (*target == BookingStatus::PartiallyRefunded && more_refunded))
                 });
                 let Some(target) = target else {
                     return Ok(PaymentOutcome::Applied {
@@ -323,7 +324,7 @@ impl Db {
                     Some(money) => format!("Stripe: {money}"),
                     None => "Stripe".to_owned(),
                 });
-                let previous = std::mem::replace(&mut row.status, target.to_owned());
+                let previous = std::mem::replace(&mut row.status, target);
                 diesel::update(bookings::table.find(&booking_id))
                     .set((bookings::status.eq(target), bookings::updated_at.eq(now)))
                     .execute(conn)

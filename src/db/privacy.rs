@@ -165,7 +165,7 @@ impl Db {
                 exported_bookings.push(ExportedBooking {
                     booking: BookingRowView {
                         id: booking.id,
-                        status: booking.status,
+                        status: booking.status.to_string(),
                         title: booking.title,
                         starts_at: booking.starts_at,
                     },
@@ -173,8 +173,8 @@ impl Db {
                     status_history: history
                         .into_iter()
                         .map(|change| StatusChangeView {
-                            status: change.status,
-                            previous_status: change.previous_status,
+                            status: change.status.to_string(),
+                            previous_status: change.previous_status.map(|s| s.to_string()),
                             reason: change.reason,
                             at: change.at,
                         })

@@ -6,6 +6,7 @@
 #[macro_use]
 mod text_enum;
 
+pub mod booking;
 pub mod close;
 pub mod email;
 pub mod role;

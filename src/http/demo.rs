@@ -26,6 +26,7 @@ use crate::auth::{mint_token, Role};
 use crate::db::bookings::{booking_room, BookingUpsert};
 use crate::db::payments::PaymentOutcome;
 use crate::db::users::ProfileMirror;
+use crate::domain::booking::BookingStatus;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::payments::{EventKind, PaymentEvent};
@@ -156,7 +157,7 @@ async fn session(
 
 /// Mirrors the demo users and creates the demo booking if it is missing
 /// (an existing one keeps its status); returns the booking's status.
-async fn ensure_demo_world(state: &AppState) -> Result<String, AppError> {
+async fn ensure_demo_world(state: &AppState) -> Result<BookingStatus, AppError> {
     for user in DEMO_USERS {
         let mirrored = state
             .db
@@ -177,13 +178,13 @@ async fn ensure_demo_world(state: &AppState) -> Result<String, AppError> {
     if let Some(booking) = state.db.find_booking(DEMO_BOOKING_ID).await? {
         return Ok(booking.status);
     }
-    apply_demo_booking(state, "confirmed", None).await?;
-    Ok("confirmed".to_owned())
+    apply_demo_booking(state, BookingStatus::Confirmed, None).await?;
+    Ok(BookingStatus::Confirmed)
 }
 
 async fn apply_demo_booking(
     state: &AppState,
-    status: &str,
+    status: BookingStatus,
     reason: Option<&str>,
 ) -> Result<(), AppError> {
     let [client, providers @ ..] = DEMO_USERS else {
@@ -195,7 +196,7 @@ async fn apply_demo_booking(
             id: DEMO_BOOKING_ID.to_owned(),
             client_id: client.id.to_owned(),
             provider_ids: providers.iter().map(|p| p.id.to_owned()).collect(),
-            status: status.to_owned(),
+            status,
             title: DEMO_BOOKING_TITLE.to_owned(),
             starts_at: None,
             version: None,
@@ -217,10 +218,10 @@ async fn set_booking_status(
     body: web::Json<StatusBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    crate::bookings::validate_status(&body.status)?;
+    let status = crate::bookings::parse_status(&body.status)?;
     ensure_demo_world(&state).await?;
-    apply_demo_booking(&state, &body.status, Some("changed on the demo page")).await?;
-    Ok(HttpResponse::Ok().json(json!({ "id": DEMO_BOOKING_ID, "status": body.status })))
+    apply_demo_booking(&state, status, Some("changed on the demo page")).await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": DEMO_BOOKING_ID, "status": status })))
 }
 
 #[derive(Deserialize)]
@@ -283,7 +284,7 @@ async fn play_payment(
         .db
         .find_booking(DEMO_BOOKING_ID)
         .await?
-        .map(|booking| booking.status)
+        .map(|booking| booking.status.as_str())
         .unwrap_or_default();
     Ok(HttpResponse::Ok().json(json!({ "id": DEMO_BOOKING_ID, "status": status })))
 }

@@ -102,6 +102,7 @@ pub async fn put_booking(
     for provider in &body.provider_ids {
         validate_id("provider id", provider)?;
     }
+    let status = crate::bookings::parse_status(&body.status)?;
     let version = match (body.version, &body.updated_at) {
         (Some(version), _) => Some(version),
         (None, Some(at)) => {
@@ -119,7 +120,7 @@ pub async fn put_booking(
             id: id.into_inner(),
             client_id: body.client_id,
             provider_ids: body.provider_ids,
-            status: body.status,
+            status,
             title: body.title,
             starts_at: body.starts_at,
             version,
