@@ -23,6 +23,9 @@ pub mod admit;
 pub mod reader;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::rc::Rc;
 use std::sync::Arc;
 

@@ -67,7 +67,12 @@ impl Stream for FrameReader {
                         // it needs and the allocation goes with it.
                         this.buffer = BytesMut::new();
                     }
-                    return Poll::Ready(Some(message(frame)));
+                    // A text frame that is not UTF-8 ends the stream
+                    // like any other protocol error.
+                    return match message(frame) {
+                        Ok(message) => Poll::Ready(Some(Ok(message))),
+                        Err(error) => this.fail(error),
+                    };
                 }
                 Ok(None) => {}
                 Err(error) => return this.fail(error),
