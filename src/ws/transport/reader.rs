@@ -107,12 +107,11 @@ impl Stream for FrameReader {
 
 fn message(frame: Frame) -> Result<Message, ProtocolError> {
     Ok(match frame {
-        Frame::Text(data) => Message::Text(ByteString::try_from(data).map_err(|_| {
-            ProtocolError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "text frame is not UTF-8",
-            ))
-        })?),
+        Frame::Text(data) => {
+            Message::Text(ByteString::try_from(data).map_err(|_| {
+                ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, NotUtf8))
+            })?)
+        }
         Frame::Binary(data) => Message::Binary(data),
         Frame::Ping(data) => Message::Ping(data),
         Frame::Pong(data) => Message::Pong(data),
@@ -121,10 +120,28 @@ fn message(frame: Frame) -> Result<Message, ProtocolError> {
     })
 }
 
-/// The close code and reason a reading error ends the socket with.
+/// A text frame whose payload is not UTF-8 (actix-http's codec does not
+/// check): carried inside `ProtocolError::Io`, whose other errors are the
+/// socket's own.
+#[derive(Debug)]
+struct NotUtf8;
+
+impl std::fmt::Display for NotUtf8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("text frame is not UTF-8")
+    }
+}
+
+impl std::error::Error for NotUtf8 {}
+
+/// The close code and reason a reading error ends the socket with
+/// (RFC 6455 7.4.1).
 pub fn close_for(error: &ProtocolError) -> (u16, &'static str) {
     match error {
         ProtocolError::Overflow => (1009, "frame larger than the limit"),
+        ProtocolError::Io(error) if error.get_ref().is_some_and(|inner| inner.is::<NotUtf8>()) => {
+            (1007, "text frame is not UTF-8")
+        }
         _ => (1002, "protocol error"),
     }
 }

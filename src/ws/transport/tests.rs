@@ -191,7 +191,7 @@ async fn a_frame_over_the_limit_ends_the_stream_with_1009() {
 }
 
 #[actix_rt::test]
-async fn a_text_frame_that_is_not_utf8_is_a_protocol_error() {
+async fn a_text_frame_that_is_not_utf8_ends_the_stream_with_1007() {
     let (server, mut client) = pair().await;
     let mut reader = reader(server);
     // A binary frame's bytes with the opcode made text's: 0xc3 0x28 is
@@ -200,7 +200,7 @@ async fn a_text_frame_that_is_not_utf8_is_a_protocol_error() {
     frame[0] = 0x81;
     client.write_all(&frame).await.unwrap();
     match next(&mut reader).await {
-        Some(Err(error)) => assert_eq!(close_for(&error).0, 1002),
+        Some(Err(error)) => assert_eq!(close_for(&error).0, 1007),
         other => panic!("expected an error, got {other:?}"),
     }
     assert!(next(&mut reader).await.is_none(), "nothing after the error");
