@@ -6,7 +6,7 @@
 //! `app::serve`), which lands in [`upgrade`]. From there the socket runs
 //! outside the HTTP/1 dispatcher, as a task of its own. The interface:
 //!
-//! - admission ([`admit`]): path, handshake, connect limit, Origin, in
+//! - admission ([`admit()`]): path, handshake, connect limit, Origin, in
 //!   one list of checks (the place to add a policy for `/v1/ws`);
 //! - inbound frames ([`reader::FrameReader`], added to the session as a
 //!   stream of decoded messages, each frame within `max_frame_bytes`;
