@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web_actors::ws;
 use bytestring::ByteString;
 
 use super::joined::{replay_page, JoinedRoom, JoinedRooms};
+use super::transport::{
+    self, Assembled, Fragments, Item, Message, ProtocolError, WebsocketContext,
+};
 use super::SessionServices;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
@@ -71,7 +73,7 @@ pub struct WsSession {
     /// Frames from the client are ignored meanwhile.
     closing: Option<Box<(u16, String)>>,
     /// A message split into continuation frames, being reassembled.
-    fragments: Option<Vec<u8>>,
+    fragments: Fragments,
     /// For the per-address connection limit.
     client_ip: Option<IpAddr>,
     /// Every log line of this socket carries its session id (and user).
@@ -101,7 +103,7 @@ impl WsSession {
             strikes: 0,
             pending_acks: 0,
             closing: None,
-            fragments: None,
+            fragments: Fragments::default(),
             client_ip,
             counted_ip: true,
         }
@@ -110,7 +112,7 @@ impl WsSession {
     /// Closes the socket with `code`. Frames already written go first;
     /// the acks of messages already accepted are waited for (at most
     /// `ACK_WAIT`), except for a client that stopped reading.
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+    fn close(&mut self, ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
         if self.pending_acks == 0 || code == close::SLOW_CONSUMER {
             return Self::close_now(ctx, code, reason);
         }
@@ -121,15 +123,15 @@ impl WsSession {
         ctx.run_later(ACK_WAIT, |session, ctx| session.finish_closing(ctx));
     }
 
-    fn close_now(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(code),
+    fn close_now(ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
+        let reason = transport::CloseReason {
+            code: transport::CloseCode::from(code),
             description: Some(reason.to_owned()),
-        }));
-        ctx.stop();
+        };
+        transport::close(ctx, Some(reason));
     }
 
-    fn finish_closing(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn finish_closing(&mut self, ctx: &mut WebsocketContext<Self>) {
         if let Some(closing) = self.closing.take() {
             Self::close_now(ctx, closing.0, &closing.1);
         }
@@ -137,7 +139,7 @@ impl WsSession {
 
     fn send_error(
         &self,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut WebsocketContext<Self>,
         reference: Option<&str>,
         error: &AppError,
     ) {
@@ -149,7 +151,7 @@ impl WsSession {
         ctx.text(super::error_frame(reference, error));
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
         self.state.metrics.frames_in.inc();
         let parsed = parse_client_frame(text);
         let Some(identity) = self.identity.clone() else {
@@ -235,11 +237,7 @@ impl WsSession {
     /// Before `auth` only `auth` is accepted: anything else is answered
     /// `unauthorized` and closes the socket (4001), so an anonymous socket
     /// cannot make the server work until the auth deadline.
-    fn refuse_before_auth(
-        &mut self,
-        reference: Option<&str>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn refuse_before_auth(&mut self, reference: Option<&str>, ctx: &mut WebsocketContext<Self>) {
         let error = AppError::Unauthorized("the first frame must be auth".into());
         self.send_error(ctx, reference, &error);
         self.close(ctx, close::AUTH_FAILED, "the first frame must be auth");
@@ -253,7 +251,7 @@ impl WsSession {
         &mut self,
         identity: &Identity,
         reference: Option<&str>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut WebsocketContext<Self>,
     ) -> bool {
         let Err(error) = self.state.limiters.check_frame(&identity.user_id) else {
             self.strikes = 0;
@@ -279,7 +277,7 @@ impl WsSession {
 
     /// Counts a frame that is not text (binary, fragment, ping): before
     /// `auth` it closes the socket. Returns whether to handle it.
-    fn count_other_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+    fn count_other_frame(&mut self, ctx: &mut WebsocketContext<Self>) -> bool {
         match self.identity.clone() {
             Some(identity) => self.count_frame(&identity, None, ctx),
             None => {
@@ -289,7 +287,7 @@ impl WsSession {
         }
     }
 
-    fn authenticate(&mut self, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    fn authenticate(&mut self, token: &str, ctx: &mut WebsocketContext<Self>) {
         let state = self.state.clone();
         let token = token.to_owned();
         let register = RegisterSession {
@@ -369,7 +367,7 @@ impl WsSession {
     /// The count comes back through the mailbox rather than as a future of
     /// the context: a fourth future there would move the context's future
     /// list to the heap for the life of the socket.
-    fn send_unread_counts(&self, identity: &Identity, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_unread_counts(&self, identity: &Identity, ctx: &mut WebsocketContext<Self>) {
         let state = self.state.clone();
         let user_id = identity.user_id.clone();
         let session = ctx.address();
@@ -390,7 +388,7 @@ impl WsSession {
         &mut self,
         token: &str,
         reference: Option<&str>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut WebsocketContext<Self>,
     ) {
         let current = self.identity.as_ref().map(|i| i.user_id.clone());
         let state = self.state.clone();
@@ -443,7 +441,7 @@ impl WsSession {
         });
     }
 
-    fn schedule_expiry(&mut self, expires_at: i64, ctx: &mut ws::WebsocketContext<Self>) {
+    fn schedule_expiry(&mut self, expires_at: i64, ctx: &mut WebsocketContext<Self>) {
         let remaining = (expires_at - crate::time::now_secs()).max(0) as u64;
         self.token_expiry = Some(Instant::now() + Duration::from_secs(remaining));
         self.arm_timer(ctx);
@@ -451,7 +449,7 @@ impl WsSession {
 
     /// Sets the timer for the nearest deadline: the next ping, and the
     /// auth timeout or the token's expiry.
-    fn arm_timer(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn arm_timer(&mut self, ctx: &mut WebsocketContext<Self>) {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
@@ -465,7 +463,7 @@ impl WsSession {
         }));
     }
 
-    fn on_timer(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_timer(&mut self, ctx: &mut WebsocketContext<Self>) {
         let now = Instant::now();
         match self.token_expiry {
             None if now >= self.auth_deadline => {
@@ -500,7 +498,7 @@ impl WsSession {
         room: &str,
         since: Option<i64>,
         reference: Option<String>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut WebsocketContext<Self>,
     ) -> Result<(), AppError> {
         let room = RoomName::parse(room)?;
         if since.is_some_and(|s| s < 0) {
@@ -595,7 +593,7 @@ impl WsSession {
         client_id: String,
         body: String,
         reference: Option<String>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut WebsocketContext<Self>,
     ) -> Result<(), AppError> {
         let room = RoomName::parse(room)?;
         if client_id.is_empty() || client_id.len() > CLIENT_ID_MAX {
@@ -698,7 +696,7 @@ impl WsSession {
         before: Option<i64>,
         limit: Option<i64>,
         reference: Option<String>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut WebsocketContext<Self>,
     ) -> Result<(), AppError> {
         let room = RoomName::parse(room)?;
         let limit = history_limit(limit)?;
@@ -729,39 +727,21 @@ impl WsSession {
 }
 
 impl WsSession {
-    /// Reassembles a text message sent in continuation frames, within the
-    /// same size limit as a single frame.
-    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let (bytes, last) = match item {
-            actix_http::ws::Item::FirstText(bytes) => {
-                self.fragments = Some(Vec::new());
-                (bytes, false)
-            }
-            actix_http::ws::Item::FirstBinary(_) => {
-                self.fragments = None;
+    /// A message sent in continuation frames, once it is whole (within
+    /// the same size limit as a single frame).
+    fn on_fragment(&mut self, item: Item, ctx: &mut WebsocketContext<Self>) {
+        match self.fragments.push(item, self.state.server.max_frame_bytes) {
+            Assembled::Incomplete => {}
+            Assembled::Text(text) => self.on_text(&text, ctx),
+            Assembled::Binary => {
                 let error =
                     AppError::Invalid("binary frames are not supported; send JSON text".into());
-                return self.send_error(ctx, None, &error);
+                self.send_error(ctx, None, &error);
             }
-            actix_http::ws::Item::Continue(bytes) => (bytes, false),
-            actix_http::ws::Item::Last(bytes) => (bytes, true),
-        };
-        let Some(buffer) = self.fragments.as_mut() else {
-            return;
-        };
-        buffer.extend_from_slice(&bytes);
-        if buffer.len() > self.state.server.max_frame_bytes {
-            self.fragments = None;
-            return self.close(ctx, 1009, "message larger than the limit");
-        }
-        if last {
-            let buffer = self.fragments.take().unwrap_or_default();
-            match String::from_utf8(buffer) {
-                Ok(text) => self.on_text(&text, ctx),
-                Err(_) => {
-                    let error = AppError::Invalid("text frame is not UTF-8".into());
-                    self.send_error(ctx, None, &error);
-                }
+            Assembled::TooLarge => self.close(ctx, 1009, "message larger than the limit"),
+            Assembled::NotUtf8 => {
+                let error = AppError::Invalid("text frame is not UTF-8".into());
+                self.send_error(ctx, None, &error);
             }
         }
     }
@@ -807,7 +787,7 @@ pub fn history_limit(limit: Option<i64>) -> Result<i64, AppError> {
 }
 
 impl Actor for WsSession {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.state.metrics.ws_sessions.inc();
@@ -867,7 +847,7 @@ impl Handler<StoreOutcome> for WsSession {
 }
 
 impl WsSession {
-    fn write_outcome(&mut self, outcome: StoreOutcome, ctx: &mut ws::WebsocketContext<Self>) {
+    fn write_outcome(&mut self, outcome: StoreOutcome, ctx: &mut WebsocketContext<Self>) {
         let reference = outcome.reference.as_deref();
         match outcome.result {
             Ok(appended) => {
@@ -923,21 +903,21 @@ impl Handler<ToSession> for WsSession {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
-    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Message, ProtocolError>> for WsSession {
+    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
         let span = self.span.clone();
         let _in_session = span.enter();
         self.last_heard = Instant::now();
         if self.closing.is_some() {
             // Closing: only the client's own close still matters.
-            if let Ok(ws::Message::Close(_)) = item {
+            if let Ok(Message::Close(_)) = item {
                 self.finish_closing(ctx);
             }
             return;
         }
         match item {
-            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(ws::Message::Binary(_)) => {
+            Ok(Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(Message::Binary(_)) => {
                 if self.count_other_frame(ctx) {
                     self.send_error(
                         ctx,
@@ -948,29 +928,25 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                     )
                 }
             }
-            Ok(ws::Message::Continuation(item)) => {
+            Ok(Message::Continuation(item)) => {
                 // The last fragment is counted as the text it completes.
-                let last = matches!(item, actix_http::ws::Item::Last(_));
+                let last = matches!(item, Item::Last(_));
                 if last || self.count_other_frame(ctx) {
                     self.on_fragment(item, ctx)
                 }
             }
-            Ok(ws::Message::Ping(payload)) => {
+            Ok(Message::Ping(payload)) => {
                 if self.identity.is_none() || self.count_other_frame(ctx) {
                     ctx.pong(&payload)
                 }
             }
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
-            }
-            Err(ws::ProtocolError::Overflow) => {
-                self.close(ctx, 1009, "frame larger than the limit")
-            }
+            Ok(Message::Pong(_)) | Ok(Message::Nop) => {}
+            // The client's close is answered with a close.
+            Ok(Message::Close(reason)) => transport::close(ctx, reason),
             Err(error) => {
                 tracing::debug!(%error, "websocket protocol error");
-                self.close(ctx, 1002, "protocol error");
+                let (code, reason) = transport::close_for(&error);
+                self.close(ctx, code, reason);
             }
         }
     }
