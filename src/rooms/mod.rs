@@ -58,7 +58,8 @@ pub async fn authorize_write(db: &Db, who: &Identity, room: &RoomName) -> Result
 /// sessions on this node, a booking room's members, a socket's rooms):
 /// up to four it grows one slot at a time, where `Vec` would reserve four
 /// at the first push; past four it doubles as usual. Idle sockets are
-/// counted in tens of thousands, and those slots were a tenth of each.
+/// counted in tens of thousands, and those slots were a tenth of each
+/// (BENCHMARKS.md, idle memory).
 pub fn push_small<T>(list: &mut Vec<T>, item: T) {
     if list.len() == list.capacity() && list.len() < 4 {
         list.reserve_exact(1);

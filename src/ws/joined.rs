@@ -15,7 +15,8 @@ pub(super) struct JoinedRoom {
 
 /// The rooms a socket joined, by name. A list rather than a map: a socket
 /// joins a few rooms, a short scan per delivery costs less than hashing
-/// the name, and a map's table was the largest part of an idle session.
+/// the name, and a map's table was the largest part of an idle session
+/// (BENCHMARKS.md, idle memory).
 #[derive(Default)]
 pub(super) struct JoinedRooms(Vec<(String, JoinedRoom)>);
 
