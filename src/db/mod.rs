@@ -143,33 +143,9 @@ pub type WriteGate = std::sync::Arc<tokio::sync::Mutex<()>>;
 /// backend is configured. `?` inside converts into the caller's error type.
 #[macro_export]
 macro_rules! db_run {
-    ($db:expr, |$conn:ident| $body:expr) => {{
-        #[allow(unused_imports)]
-        use diesel::prelude::*;
-        #[allow(unused_imports)]
-        use diesel_async::RunQueryDsl;
-        match $db {
-            $crate::db::Db::Postgres(pool) => {
-                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
-                let $conn = &mut *pooled;
-                $body
-            }
-            $crate::db::Db::Sqlite(pool, _) => {
-                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
-                let $conn = &mut *pooled;
-                $body
-            }
-        }
-    }};
-}
-
-/// [`db_run!`] for a write that a client's connection causes (a profile
-/// mirrored at `auth`): on SQLite it takes its turn at the [`WriteGate`]
-/// like the bulk writers, instead of sleeping in `busy_timeout` retries
-/// that would make a chat append wait behind it.
-#[macro_export]
-macro_rules! db_write {
-    ($db:expr, |$conn:ident| $body:expr) => {{
+    // `$gated`: on SQLite, take a turn at the write gate first. (This arm
+    // comes first: `@turn` is not an expression the other could start on.)
+    (@turn $gated:expr, $db:expr, |$conn:ident| $body:expr) => {{
         #[allow(unused_imports)]
         use diesel::prelude::*;
         #[allow(unused_imports)]
@@ -182,12 +158,26 @@ macro_rules! db_write {
             }
             $crate::db::Db::Sqlite(pool, gate) => {
                 let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
-                let _turn = gate.lock().await;
+                let _turn = if $gated { Some(gate.lock().await) } else { None };
                 let $conn = &mut *pooled;
                 $body
             }
         }
     }};
+    ($db:expr, |$conn:ident| $body:expr) => {
+        $crate::db_run!(@turn false, $db, |$conn| $body)
+    };
+}
+
+/// [`db_run!`] for a write that a client's connection causes (a profile
+/// mirrored at `auth`): on SQLite it takes its turn at the [`WriteGate`]
+/// like the bulk writers, instead of sleeping in `busy_timeout` retries
+/// that would make a chat append wait behind it.
+#[macro_export]
+macro_rules! db_write {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        $crate::db_run!(@turn true, $db, |$conn| $body)
+    };
 }
 
 enum Backend<'a> {
