@@ -5,9 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mixroom_realtime::error::ErrorCode;
-use mixroom_realtime::rooms::RoomName;
+use mixroom_realtime::domain::room::RoomName;
 use mixroom_realtime::domain::wire::{parse_client_frame, ClientFrame};
+use mixroom_realtime::error::{AppError, ErrorCode};
 use mixroom_realtime::ws::session::history_limit;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match parse_client_frame(text) {
-        Err((_, error)) => assert_eq!(error.code(), ErrorCode::Invalid),
+        Err((_, error)) => {
+            // The session turns a refusal into an error frame through AppError.
+            assert!(!error.to_string().is_empty());
+            assert_eq!(AppError::from(error).code(), ErrorCode::Invalid);
+        }
         Ok(envelope) => match envelope.frame {
             ClientFrame::Join { room, .. }
             | ClientFrame::Leave { room }
