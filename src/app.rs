@@ -160,6 +160,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         let app = App::new()
             .app_data(state.clone())
             .configure(|cfg| crate::http::routes(cfg, &state.settings))
+            .default_service(web::to(crate::http::no_route))
             .wrap(actix_web::middleware::from_fn(
                 crate::http::middleware::limit_http,
             ))

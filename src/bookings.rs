@@ -99,6 +99,7 @@ impl Bookings {
                 source: Some(format!("dispute:{}", change.id)),
                 created_at: change.at,
                 read_at: None,
+                data: None,
             };
             let (row, is_new) = self.db.create_notification(row).await?;
             if is_new {

@@ -32,6 +32,8 @@ pub enum AppError {
     TooLarge(String),
     #[error("{0}")]
     Timeout(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("rate limited, retry in {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
     /// Logged where it is converted; the caller sees a generic message.
@@ -49,6 +51,7 @@ impl AppError {
             AppError::Gone(_) => ErrorCode::Gone,
             AppError::TooLarge(_) => ErrorCode::TooLarge,
             AppError::Timeout(_) => ErrorCode::Timeout,
+            AppError::Conflict(_) => ErrorCode::Conflict,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::Internal(_) => ErrorCode::Internal,
         }
@@ -116,6 +119,7 @@ impl ResponseError for AppError {
             AppError::Gone(_) => StatusCode::GONE,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -21,6 +21,9 @@ pub struct NotificationView<'a> {
     pub link: Option<&'a str>,
     pub created_at: String,
     pub read_at: Option<String>,
+    /// The backend's own object for the app (absent when it sent none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 impl<'a> From<&'a NotificationRow> for NotificationView<'a> {
@@ -33,6 +36,11 @@ impl<'a> From<&'a NotificationRow> for NotificationView<'a> {
             link: row.link.as_deref(),
             created_at: crate::time::rfc3339_ms(row.created_at),
             read_at: row.read_at.map(crate::time::rfc3339_ms),
+            // Stored as checked JSON text; never fails on our own rows.
+            data: row
+                .data
+                .as_deref()
+                .and_then(|text| serde_json::from_str(text).ok()),
         }
     }
 }

@@ -38,4 +38,9 @@ pub async fn apply(db: &Db, settings: &RetentionSettings) {
         Ok(deleted) => tracing::info!(deleted, "retention: email records deleted"),
         Err(error) => tracing::warn!(%error, "retention: email records not pruned"),
     }
+    // The backend retries within minutes; a day covers any outage it rides out.
+    match db.prune_idempotency_keys(now - DAY_MS).await {
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "retention: idempotency keys not pruned"),
+    }
 }

@@ -43,6 +43,9 @@ pub struct Identity {
     pub role: Role,
     /// Unix seconds.
     pub expires_at: i64,
+    /// Unix seconds (`iat`); tokens issued before a user's disconnect by
+    /// the backend are refused.
+    pub issued_at: Option<i64>,
 }
 
 impl Identity {
@@ -312,6 +315,7 @@ fn identity_from_claims(claims: Claims) -> Result<Identity, AuthError> {
         email: claims.email,
         role,
         expires_at: claims.exp,
+        issued_at: claims.iat,
     })
 }
 

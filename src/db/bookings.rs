@@ -146,6 +146,7 @@ pub(super) fn status_notification(
         source: Some(format!("status:{}", change.id)),
         created_at: change.at,
         read_at: None,
+        data: None,
     }
 }
 
@@ -352,5 +353,58 @@ impl Db {
                 }),
             })
             .collect())
+    }
+}
+
+/// A mirrored booking as the backend sent it (for the internal API).
+#[derive(Debug, Clone)]
+pub struct MirroredBooking {
+    pub row: BookingRow,
+    pub provider_ids: Vec<String>,
+}
+
+impl Db {
+    /// A booking with its provider ids, as last mirrored.
+    pub async fn mirrored_booking(&self, id: &str) -> Result<Option<MirroredBooking>, DbError> {
+        let Some(row) = self.find_booking(id).await? else {
+            return Ok(None);
+        };
+        let provider_ids = db_run!(self, |conn| {
+            booking_participants::table
+                .filter(booking_participants::booking_id.eq(id))
+                .filter(booking_participants::kind.eq("provider"))
+                .order(booking_participants::user_id.asc())
+                .select(booking_participants::user_id)
+                .load::<String>(conn)
+                .await?
+        });
+        Ok(Some(MirroredBooking { row, provider_ids }))
+    }
+
+    /// The bookings a user takes part in, by id, after `after` (a page).
+    pub async fn bookings_of_user(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<(Vec<BookingRow>, bool), DbError> {
+        let after = after.unwrap_or("");
+        let mut rows: Vec<BookingRow> = db_run!(self, |conn| {
+            bookings::table
+                .inner_join(
+                    booking_participants::table
+                        .on(booking_participants::booking_id.eq(bookings::id)),
+                )
+                .filter(booking_participants::user_id.eq(user_id))
+                .filter(bookings::id.gt(after))
+                .order(bookings::id.asc())
+                .limit(limit + 1)
+                .select(BookingRow::as_select())
+                .load(conn)
+                .await?
+        });
+        let has_more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows, has_more))
     }
 }

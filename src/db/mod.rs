@@ -9,6 +9,7 @@
 pub mod bookings;
 pub mod client_reads;
 pub mod email;
+pub mod idempotency;
 pub mod messages;
 pub mod models;
 pub mod notifications;

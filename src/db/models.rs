@@ -105,6 +105,8 @@ pub struct NotificationRow {
     pub source: Option<String>,
     pub created_at: i64,
     pub read_at: Option<i64>,
+    /// The backend's `data` object, as JSON text.
+    pub data: Option<String>,
 }
 
 /// What Stripe's events said about one booking's payment (`src/payments.rs`).

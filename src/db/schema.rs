@@ -8,6 +8,7 @@ diesel::table! {
         role -> Text,
         updated_at -> BigInt,
         erased_at -> Nullable<BigInt>,
+        sessions_revoked_at -> Nullable<BigInt>,
     }
 }
 
@@ -86,6 +87,18 @@ diesel::table! {
         source -> Nullable<Text>,
         created_at -> BigInt,
         read_at -> Nullable<BigInt>,
+        data -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (key) {
+        key -> Text,
+        route -> Text,
+        request_hash -> Text,
+        status -> Integer,
+        response -> Text,
+        created_at -> BigInt,
     }
 }
 
@@ -236,4 +249,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     email_items,
     email_outbox,
     email_batches,
+    idempotency_keys,
 );

@@ -12,6 +12,9 @@ pub enum ProfileMirror {
     /// The user's data was erased: nothing was written, and nothing about
     /// them may be written again.
     Erased,
+    /// The token was issued before the backend disconnected the user
+    /// (`POST /v1/internal/users/{id}/disconnect`): refused, nothing written.
+    Revoked,
 }
 
 impl Db {
@@ -59,6 +62,31 @@ impl Db {
         })
     }
 
+    /// Refuses the user's tokens issued until now (milliseconds); false
+    /// when no such user is mirrored.
+    pub async fn revoke_sessions(&self, id: &str, at: i64) -> Result<bool, DbError> {
+        let updated = db_run!(self, |conn| {
+            diesel::update(users::table.find(id))
+                .set(users::sessions_revoked_at.eq(at))
+                .execute(conn)
+                .await?
+        });
+        Ok(updated == 1)
+    }
+
+    /// When the user's tokens were last revoked (milliseconds), if ever.
+    pub async fn sessions_revoked_at(&self, id: &str) -> Result<Option<i64>, DbError> {
+        let found: Option<Option<i64>> = db_run!(self, |conn| {
+            users::table
+                .find(id)
+                .select(users::sessions_revoked_at)
+                .first(conn)
+                .await
+                .optional()?
+        });
+        Ok(found.flatten())
+    }
+
     pub async fn find_user(&self, id: &str) -> Result<Option<UserRow>, DbError> {
         db_run!(self, |conn| {
             Ok(users::table
@@ -72,14 +100,17 @@ impl Db {
 }
 
 impl Db {
-    /// Mirrors a token's claims, unless the user's data was erased: an old
-    /// token must not bring a deleted name or address back.
+    /// Mirrors a token's claims, unless the user's data was erased (an old
+    /// token must not bring a deleted name or address back) or the token
+    /// was issued (`issued_at`, Unix seconds) before the user's sessions
+    /// were revoked.
     pub async fn mirror_token_profile(
         &self,
         id: &str,
         email: Option<&str>,
         name: &str,
         role: &str,
+        issued_at: Option<i64>,
     ) -> Result<ProfileMirror, DbError> {
         let now = crate::time::now_ms();
         let row = UserRow {
@@ -93,17 +124,24 @@ impl Db {
         // Most connections are of users whose profile is already mirrored
         // as the token says: a read, and no write (on SQLite a write is a
         // turn at the one write lock, and a sync).
-        let known: Option<UserRow> = db_run!(self, |conn| {
+        let known: Option<(UserRow, Option<i64>)> = db_run!(self, |conn| {
             users::table
                 .find(id)
-                .select(UserRow::as_select())
+                .select((UserRow::as_select(), users::sessions_revoked_at))
                 .first(conn)
                 .await
                 .optional()?
         });
-        if let Some(known) = known {
+        if let Some((known, revoked_at)) = known {
             if known.erased_at.is_some() {
                 return Ok(ProfileMirror::Erased);
+            }
+            if let Some(revoked_at) = revoked_at {
+                // `iat` has whole seconds: a token issued in the same second
+                // as the revocation is refused too (no `iat`: refused).
+                if issued_at.is_none_or(|iat| iat * 1000 <= revoked_at) {
+                    return Ok(ProfileMirror::Revoked);
+                }
             }
             let unchanged = known.name.as_deref() == Some(name)
                 && known.role == role

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     TooLarge,
     /// HTTP only (408): the request's body did not arrive in time.
     Timeout,
+    /// HTTP only (409): an `Idempotency-Key` reused with another request.
+    Conflict,
     RateLimited,
     Internal,
 }
@@ -33,6 +35,7 @@ impl ErrorCode {
             ErrorCode::Gone => "gone",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }

@@ -38,6 +38,17 @@ impl FromRequest for AuthUser {
             let (token, state) = found?;
             // Usually answered at once; awaits only a rotated signing key.
             let identity = state.verifier.verify_fresh(&token).await?;
+            // Signed out everywhere by the backend: older tokens are void.
+            if let Some(revoked_at) = state.db.sessions_revoked_at(&identity.user_id).await? {
+                if identity
+                    .issued_at
+                    .is_none_or(|iat| iat * 1000 <= revoked_at)
+                {
+                    return Err(AppError::Unauthorized(
+                        "this token was issued before the account was signed out everywhere".into(),
+                    ));
+                }
+            }
             Ok(AuthUser(identity))
         })
     }

@@ -1,5 +1,5 @@
 //! Routes for the Mixroom backend (internal key only): the users and
-//! bookings mirrors, and system messages into rooms.
+//! bookings mirrors (write, read, erase), and system messages into rooms.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use crate::db::messages::NewMessage;
 use crate::db::users::ProfileMirror;
 use crate::error::AppError;
 use crate::http::AppState;
+use crate::rooms::hub::CloseUserSessions;
 use crate::rooms::{RoomKind, RoomName};
 
 fn validate_id(what: &str, id: &str) -> Result<(), AppError> {
@@ -30,11 +31,45 @@ fn validate_id(what: &str, id: &str) -> Result<(), AppError> {
     }
 }
 
+/// User ids are the `sub` of Supabase tokens: UUIDs. A user mirrored under
+/// any other id could never connect, so it is refused here.
+pub(crate) fn validate_user_id(what: &str, id: &str) -> Result<(), AppError> {
+    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| {
+        AppError::Unprocessable(format!(
+            "{what} `{}` is not a UUID (user ids are the `sub` of the user's token)",
+            id.chars().take(80).collect::<String>()
+        ))
+    })
+}
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserBody {
     email: Option<String>,
     name: Option<String>,
     role: String,
+}
+
+impl UserBody {
+    fn validate(&self) -> Result<Role, AppError> {
+        let role = Role::parse(&self.role).ok_or_else(|| {
+            AppError::Unprocessable(format!(
+                "unknown role `{}`; expected client, studio_owner, engineer or admin",
+                self.role
+            ))
+        })?;
+        if let Some(email) = &self.email {
+            if !email.contains('@') || email.len() > 320 {
+                return Err(AppError::Unprocessable(format!("invalid email `{email}`")));
+            }
+        }
+        if self.name.as_ref().is_some_and(|name| name.len() > 200) {
+            return Err(AppError::Unprocessable(
+                "`name` must be at most 200 bytes".into(),
+            ));
+        }
+        Ok(role)
+    }
 }
 
 /// `PUT /v1/internal/users/{id}`
@@ -44,18 +79,8 @@ pub async fn put_user(
     body: web::Json<UserBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    validate_id("user id", &id)?;
-    let role = Role::parse(&body.role).ok_or_else(|| {
-        AppError::Unprocessable(format!(
-            "unknown role `{}`; expected client, studio_owner, engineer or admin",
-            body.role
-        ))
-    })?;
-    if let Some(email) = &body.email {
-        if !email.contains('@') || email.len() > 320 {
-            return Err(AppError::Unprocessable(format!("invalid email `{email}`")));
-        }
-    }
+    validate_user_id("user id", &id)?;
+    let role = body.validate()?;
     let mirrored = state
         .db
         .upsert_user(
@@ -75,13 +100,190 @@ pub async fn put_user(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersBody {
+    users: Vec<BulkUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkUser {
+    id: String,
+    email: Option<String>,
+    name: Option<String>,
+    role: String,
+}
+
+impl BulkUser {
+    fn profile(&self) -> UserBody {
+        UserBody {
+            email: self.email.clone(),
+            name: self.name.clone(),
+            role: self.role.clone(),
+        }
+    }
+}
+
+/// A backfill's batch: at most this many users per call.
+const MAX_BULK_USERS: usize = 500;
+
+/// `PUT /v1/internal/users`: mirrors many users at once (a backfill). All
+/// are checked before any is written; erased users are skipped and named.
+pub async fn put_users(
+    _: InternalCaller,
+    body: web::Json<UsersBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let users = body.into_inner().users;
+    if users.is_empty() || users.len() > MAX_BULK_USERS {
+        return Err(AppError::Unprocessable(format!(
+            "`users` must hold 1 to {MAX_BULK_USERS} users"
+        )));
+    }
+    let mut checked = Vec::with_capacity(users.len());
+    for (index, user) in users.iter().enumerate() {
+        let at = |error: AppError| match error {
+            AppError::Unprocessable(message) => {
+                AppError::Unprocessable(format!("users[{index}]: {message}"))
+            }
+            other => other,
+        };
+        validate_user_id("user id", &user.id).map_err(at)?;
+        checked.push(user.profile().validate().map_err(at)?);
+    }
+    let mut mirrored = 0;
+    let mut erased = Vec::new();
+    for (user, role) in users.iter().zip(checked) {
+        let outcome = state
+            .db
+            .upsert_user(
+                &user.id,
+                user.email.as_deref(),
+                user.name.as_deref(),
+                role.as_str(),
+            )
+            .await?;
+        match outcome {
+            ProfileMirror::Erased => erased.push(user.id.as_str()),
+            _ => mirrored += 1,
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "mirrored": mirrored, "erased": erased })))
+}
+
+/// `POST /v1/internal/users/{id}/disconnect`: signs the user out
+/// everywhere (a ban, a role change): their sockets on every node close
+/// with 4001 and their tokens issued until now are refused, so the next
+/// connection needs a fresh token (which carries the new role).
+pub async fn disconnect_user(
+    _: InternalCaller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    validate_user_id("user id", &id)?;
+    let now = crate::time::now_ms();
+    if !state.db.revoke_sessions(&id, now).await? {
+        return Err(AppError::NotFound(format!(
+            "no user `{}` is mirrored",
+            id.as_str()
+        )));
+    }
+    state.hub.do_send(CloseUserSessions {
+        user_id: id.to_string(),
+    });
+    Ok(HttpResponse::Ok().json(json!({
+        "disconnected": true,
+        "tokens_issued_before": crate::time::rfc3339_ms(now),
+    })))
+}
+
+/// `GET /v1/internal/users/{id}`: the mirrored profile.
+pub async fn get_user(
+    _: InternalCaller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    validate_user_id("user id", &id)?;
+    let user = state
+        .db
+        .find_user(&id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no user `{}` is mirrored", id.as_str())))?;
+    let at = crate::time::rfc3339_ms;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "role": user.role,
+        "updated_at": at(user.updated_at),
+        "erased_at": user.erased_at.map(at),
+    })))
+}
+
+/// `DELETE /v1/internal/users/{id}`: the account was deleted in the
+/// backend; erased here exactly as `DELETE /v1/me` erases.
+pub async fn delete_user(
+    _: InternalCaller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    validate_user_id("user id", &id)?;
+    if state.db.find_user(&id).await?.is_none() {
+        return Err(AppError::NotFound(format!(
+            "no user `{}` is mirrored",
+            id.as_str()
+        )));
+    }
+    let erasure = super::me::erase_user(&state, &id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "erased": true, "details": erasure })))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/internal/users/{id}/bookings?after=<booking id>&limit=n`
+pub async fn user_bookings(
+    _: InternalCaller,
+    id: web::Path<String>,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    validate_user_id("user id", &id)?;
+    let limit = crate::ws::session::history_limit(query.limit)?;
+    let (rows, has_more) = state
+        .db
+        .bookings_of_user(&id, query.after.as_deref(), limit)
+        .await?;
+    let at = crate::time::rfc3339_ms;
+    let bookings: Vec<_> = rows
+        .iter()
+        .map(|b| {
+            json!({
+                "id": b.id,
+                "client_id": b.client_id,
+                "status": b.status.as_str(),
+                "title": b.title,
+                "starts_at": b.starts_at,
+                "updated_at": at(b.updated_at),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "bookings": bookings, "has_more": has_more })))
+}
+
+/// A whole booking, as `PUT` replaces it. `provider_ids` and `title` have
+/// no default: a body without them would silently empty them (and lock the
+/// studio out of its booking chat), so it is refused; `PATCH` changes parts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BookingBody {
     client_id: String,
-    #[serde(default)]
-    provider_ids: Vec<String>,
+    provider_ids: Option<Vec<String>>,
     status: String,
-    #[serde(default)]
-    title: String,
+    title: Option<String>,
     starts_at: Option<String>,
     /// Monotonic version from the backend; older updates are ignored.
     version: Option<i64>,
@@ -90,44 +292,67 @@ pub struct BookingBody {
     reason: Option<String>,
 }
 
-/// `PUT /v1/internal/bookings/{id}`
-pub async fn put_booking(
-    _: InternalCaller,
-    id: web::Path<String>,
-    body: web::Json<BookingBody>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    validate_id("booking id", &id)?;
-    validate_id("client_id", &body.client_id)?;
-    for provider in &body.provider_ids {
-        validate_id("provider id", provider)?;
-    }
-    let status = crate::bookings::parse_status(&body.status)?;
-    let version = match (body.version, &body.updated_at) {
-        (Some(version), _) => Some(version),
+/// Part of a booking, for `PATCH`: what is absent stays as stored;
+/// `"starts_at": null` clears the start time.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingPatch {
+    client_id: Option<String>,
+    provider_ids: Option<Vec<String>>,
+    status: Option<String>,
+    title: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    starts_at: Option<Option<String>>,
+    version: Option<i64>,
+    updated_at: Option<String>,
+    reason: Option<String>,
+}
+
+/// `Some(None)` for an explicit `null`, `None` (by default) when absent.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+const MAX_PROVIDERS: usize = 20;
+const MAX_TITLE_BYTES: usize = 200;
+
+fn ordering_version(
+    version: Option<i64>,
+    updated_at: Option<&str>,
+) -> Result<Option<i64>, AppError> {
+    match (version, updated_at) {
+        (Some(version), _) => Ok(Some(version)),
         (None, Some(at)) => {
             let parsed =
                 time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
                     .map_err(|_| AppError::Unprocessable(format!("invalid updated_at `{at}`")))?;
-            Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64)
+            Ok(Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64))
         }
-        (None, None) => None,
-    };
-    let body = body.into_inner();
-    let outcome = state
-        .bookings
-        .apply(BookingUpsert {
-            id: id.into_inner(),
-            client_id: body.client_id,
-            provider_ids: body.provider_ids,
-            status,
-            title: body.title,
-            starts_at: body.starts_at,
-            version,
-            reason: body.reason,
-            caused_by: "backend".to_owned(),
-        })
-        .await?;
+        (None, None) => Ok(None),
+    }
+}
+
+/// Checks a whole booking and applies it (PUT and PATCH end here).
+async fn apply_booking(state: &AppState, update: BookingUpsert) -> Result<HttpResponse, AppError> {
+    validate_user_id("client_id", &update.client_id)?;
+    if update.provider_ids.len() > MAX_PROVIDERS {
+        return Err(AppError::Unprocessable(format!(
+            "at most {MAX_PROVIDERS} provider_ids"
+        )));
+    }
+    for provider in &update.provider_ids {
+        validate_user_id("provider id", provider)?;
+    }
+    if update.title.len() > MAX_TITLE_BYTES {
+        return Err(AppError::Unprocessable(format!(
+            "`title` must be at most {MAX_TITLE_BYTES} bytes"
+        )));
+    }
+    let outcome = state.bookings.apply(update).await?;
     Ok(match outcome {
         BookingOutcome::Stale { stored_version } => HttpResponse::Ok().json(json!({
             "applied": false,
@@ -144,6 +369,112 @@ pub async fn put_booking(
             "status_changed": status_change.is_some(),
         })),
     })
+}
+
+/// `PUT /v1/internal/bookings/{id}`: creates or replaces the booking.
+pub async fn put_booking(
+    _: InternalCaller,
+    id: web::Path<String>,
+    body: web::Json<BookingBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    validate_id("booking id", &id)?;
+    let body = body.into_inner();
+    let missing: Vec<&str> = [
+        ("provider_ids", body.provider_ids.is_none()),
+        ("title", body.title.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(field, absent)| absent.then_some(field))
+    .collect();
+    if !missing.is_empty() {
+        return Err(AppError::Unprocessable(format!(
+            "PUT replaces the whole booking and this body has no {}: send them (empty if \
+             need be), or PATCH the fields that change",
+            missing.join(" or ")
+        )));
+    }
+    let status = crate::bookings::parse_status(&body.status)?;
+    let version = ordering_version(body.version, body.updated_at.as_deref())?;
+    apply_booking(
+        &state,
+        BookingUpsert {
+            id: id.into_inner(),
+            client_id: body.client_id,
+            provider_ids: body.provider_ids.unwrap_or_default(),
+            status,
+            title: body.title.unwrap_or_default(),
+            starts_at: body.starts_at,
+            version,
+            reason: body.reason,
+            caused_by: "backend".to_owned(),
+        },
+    )
+    .await
+}
+
+/// `PATCH /v1/internal/bookings/{id}`: changes the fields given.
+pub async fn patch_booking(
+    _: InternalCaller,
+    id: web::Path<String>,
+    body: web::Json<BookingPatch>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    validate_id("booking id", &id)?;
+    let patch = body.into_inner();
+    let status = patch
+        .status
+        .as_deref()
+        .map(crate::bookings::parse_status)
+        .transpose()?;
+    let version = ordering_version(patch.version, patch.updated_at.as_deref())?;
+    let stored = state.db.mirrored_booking(&id).await?.ok_or_else(|| {
+        AppError::NotFound(format!(
+            "no booking `{}` is mirrored; PUT creates one",
+            id.as_str()
+        ))
+    })?;
+    apply_booking(
+        &state,
+        BookingUpsert {
+            id: id.into_inner(),
+            client_id: patch.client_id.unwrap_or(stored.row.client_id),
+            provider_ids: patch.provider_ids.unwrap_or(stored.provider_ids),
+            status: status.unwrap_or(stored.row.status),
+            title: patch.title.unwrap_or(stored.row.title),
+            starts_at: patch.starts_at.unwrap_or(stored.row.starts_at),
+            version,
+            reason: patch.reason,
+            caused_by: "backend".to_owned(),
+        },
+    )
+    .await
+}
+
+/// `GET /v1/internal/bookings/{id}`: the booking as mirrored.
+pub async fn get_booking(
+    _: InternalCaller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    validate_id("booking id", &id)?;
+    let booking =
+        state.db.mirrored_booking(&id).await?.ok_or_else(|| {
+            AppError::NotFound(format!("no booking `{}` is mirrored", id.as_str()))
+        })?;
+    let at = crate::time::rfc3339_ms;
+    let row = booking.row;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": row.id,
+        "client_id": row.client_id,
+        "provider_ids": booking.provider_ids,
+        "status": row.status.as_str(),
+        "title": row.title,
+        "starts_at": row.starts_at,
+        "version": row.version,
+        "created_at": at(row.created_at),
+        "updated_at": at(row.updated_at),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -167,7 +498,16 @@ pub async fn post_room_message(
             "user channels carry notifications, not messages".into(),
         ));
     }
-    if room.kind() == RoomKind::Booking && state.db.find_booking(room.id()).await?.is_none() {
+    let exists = match room.kind() {
+        RoomKind::Booking => state.db.find_booking(room.id()).await?.is_some(),
+        RoomKind::Support => state
+            .db
+            .find_support_conversation(room.id())
+            .await?
+            .is_some(),
+        RoomKind::User => false,
+    };
+    if !exists {
         return Err(AppError::NotFound(format!("no such room `{room}`")));
     }
     let body = body.into_inner();
@@ -178,6 +518,9 @@ pub async fn post_room_message(
         return Err(AppError::TooLarge(
             "`body` is over the message limit".into(),
         ));
+    }
+    if let Some(sender) = &body.sender_id {
+        validate_user_id("sender_id", sender)?;
     }
     let sender_name = match &body.sender_id {
         Some(id) => state
@@ -201,7 +544,14 @@ pub async fn post_room_message(
         })
         .await?;
     let row = appended.row;
-    Ok(HttpResponse::Created().json(json!({
+    // Created once (201); the same `client_id` again answers the first
+    // result (200), as every internal POST does.
+    let status = if appended.duplicate {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::CREATED
+    };
+    Ok(HttpResponse::build(status).json(json!({
         "id": row.id,
         "seq": row.seq,
         "sent_at": crate::time::rfc3339_ms(row.sent_at),

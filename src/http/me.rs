@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::extract::AuthUser;
+use crate::db::privacy::Erasure;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::notifications::NotificationView;
@@ -95,13 +96,20 @@ pub async fn erase(
     AuthUser(who): AuthUser,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let erasure = state.db.erase_user(&who.user_id).await?;
+    let erasure = erase_user(&state, &who.user_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "erased": true, "details": erasure })))
+}
+
+/// Erases a user's personal data and closes their sessions on every node
+/// (for `DELETE /v1/me` and the backend's `DELETE /v1/internal/users/{id}`).
+pub(crate) async fn erase_user(state: &AppState, user_id: &str) -> Result<Erasure, AppError> {
+    let erasure = state.db.erase_user(user_id).await?;
     state.hub.do_send(CloseUserSessions {
-        user_id: who.user_id.clone(),
+        user_id: user_id.to_owned(),
     });
     for room in &erasure.booking_rooms {
         state.hub.do_send(RoomChanged { room: room.clone() });
     }
-    tracing::info!(user = %who.user_id, ?erasure, "personal data erased");
-    Ok(HttpResponse::Ok().json(json!({ "erased": true, "details": erasure })))
+    tracing::info!(user = %user_id, ?erasure, "personal data erased");
+    Ok(erasure)
 }

@@ -108,7 +108,7 @@ fn is_probe(path: &str) -> bool {
 /// The Mixroom backend, which has a budget of its own per key
 /// (`limits.internal_per_sec`): it is not throttled as an address.
 /// Anyone else on these routes is an address like any other.
-fn is_internal_caller(req: &ServiceRequest, state: &AppState) -> bool {
+pub(crate) fn is_internal_caller(req: &ServiceRequest, state: &AppState) -> bool {
     req.path().starts_with("/v1/internal/")
         && req
             .headers()

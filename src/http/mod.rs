@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
 pub mod internal;
 pub mod me;
 pub mod middleware;
@@ -31,6 +32,18 @@ pub fn cors(origins: &[String]) -> actix_cors::Cors {
             .max_age(3600),
         |cors, origin| cors.allowed_origin(origin),
     )
+}
+
+/// Every request no route takes (an unknown path, or a method a path does
+/// not have): a JSON error like every other refusal, not an empty body.
+pub async fn no_route(
+    req: actix_web::HttpRequest,
+) -> Result<actix_web::HttpResponse, crate::error::AppError> {
+    Err(crate::error::AppError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path().chars().take(200).collect::<String>()
+    )))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
@@ -75,8 +88,24 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
     )
     .service(
         web::scope("/v1/internal")
+            .wrap(actix_web::middleware::from_fn(
+                idempotency::idempotent_posts,
+            ))
+            .route("/users", web::put().to(internal::put_users))
             .route("/users/{id}", web::put().to(internal::put_user))
+            .route("/users/{id}", web::get().to(internal::get_user))
+            .route("/users/{id}", web::delete().to(internal::delete_user))
+            .route(
+                "/users/{id}/bookings",
+                web::get().to(internal::user_bookings),
+            )
+            .route(
+                "/users/{id}/disconnect",
+                web::post().to(internal::disconnect_user),
+            )
             .route("/bookings/{id}", web::put().to(internal::put_booking))
+            .route("/bookings/{id}", web::patch().to(internal::patch_booking))
+            .route("/bookings/{id}", web::get().to(internal::get_booking))
             .route(
                 "/rooms/{room}/messages",
                 web::post().to(internal::post_room_message),

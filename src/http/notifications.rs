@@ -72,25 +72,83 @@ pub async fn unread(
         .json(crate::notifications::unread_summary(&state.db, &who.user_id).await?))
 }
 
+/// Recipients of one backend call, and the size of its `data`.
+const MAX_RECIPIENTS: usize = 1000;
+const MAX_DATA_BYTES: usize = 4096;
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewNotification {
-    user_id: String,
+    /// One recipient, or several in `user_ids` (exactly one of the two).
+    user_id: Option<String>,
+    user_ids: Option<Vec<String>>,
     kind: String,
     title: String,
     #[serde(default)]
     body: String,
     link: Option<String>,
-    /// Idempotency key of the backend: the same key creates one notification.
+    /// Idempotency key of the backend: the same key creates one
+    /// notification per recipient.
     source: Option<String>,
+    /// An object of the backend's for the app (ids to open, say), delivered
+    /// as is in the frame and the inbox.
+    data: Option<serde_json::Value>,
 }
 
-/// `POST /v1/internal/notifications` (backend only).
+impl NewNotification {
+    fn recipients(&mut self) -> Result<Vec<String>, AppError> {
+        let recipients = match (self.user_id.take(), self.user_ids.take()) {
+            (Some(one), None) => vec![one],
+            (None, Some(many)) if !many.is_empty() && many.len() <= MAX_RECIPIENTS => {
+                let mut many = many;
+                many.sort();
+                many.dedup();
+                many
+            }
+            (None, Some(_)) => {
+                return Err(AppError::Unprocessable(format!(
+                    "`user_ids` must hold 1 to {MAX_RECIPIENTS} ids"
+                )))
+            }
+            _ => {
+                return Err(AppError::Unprocessable(
+                    "give exactly one of `user_id` and `user_ids`".into(),
+                ))
+            }
+        };
+        for id in &recipients {
+            super::internal::validate_user_id("user id", id)?;
+        }
+        Ok(recipients)
+    }
+
+    fn data_text(&self) -> Result<Option<String>, AppError> {
+        let Some(data) = &self.data else {
+            return Ok(None);
+        };
+        if !data.is_object() {
+            return Err(AppError::Unprocessable("`data` must be an object".into()));
+        }
+        let text = data.to_string();
+        if text.len() > MAX_DATA_BYTES {
+            return Err(AppError::TooLarge(format!(
+                "`data` must be at most {MAX_DATA_BYTES} bytes of JSON"
+            )));
+        }
+        Ok(Some(text))
+    }
+}
+
+/// `POST /v1/internal/notifications` (backend only): one notification per
+/// recipient, pushed to their live sessions and emailed if left unread.
 pub async fn create(
     _: InternalCaller,
     body: web::Json<NewNotification>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let body = body.into_inner();
+    let mut body = body.into_inner();
+    let single = body.user_id.is_some();
+    let recipients = body.recipients()?;
     if !KINDS.contains(&body.kind.as_str()) {
         return Err(AppError::Unprocessable(format!(
             "unknown kind `{}`; expected one of {}",
@@ -108,27 +166,47 @@ pub async fn create(
             "`body` is over the message limit".into(),
         ));
     }
-    uuid::Uuid::parse_str(&body.user_id)
-        .map_err(|_| AppError::Unprocessable("`user_id` must be a uuid".into()))?;
-    let row = NotificationRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        user_id: body.user_id,
-        kind: body.kind,
-        title: body.title,
-        body: body.body,
-        link: body.link,
-        source: body.source,
-        created_at: crate::time::now_ms(),
-        read_at: None,
-    };
-    let (row, created) = state.db.create_notification(row).await?;
-    if created {
-        state.inbox.push(std::slice::from_ref(&row));
+    if body.link.as_ref().is_some_and(|link| link.len() > 2048) {
+        return Err(AppError::Unprocessable(
+            "`link` must be at most 2048 bytes".into(),
+        ));
     }
-    let status = if created {
-        actix_web::http::StatusCode::CREATED
-    } else {
+    let data = body.data_text()?;
+    let now = crate::time::now_ms();
+    let mut outcomes = Vec::with_capacity(recipients.len());
+    let mut fresh = Vec::new();
+    for user_id in recipients {
+        let row = NotificationRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id,
+            kind: body.kind.clone(),
+            title: body.title.clone(),
+            body: body.body.clone(),
+            link: body.link.clone(),
+            source: body.source.clone(),
+            created_at: now,
+            read_at: None,
+            data: data.clone(),
+        };
+        let (row, created) = state.db.create_notification(row).await?;
+        outcomes.push(json!({ "user_id": row.user_id, "id": row.id, "created": created }));
+        if created {
+            fresh.push(row);
+        }
+    }
+    if !fresh.is_empty() {
+        state.inbox.push(&fresh);
+    }
+    // 201 when anything was created; the same request again is 200.
+    let status = if fresh.is_empty() {
         actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::CREATED
     };
-    Ok(HttpResponse::build(status).json(json!({ "id": row.id, "created": created })))
+    let reply = if single {
+        outcomes.swap_remove(0)
+    } else {
+        json!({ "created": fresh.len(), "notifications": outcomes })
+    };
+    Ok(HttpResponse::build(status).json(reply))
 }

@@ -86,8 +86,14 @@ pub async fn open(
             who.email.as_deref(),
             &who.name,
             who.role.as_str(),
+            who.issued_at,
         )
         .await?;
+    if mirrored == ProfileMirror::Revoked {
+        return Err(AppError::Unauthorized(
+            "this token was issued before the account was signed out everywhere".into(),
+        ));
+    }
     if mirrored == ProfileMirror::Erased {
         return Err(AppError::Gone(
             "this account's personal data was erased".into(),

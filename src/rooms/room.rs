@@ -425,11 +425,18 @@ pub struct Typing {
     pub user_id: String,
 }
 
+/// A member read up to `seq`. Answered with the room's last seq when
+/// `seq` is beyond what this node has fanned out (the caller then checks
+/// the store, which may be a moment ahead of this node).
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), i64>")]
 pub struct ReadReceipt {
     pub user_id: String,
+    /// The reading session: the user's other sessions are told too.
+    pub session_id: String,
     pub seq: i64,
+    /// Set once the store confirmed `seq`: announce without checking.
+    pub confirmed: bool,
 }
 
 /// A committed message for fan-out.
@@ -525,16 +532,34 @@ impl Handler<Typing> for RoomActor {
 }
 
 impl Handler<ReadReceipt> for RoomActor {
-    type Result = ();
+    type Result = Result<(), i64>;
 
-    fn handle(&mut self, msg: ReadReceipt, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ReadReceipt, _: &mut Context<Self>) -> Self::Result {
+        if msg.seq > self.last_seq && !msg.confirmed {
+            return Err(self.last_seq);
+        }
         let frame = ServerFrame::Read {
             room: &self.name,
             user_id: &msg.user_id,
             seq: msg.seq,
         }
         .encode();
-        self.broadcast_everywhere(frame, vec![msg.user_id]);
+        // Everyone but the reading session: the reader's other tabs move
+        // their own cursor and unread count with it.
+        let metrics = &self.metrics;
+        metrics.frames_out.inc_by(self.members.len() as u64);
+        self.members.retain(|member| {
+            member.session_id == msg.session_id
+                || offer(&member.recipient, ToSession::Event(frame.clone()), metrics)
+        });
+        self.cluster.publish(
+            Channel::Room(self.name.to_string()),
+            ClusterEvent::RoomFrame {
+                frame: frame.to_string(),
+                except_users: Vec::new(),
+            },
+        );
+        Ok(())
     }
 }
 

@@ -241,6 +241,7 @@ pub async fn escalate(
             source: Some(format!("support-escalation:{conversation_id}")),
             created_at: now,
             read_at: None,
+            data: None,
         };
         let (row, is_new) = state.db.create_notification(row).await?;
         if is_new {

@@ -212,7 +212,9 @@ impl WsSession {
                     user_id: identity.user_id.clone(),
                 })
             }),
-            ClientFrame::Read { room, seq } => self.read(identity, &room, seq),
+            ClientFrame::Read { room, seq } => {
+                self.read(identity, &room, seq, reference.clone(), ctx)
+            }
             ClientFrame::History {
                 room,
                 before,
@@ -312,11 +314,18 @@ impl WsSession {
                     identity.email.as_deref(),
                     &identity.name,
                     identity.role.as_str(),
+                    identity.issued_at,
                 )
                 .await
             {
                 Ok(ProfileMirror::Erased) => {
                     return Err("this account's personal data was erased".to_owned())
+                }
+                Ok(ProfileMirror::Revoked) => {
+                    return Err(
+                        "this token was issued before the account was signed out everywhere"
+                            .to_owned(),
+                    )
                 }
                 Ok(ProfileMirror::Mirrored) => {}
                 Err(error) => tracing::warn!(%error, "cannot mirror token profile"),
@@ -433,6 +442,7 @@ impl WsSession {
                     who.email.as_deref(),
                     &who.name,
                     who.role.as_str(),
+                    who.issued_at,
                 )
                 .await
             {
@@ -670,22 +680,63 @@ impl WsSession {
         Ok(())
     }
 
-    fn read(&mut self, identity: Identity, room: &str, seq: i64) -> Result<(), AppError> {
+    /// A read receipt for a seq the room has: stored (the cursor only
+    /// moves forward) and announced to the room, the reader's other
+    /// sessions included. A seq beyond the room's last message is refused:
+    /// accepted, it would hide the next messages from the unread count and
+    /// cancel their email.
+    fn read(
+        &mut self,
+        identity: Identity,
+        room: &str,
+        seq: i64,
+        reference: Option<String>,
+        ctx: &mut WebsocketContext<Self>,
+    ) -> Result<(), AppError> {
         let joined = self.joined_room(room)?;
         if seq < 0 {
             return Err(AppError::Invalid("`seq` must be 0 or more".into()));
         }
-        joined.addr.do_send(ReadReceipt {
-            user_id: identity.user_id.clone(),
-            seq,
-        });
+        let room_addr = joined.addr.clone();
         let db = self.state.db.clone();
         let room = room.to_owned();
-        actix::spawn(async move {
-            if let Err(error) = db.advance_read_cursor(&room, &identity.user_id, seq).await {
-                tracing::warn!(%error, "cannot store read cursor");
-            }
-        });
+        let session_id = self.id.clone();
+        let receipt = ReadReceipt {
+            user_id: identity.user_id.clone(),
+            session_id: session_id.clone(),
+            seq,
+            confirmed: false,
+        };
+        ctx.spawn(
+            off_context(async move {
+                if let Ok(Err(fanned_out)) = room_addr.send(receipt).await {
+                    // This node may trail the store by a moment (a message
+                    // committed on another node): the store decides.
+                    let stored = db.room_last_seq(&room).await?;
+                    if seq > stored {
+                        return Err(AppError::Invalid(format!(
+                            "`seq` {seq} is beyond the room's last message ({})",
+                            stored.max(fanned_out)
+                        )));
+                    }
+                    room_addr.do_send(ReadReceipt {
+                        user_id: identity.user_id.clone(),
+                        session_id,
+                        seq,
+                        confirmed: true,
+                    });
+                }
+                db.advance_read_cursor(&room, &identity.user_id, seq)
+                    .await
+                    .map_err(AppError::from)
+            })
+            .into_actor(self)
+            .map(move |result, session, ctx| {
+                if let Err(error) = result {
+                    session.send_error(ctx, reference.as_deref(), &error);
+                }
+            }),
+        );
         Ok(())
     }
 
@@ -758,6 +809,7 @@ fn clone_error(error: &AppError) -> AppError {
         AppError::Gone(m) => AppError::Gone(m.clone()),
         AppError::TooLarge(m) => AppError::TooLarge(m.clone()),
         AppError::Timeout(m) => AppError::Timeout(m.clone()),
+        AppError::Conflict(m) => AppError::Conflict(m.clone()),
         AppError::RateLimited { retry_after_ms } => AppError::RateLimited {
             retry_after_ms: *retry_after_ms,
         },

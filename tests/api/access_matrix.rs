@@ -73,6 +73,7 @@ async fn call(
         "GET" => client.get(url),
         "POST" => client.post(url),
         "PUT" => client.put(url),
+        "PATCH" => client.patch(url),
         "DELETE" => client.delete(url),
         other => panic!("method {other}"),
     };
@@ -138,6 +139,7 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
     let user_body = json!({"email": "x@example.com", "name": "X", "role": "client"});
     let booking_body = json!({
         "client_id": world.ava.id, "provider_ids": [world.sam.id, world.eli.id], "status": "paid",
+        "title": "Session",
     });
     let notification_body = json!({"user_id": world.ava.id, "kind": "booking", "title": "Hi"});
 
@@ -241,6 +243,43 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
             format!("/v1/internal/rooms/{}/messages", world.booking_room),
             Some(json!({"body": "notice"})),
             [401, 401, 401, 401, 401, 401, 201],
+        ),
+        (
+            "GET",
+            format!("/v1/internal/users/{}", world.ava.id),
+            None,
+            [401, 401, 401, 401, 401, 401, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/internal/users/{}/bookings", world.ava.id),
+            None,
+            [401, 401, 401, 401, 401, 401, 200],
+        ),
+        (
+            "GET",
+            format!(
+                "/v1/internal/bookings/{}",
+                world.booking_room.trim_start_matches("booking:")
+            ),
+            None,
+            [401, 401, 401, 401, 401, 401, 200],
+        ),
+        (
+            "PATCH",
+            format!(
+                "/v1/internal/bookings/{}",
+                world.booking_room.trim_start_matches("booking:")
+            ),
+            Some(json!({"title": "Session"})),
+            [401, 401, 401, 401, 401, 401, 200],
+        ),
+        // Erasing someone nobody mirrored: only the backend gets as far as 404.
+        (
+            "DELETE",
+            format!("/v1/internal/users/{}", uuid::Uuid::new_v4()),
+            None,
+            [401, 401, 401, 401, 401, 401, 404],
         ),
         // Taking over changes the conversation: last among the admin routes.
         (

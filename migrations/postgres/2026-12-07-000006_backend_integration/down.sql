@@ -1,0 +1,3 @@
+DROP TABLE idempotency_keys;
+ALTER TABLE users DROP COLUMN sessions_revoked_at;
+ALTER TABLE notifications DROP COLUMN data;
