@@ -1,9 +1,37 @@
 //! Prometheus metrics, rendered at `/metrics`.
 
+use std::cell::RefCell;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The prefix of every family but `process_*`.
+const PREFIX: &str = "mixroom";
+
+/// One metric family `/metrics` can show, named as it is shown there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub name: String,
+    pub histogram: bool,
+}
+
+impl Family {
+    /// The names a query can select: a histogram's `_bucket`, `_sum` and
+    /// `_count` series, or the family's own name.
+    pub fn series_names(&self) -> Vec<String> {
+        if self.histogram {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|suffix| format!("{}{suffix}", self.name))
+                .collect()
+        } else {
+            vec![self.name.clone()]
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -51,32 +79,40 @@ pub struct Metrics {
     pub email_retries: IntCounterVec,
     /// Unread items not emailed, by reason (read, disabled, no_address, gone).
     pub email_items_dropped: IntCounterVec,
+    /// Every family registered, children or not (`render` leaves out a
+    /// labelled family until its first child).
+    families: Vec<Family>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let registry =
-            Registry::new_custom(Some("mixroom".into()), None).expect("valid metrics prefix");
+            Registry::new_custom(Some(PREFIX.into()), None).expect("valid metrics prefix");
+        let families = RefCell::new(Vec::new());
+        // Registers in `registry` and keeps the names, as `render` shows them.
+        let register = |collector: Box<dyn Collector>, histogram: bool| {
+            families
+                .borrow_mut()
+                .extend(collector.desc().iter().map(|desc| Family {
+                    name: format!("{PREFIX}_{}", desc.fq_name),
+                    histogram,
+                }));
+            registry.register(collector).expect("unique metric");
+        };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            register(Box::new(g.clone()), false);
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            register(Box::new(c.clone()), false);
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid histogram");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            register(Box::new(h.clone()), true);
             h
         };
         let errors_sent = IntCounterVec::new(
@@ -84,14 +120,10 @@ impl Metrics {
             &["code"],
         )
         .expect("valid counter vec");
-        registry
-            .register(Box::new(errors_sent.clone()))
-            .expect("unique metric");
+        register(Box::new(errors_sent.clone()), false);
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter vec");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            register(Box::new(c.clone()), false);
             c
         };
         let http_requests = IntCounterVec::new(
@@ -102,18 +134,14 @@ impl Metrics {
             &["method", "route", "status"],
         )
         .expect("valid counter vec");
-        registry
-            .register(Box::new(http_requests.clone()))
-            .expect("unique metric");
+        register(Box::new(http_requests.clone()), false);
         let http_request_seconds = HistogramVec::new(
             HistogramOpts::new("http_request_seconds", "Time to answer an HTTP request")
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
             &["route"],
         )
         .expect("valid histogram vec");
-        registry
-            .register(Box::new(http_request_seconds.clone()))
-            .expect("unique metric");
+        register(Box::new(http_request_seconds.clone()), true);
         let db_pool_connections = IntGaugeVec::new(
             Opts::new(
                 "db_pool_connections",
@@ -122,9 +150,7 @@ impl Metrics {
             &["state"],
         )
         .expect("valid gauge vec");
-        registry
-            .register(Box::new(db_pool_connections.clone()))
-            .expect("unique metric");
+        register(Box::new(db_pool_connections.clone()), false);
         let broker_connected = IntGaugeVec::new(
             Opts::new(
                 "broker_connected",
@@ -133,28 +159,31 @@ impl Metrics {
             &["broker"],
         )
         .expect("valid gauge vec");
-        registry
-            .register(Box::new(broker_connected.clone()))
-            .expect("unique metric");
+        register(Box::new(broker_connected.clone()), false);
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; the labels say which build runs"),
             &["version"],
         )
         .expect("valid gauge vec");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("unique metric");
+        register(Box::new(build_info.clone()), false);
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         let process = Registry::new();
         #[cfg(target_os = "linux")]
-        process
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("unique metric");
-        let metrics = Metrics {
+        {
+            let collector = prometheus::process_collector::ProcessCollector::for_self();
+            families
+                .borrow_mut()
+                .extend(collector.desc().iter().map(|desc| Family {
+                    name: desc.fq_name.clone(),
+                    histogram: false,
+                }));
+            process
+                .register(Box::new(collector))
+                .expect("unique metric");
+        }
+        let mut metrics = Metrics {
             process,
             http_requests,
             http_request_seconds,
@@ -232,7 +261,9 @@ impl Metrics {
                 "reason",
             ),
             registry,
+            families: Vec::new(),
         };
+        metrics.families = families.into_inner();
         // Known label values start at zero, so dashboards see the series
         // before the first event.
         for limit in ["http", "connects", "frames", "internal", "agent", "support"] {
@@ -250,6 +281,12 @@ impl Metrics {
         metrics
     }
 
+    /// Every metric family the server can export (`process_*` on Linux),
+    /// including labelled ones that have no series yet.
+    pub fn families(&self) -> &[Family] {
+        &self.families
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         let mut families = self.registry.gather();
@@ -264,5 +301,181 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    /// Every name a query may select from this server's `/metrics`.
+    fn known_series() -> BTreeSet<String> {
+        Metrics::new()
+            .families()
+            .iter()
+            .flat_map(Family::series_names)
+            .collect()
+    }
+
+    /// The identifiers of a PromQL expression that name this server's
+    /// series: those starting `mixroom_` or `process_`.
+    fn metric_names(expr: &str) -> Vec<String> {
+        expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter(|word| word.starts_with("mixroom_") || word.starts_with("process_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The `expr` strings of a dashboard's targets and the `query` and
+    /// `definition` strings of its variables, wherever they are nested.
+    fn dashboard_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (key, field) in fields {
+                    match field {
+                        serde_json::Value::String(text)
+                            if matches!(key.as_str(), "expr" | "query" | "definition") =>
+                        {
+                            out.push(text.clone())
+                        }
+                        _ => dashboard_exprs(field, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    dashboard_exprs(item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The values of a rule file's `expr:` keys: the rest of the line and
+    /// the lines indented deeper below it (a `|` or `>` block, or a plain
+    /// scalar continued on the next lines).
+    fn rule_exprs(yaml: &str) -> Vec<String> {
+        let indent = |line: &str| line.len() - line.trim_start().len();
+        let lines: Vec<&str> = yaml.lines().collect();
+        let mut exprs = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let key_indent = indent(lines[i]);
+            let trimmed = lines[i].trim_start();
+            i += 1;
+            let Some(rest) = trimmed.strip_prefix("expr:") else {
+                continue;
+            };
+            let mut expr = rest.trim_start_matches([' ', '|', '>', '-']).to_owned();
+            while i < lines.len() && (lines[i].trim().is_empty() || indent(lines[i]) > key_indent) {
+                expr.push('\n');
+                expr.push_str(lines[i]);
+                i += 1;
+            }
+            exprs.push(expr);
+        }
+        exprs
+    }
+
+    /// The names used in `exprs` that `known` does not have.
+    fn unknown_names(exprs: &[String], known: &BTreeSet<String>) -> BTreeSet<String> {
+        exprs
+            .iter()
+            .flat_map(|expr| metric_names(expr))
+            .filter(|name| !known.contains(name))
+            .collect()
+    }
+
+    fn read(relative: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+    }
+
+    #[test]
+    fn families_list_labelled_families_before_their_first_series() {
+        let metrics = Metrics::new();
+        let families = metrics.families();
+        let find = |name: &str| families.iter().find(|family| family.name == name);
+        // A histogram vec no request has touched yet, and a counter vec.
+        assert_eq!(
+            find("mixroom_http_request_seconds").map(|family| family.histogram),
+            Some(true)
+        );
+        assert!(find("mixroom_agent_failures_total").is_some());
+        assert!(!metrics.render().contains("mixroom_agent_failures_total"));
+        #[cfg(target_os = "linux")]
+        for name in ["process_open_fds", "process_max_fds"] {
+            assert!(find(name).is_some(), "{name} not listed");
+        }
+        let names: BTreeSet<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names.len(), families.len(), "a family is listed twice");
+    }
+
+    #[test]
+    fn families_name_every_rendered_family_with_its_type() {
+        let metrics = Metrics::new();
+        let families = metrics.families();
+        let rendered = metrics.render();
+        let types: Vec<(&str, &str)> = rendered
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .collect();
+        assert!(types.len() > 10, "too few families rendered: {rendered}");
+        for (name, kind) in types {
+            let family = families.iter().find(|family| family.name == name);
+            let family = family.unwrap_or_else(|| panic!("{name} rendered but not listed"));
+            assert_eq!(family.histogram, kind == "histogram", "{name} is a {kind}");
+        }
+    }
+
+    #[test]
+    fn ops_kit_queries_only_exported_metrics() {
+        let known = known_series();
+
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&read("ops/grafana/mixroom-realtime.json"))
+                .expect("the dashboard is JSON");
+        let mut panel_exprs = Vec::new();
+        dashboard_exprs(&dashboard, &mut panel_exprs);
+        let used: BTreeSet<String> = panel_exprs.iter().flat_map(|e| metric_names(e)).collect();
+        assert!(
+            used.len() > 20,
+            "too few metrics found in the dashboard: {used:?}"
+        );
+        let unknown = unknown_names(&panel_exprs, &known);
+        assert!(unknown.is_empty(), "the dashboard queries {unknown:?}");
+
+        let rules = read("ops/prometheus/alerts.yml");
+        let alert_exprs = rule_exprs(&rules);
+        let alerts = rules
+            .lines()
+            .filter(|line| line.trim_start().starts_with("- alert:"))
+            .count();
+        assert!(alerts > 0);
+        assert_eq!(alert_exprs.len(), alerts, "one expr per alert");
+        let unknown = unknown_names(&alert_exprs, &known);
+        assert!(unknown.is_empty(), "the alert rules query {unknown:?}");
+    }
+
+    #[test]
+    fn the_check_refuses_names_the_server_does_not_export() {
+        let known = known_series();
+        let exprs = rule_exprs(
+            "  - alert: A\n    expr: |\n      rate(mixroom_bogus_total[5m]) > 0\n      \
+             and mixroom_ws_sessions_bucket > 0\n    for: 1m\n\
+             \x20 - alert: B\n    expr: histogram_quantile(0.99, \
+             rate(mixroom_fanout_seconds_bucket[5m]))\n      > mixroom_ws_sessions\n",
+        );
+        assert_eq!(exprs.len(), 2, "{exprs:?}");
+        let unknown: Vec<String> = unknown_names(&exprs, &known).into_iter().collect();
+        assert_eq!(
+            unknown,
+            ["mixroom_bogus_total", "mixroom_ws_sessions_bucket"]
+        );
     }
 }
