@@ -294,13 +294,14 @@ describe("send queue", () => {
       WebSocket: FakeSocket,
     });
     const sent = client.send("booking:b1", "queued", { clientId: "c-q" });
-    expect(client.pendingMessages()).toEqual([{ room: "booking:b1", clientId: "c-q", body: "queued" }]);
+    expect(client.pendingMessages()).toEqual([{ room: "booking:b1", clientId: "c-q", body: "queued", state: "queued" }]);
     client.connect();
     await tick();
     const socket = FakeSocket.latest();
     expect(socket.sentOfType("send")).toHaveLength(0);
     socket.welcome();
     expect(socket.sentOfType("send")).toHaveLength(1);
+    expect(client.pendingMessages("booking:b1").map((m) => m.state)).toEqual(["sending"]);
     socket.receive({ type: "ack", client_id: "c-q", id: "m1", seq: 1, sent_at: "t" });
     await sent;
     client.close();
