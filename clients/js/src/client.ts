@@ -1272,7 +1272,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     expect: T["type"],
     build: (ref: string) => ClientFrame,
   ): Promise<T> {
-    await this.whenOpen();
+    if (this.currentState !== "open") await this.whenOpen(); // written at once when open
     const ref = this.nextRef("req");
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
