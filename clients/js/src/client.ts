@@ -364,6 +364,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   private refreshingToken: { ref: string; token: string } | undefined;
   /** `welcome` arrived on the current socket. */
   private welcomed = false;
+  /** The server answered a refresh token from `getToken()` with `unauthorized` (and none got through since). */
+  private refreshRefused = false;
   private me: string | undefined;
   private latestUnread: UnreadFrame | undefined;
   /** Server clock minus local clock, from `welcome` (token expiry is server time). */
@@ -559,12 +561,16 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       this.socket.onopen = this.socket.onmessage = this.socket.onclose = null;
     }
     this.socket = undefined;
-    // 4001 on a token fresh from getToken() — refused at `auth`, or while a
-    // refresh `auth` was answered — means no token will do: stop. 4001 on a
-    // welcomed socket is mere expiry: reconnect with a new token.
+    // 4001 on a token fresh from getToken() — refused at `auth`, closed
+    // while a refresh `auth` was pending (a token of another user), or after
+    // the server answered a refresh token with `unauthorized` — means no
+    // token will do: stop. 4001 on a welcomed socket whose refreshes were
+    // not refused is mere expiry: reconnect with a new token.
     const tokenRefused =
-      code === CloseCode.AuthFailed && (!this.welcomed || this.refreshingToken !== undefined);
+      code === CloseCode.AuthFailed &&
+      (!this.welcomed || this.refreshingToken !== undefined || this.refreshRefused);
     this.welcomed = false;
+    this.refreshRefused = false;
     this.refreshingToken = undefined;
     this.clearTimer("refreshTimer");
     this.clearTimer("heartbeatTimer");
@@ -967,6 +973,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       // `exp`. Try again shortly; at `exp` the server closes with 4001 and
       // the reconnect asks `getToken()` again.
       this.refreshingToken = undefined;
+      if (frame.code === "unauthorized") this.refreshRefused = true;
       this.scheduleRefresh(5_000);
       return;
     }
@@ -1022,6 +1029,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     if (this.refreshingToken && (frame.ref == null || frame.ref === this.refreshingToken.ref)) {
       this.token = this.refreshingToken.token;
       this.refreshingToken = undefined;
+      this.refreshRefused = false;
     }
     this.emit("token_refreshed", frame);
     this.scheduleRefresh();

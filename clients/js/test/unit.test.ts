@@ -464,6 +464,21 @@ describe("unauthorized", () => {
     expect(FakeSocket.instances).toHaveLength(1);
   });
 
+  test("a refresh token the server answers with `unauthorized`: the 4001 at exp is final", async () => {
+    const { client, socket } = await connectedClient({
+      getToken: () => unsignedToken(2),
+      refreshMarginMs: 1500,
+    });
+    await until(() => socket.sentOfType("auth").length === 2, "the refresh auth");
+    const refresh = socket.sentOfType("auth")[1];
+    socket.receive({ type: "error", ref: refresh?.ref, code: "unauthorized", message: "bad token" });
+    expect(client.state).toBe("open"); // the old token is good until its exp
+    socket.serverClose(4001, "token expired");
+    expect(client.state).toBe("unauthorized");
+    await tick(50);
+    expect(FakeSocket.instances).toHaveLength(1);
+  });
+
   test("connect() after sign-in starts over: rooms are re-joined and queued messages sent", async () => {
     let signedIn = false;
     const client = signedOutClient(() => (signedIn ? unsignedToken(3600) : undefined));
