@@ -383,12 +383,13 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
     );
   }
 
-  private onJoined(_frame: JoinedFrame): void {
+  private onJoined(frame: JoinedFrame): void {
     this.members = this.link.members();
     this.changed("members");
     if (this.status === "failed") return;
-    const last = this.client.lastSeq(this.name) ?? _frame.last_seq;
-    if (this.serverUnread && this.serverUnread.upTo === undefined) this.serverUnread.upTo = last;
+    // The server's unread count was taken at `welcome`, just before this
+    // socket's joins: it counts up to about this `last_seq`.
+    if (this.serverUnread && this.serverUnread.upTo === undefined) this.serverUnread.upTo = frame.last_seq;
     this.status = this.loaded ? "ready" : "loading";
     this.changed("other");
     this.loadLatest();

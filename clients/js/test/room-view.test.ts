@@ -301,6 +301,26 @@ describe("room view: people", () => {
     expect((await settled(room))).toMatchObject({ unread: 0, readSeq: 8 });
   });
 
+  test("after a reconnect the server's new count covers what was missed, not twice", async () => {
+    const { client, socket } = await setup({ unread: { [ROOM]: 2 } });
+    const room = view(client);
+    answerHistory(socket, joinRoom(socket, 5), 1, 5, false);
+    expect(await settled(room)).toMatchObject({ unread: 2, readSeq: 3 });
+    socket.serverClose(1006);
+    await until(() => client.state === "authenticating", "the reconnect");
+    // Sam wrote 6–8 meanwhile: the server now counts 5 unread.
+    const second = FakeSocket.latest();
+    second.welcome(ME);
+    second.receive({ type: "unread", notifications: 0, rooms: { [ROOM]: 5 } });
+    const rejoin = second.sentOfType("join")[0];
+    expect(rejoin).toMatchObject({ since: 5 });
+    second.receive({ type: "joined", ref: rejoin?.ref, room: ROOM, last_seq: 8, members });
+    for (const seq of [6, 7, 8]) second.receive(live(seq));
+    const snapshot = await settled(room);
+    expect(seqs(snapshot)).toEqual(range(1, 8));
+    expect(snapshot).toMatchObject({ unread: 5, readSeq: 3 });
+  });
+
   test("more unread than the first page holds counts the rest too", async () => {
     const { client, socket } = await setup({ unread: { [ROOM]: 30 } });
     const room = view(client, { pageSize: 10 });
