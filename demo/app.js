@@ -343,12 +343,11 @@
         }))
       );
     }
-    onJoined(_frame) {
+    onJoined(frame) {
       this.members = this.link.members();
       this.changed("members");
       if (this.status === "failed") return;
-      const last = this.client.lastSeq(this.name) ?? _frame.last_seq;
-      if (this.serverUnread && this.serverUnread.upTo === void 0) this.serverUnread.upTo = last;
+      if (this.serverUnread && this.serverUnread.upTo === void 0) this.serverUnread.upTo = frame.last_seq;
       this.status = this.loaded ? "ready" : "loading";
       this.changed("other");
       this.loadLatest();
@@ -621,6 +620,8 @@
       __publicField(this, "refreshingToken");
       /** `welcome` arrived on the current socket. */
       __publicField(this, "welcomed", false);
+      /** The server answered a refresh token from `getToken()` with `unauthorized` (and none got through since). */
+      __publicField(this, "refreshRefused", false);
       __publicField(this, "me");
       __publicField(this, "latestUnread");
       /** Server clock minus local clock, from `welcome` (token expiry is server time). */
@@ -793,8 +794,9 @@
         this.socket.onopen = this.socket.onmessage = this.socket.onclose = null;
       }
       this.socket = void 0;
-      const tokenRefused = code === CloseCode.AuthFailed && (!this.welcomed || this.refreshingToken !== void 0);
+      const tokenRefused = code === CloseCode.AuthFailed && (!this.welcomed || this.refreshingToken !== void 0 || this.refreshRefused);
       this.welcomed = false;
+      this.refreshRefused = false;
       this.refreshingToken = void 0;
       this.clearTimer("refreshTimer");
       this.clearTimer("heartbeatTimer");
@@ -1157,6 +1159,7 @@
       }
       if (this.refreshingToken?.ref === ref) {
         this.refreshingToken = void 0;
+        if (frame.code === "unauthorized") this.refreshRefused = true;
         this.scheduleRefresh(5e3);
         return;
       }
@@ -1206,6 +1209,7 @@
       if (this.refreshingToken && (frame.ref == null || frame.ref === this.refreshingToken.ref)) {
         this.token = this.refreshingToken.token;
         this.refreshingToken = void 0;
+        this.refreshRefused = false;
       }
       this.emit("token_refreshed", frame);
       this.scheduleRefresh();
