@@ -99,6 +99,477 @@
     Flooding: 4029
   };
 
+  // src/ids.ts
+  function newClientId() {
+    const cryptoApi = globalThis.crypto;
+    if (cryptoApi?.randomUUID) return cryptoApi.randomUUID();
+    const part = () => Math.random().toString(16).slice(2, 10).padEnd(8, "0");
+    return `${part()}-${part().slice(0, 4)}-4${part().slice(0, 3)}-${part().slice(0, 4)}-${part()}${part().slice(0, 4)}`;
+  }
+
+  // src/room.ts
+  var DEFAULT_PAGE = 50;
+  var HISTORY_MAX = 100;
+  var EMPTY = Object.freeze([]);
+  var RoomView = class extends TypedEmitter {
+    /** Use `client.room(name)`. */
+    constructor(client, name, link, options = {}) {
+      super();
+      __publicField(this, "client", client);
+      __publicField(this, "link", link);
+      __publicField(this, "name");
+      __publicField(this, "pageSize");
+      __publicField(this, "typingTimeoutMs");
+      __publicField(this, "status", "joining");
+      __publicField(this, "error");
+      __publicField(this, "closed", false);
+      __publicField(this, "byseq", /* @__PURE__ */ new Map());
+      /** The latest page arrived (or the room was empty). */
+      __publicField(this, "loaded", false);
+      __publicField(this, "loadingInitial", false);
+      __publicField(this, "hasOlder", true);
+      __publicField(this, "loadingOlder", false);
+      __publicField(this, "pendingSends", /* @__PURE__ */ new Map());
+      __publicField(this, "pendingCounter", 0);
+      __publicField(this, "streamingBodies", /* @__PURE__ */ new Map());
+      __publicField(this, "members", []);
+      __publicField(this, "typingUntil", /* @__PURE__ */ new Map());
+      __publicField(this, "typingTimer");
+      __publicField(this, "readCursors", /* @__PURE__ */ new Map());
+      /** The user's own cursor from their `markRead()` and their other tabs' `read`. */
+      __publicField(this, "ownRead", 0);
+      /** The server's unread count (`unread` frame) and the seq it counted up to. */
+      __publicField(this, "serverUnread");
+      __publicField(this, "unsubscribers", []);
+      __publicField(this, "dirty", /* @__PURE__ */ new Set(["messages", "pending", "streaming", "members", "typing", "reads", "other"]));
+      __publicField(this, "notifyScheduled", false);
+      __publicField(this, "snapshot");
+      __publicField(this, "parts", { messages: EMPTY, pending: EMPTY, streaming: EMPTY, members: EMPTY, typing: EMPTY, reads: Object.freeze({}) });
+      // -------------------------------------------------------------------------
+      // Reading
+      // -------------------------------------------------------------------------
+      /** The current snapshot; the same object until something changes. */
+      __publicField(this, "getSnapshot", () => {
+        if (this.snapshot && this.dirty.size === 0) return this.snapshot;
+        this.snapshot = this.build();
+        this.dirty.clear();
+        return this.snapshot;
+      });
+      /**
+       * Calls `listener` after each change (batched per microtask); returns an
+       * unsubscribe function. `useSyncExternalStore(room.subscribe, room.getSnapshot)`.
+       */
+      __publicField(this, "subscribe", (listener) => this.on("change", () => listener()));
+      this.name = name;
+      this.pageSize = Math.max(1, Math.min(HISTORY_MAX, options.pageSize ?? DEFAULT_PAGE));
+      this.typingTimeoutMs = options.typingTimeoutMs ?? 4e3;
+      this.listen();
+      const unread = client.lastUnread;
+      if (unread) this.serverUnread = { count: unread.rooms[name] ?? 0, upTo: void 0 };
+      this.syncPending();
+      link.hold();
+      const joined = link.joined();
+      if (joined) this.onJoined(joined);
+    }
+    // -------------------------------------------------------------------------
+    // Acting
+    // -------------------------------------------------------------------------
+    /**
+     * Sends `body` (through the client's queue for this room: retried with
+     * the same `client_id` until stored once). It shows in `pending` at once
+     * and is replaced by the stored message; a refusal shows as a `failed`
+     * entry. Returns the `client_id`. For the ack itself use
+     * `client.send(room.name, body)`, which this view shows the same way.
+     */
+    send(body, options = {}) {
+      if (this.closed) throw new MixroomError("closed", `the view of ${this.name} is closed`);
+      const clientId = options.clientId ?? newClientId();
+      this.client.send(this.name, body, { clientId }).catch(() => void 0);
+      return clientId;
+    }
+    /** Sends a `failed` message again, with the same `client_id`. */
+    retry(clientId) {
+      const entry = this.pendingSends.get(clientId);
+      if (!entry || entry.state !== "failed" || this.closed) return;
+      entry.state = "queued";
+      entry.error = void 0;
+      this.client.send(this.name, entry.body, { clientId }).catch(() => void 0);
+      this.changed("pending");
+    }
+    /** Forgets a `failed` message. */
+    dismiss(clientId) {
+      const entry = this.pendingSends.get(clientId);
+      if (entry?.state !== "failed") return;
+      this.pendingSends.delete(clientId);
+      this.changed("pending");
+    }
+    /**
+     * Loads the page before the oldest message shown; resolves with whether
+     * still older ones exist. Rejects if the request fails (try again later).
+     */
+    async loadOlder() {
+      if (this.closed || !this.loaded || this.loadingOlder || !this.hasOlder) return this.hasOlder && !this.closed;
+      const oldest = this.oldestSeq();
+      if (oldest === void 0 || oldest <= 1) {
+        this.hasOlder = false;
+        this.changed("other");
+        return false;
+      }
+      this.loadingOlder = true;
+      this.changed("other");
+      try {
+        const page = await this.client.history(this.name, { before: oldest, limit: this.pageSize });
+        if (this.closed) return false;
+        this.addMessages(page.messages);
+        this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
+        return this.hasOlder;
+      } finally {
+        this.loadingOlder = false;
+        this.changed("other");
+      }
+    }
+    /** Marks the room read up to `seq` (default: the newest message shown). Only moves forward. */
+    markRead(seq = this.newestSeq()) {
+      if (this.closed || seq <= this.ownRead) return;
+      this.ownRead = seq;
+      this.client.markRead(this.name, seq);
+      this.changed("reads");
+    }
+    /** Tells the others the user is typing (throttled by the client). */
+    typing() {
+      if (!this.closed) this.client.typing(this.name);
+    }
+    /**
+     * Stops the view: no more changes, and the room is left unless another
+     * view or a `client.join()` still holds it. Messages already queued are
+     * still sent.
+     */
+    close() {
+      if (this.closed) return;
+      this.closed = true;
+      for (const unsubscribe of this.unsubscribers.splice(0)) unsubscribe();
+      if (this.typingTimer) clearTimeout(this.typingTimer);
+      this.link.release();
+      this.status = "closed";
+      this.changed("other");
+    }
+    // -------------------------------------------------------------------------
+    // The client's events
+    // -------------------------------------------------------------------------
+    listen() {
+      const client = this.client;
+      const mine = (handler) => (event) => {
+        if (event.room === this.name && !this.closed) handler(event);
+      };
+      this.unsubscribers.push(
+        client.on("state", ({ state }) => {
+          if (state !== "open") {
+            if (this.status === "ready" || this.status === "loading") this.status = "joining";
+            if (this.streamingBodies.size > 0) {
+              this.streamingBodies.clear();
+              this.changed("streaming");
+            }
+            if (this.typingUntil.size > 0) {
+              this.typingUntil.clear();
+              this.changed("typing");
+            }
+          }
+          this.changed("other");
+        }),
+        client.on("welcome", () => this.changed("other")),
+        client.on("unread", ({ rooms }) => {
+          this.serverUnread = { count: rooms[this.name] ?? 0, upTo: void 0 };
+          this.changed("reads");
+        }),
+        client.on("joined", mine((frame) => this.onJoined(frame))),
+        client.on("message", mine((message) => {
+          this.addMessages([message]);
+          const sender = message.sender.user_id;
+          if (sender !== null && this.typingUntil.delete(sender)) this.changed("typing");
+          if (this.streamingBodies.delete(message.id)) this.changed("streaming");
+        })),
+        client.on("message.delta", mine(({ id, delta }) => {
+          this.streamingBodies.set(id, (this.streamingBodies.get(id) ?? "") + delta);
+          this.changed("streaming");
+        })),
+        client.on("message.aborted", mine(({ id }) => {
+          if (this.streamingBodies.delete(id)) this.changed("streaming");
+        })),
+        client.on("typing", mine(({ user_id }) => {
+          if (user_id === client.userId) return;
+          this.typingUntil.set(user_id, Date.now() + this.typingTimeoutMs);
+          this.scheduleTypingExpiry();
+          this.changed("typing");
+        })),
+        client.on("read", mine(({ user_id, seq }) => {
+          if (seq > (this.readCursors.get(user_id) ?? 0)) this.readCursors.set(user_id, seq);
+          if (user_id === client.userId && seq > this.ownRead) this.ownRead = seq;
+          this.changed("reads");
+        })),
+        client.on("presence", mine(() => {
+          this.members = this.link.members();
+          this.changed("members");
+        })),
+        client.on("ack", ({ client_id, seq }) => {
+          const entry = this.pendingSends.get(client_id);
+          if (!entry || this.closed) return;
+          if (this.byseq.get(seq)?.client_id === client_id) {
+            this.pendingSends.delete(client_id);
+          } else {
+            entry.state = "acked";
+            entry.seq = seq;
+          }
+          this.changed("pending");
+        }),
+        client.on("outbox", mine(() => this.syncPending())),
+        client.on("send.failed", mine(({ clientId, body, error }) => {
+          const entry = this.pendingSends.get(clientId) ?? this.newEntry(clientId, body);
+          entry.state = "failed";
+          entry.error = error;
+          this.pendingSends.set(clientId, entry);
+          this.changed("pending");
+        })),
+        client.on("room.failed", mine(({ error }) => {
+          this.status = "failed";
+          this.error = error;
+          this.changed("other");
+        })),
+        client.on("room.reset", mine(() => {
+          this.byseq.clear();
+          this.loaded = false;
+          this.hasOlder = true;
+          this.changed("messages");
+          this.loadLatest();
+        }))
+      );
+    }
+    onJoined(frame) {
+      this.members = this.link.members();
+      this.changed("members");
+      if (this.status === "failed") return;
+      if (this.serverUnread && this.serverUnread.upTo === void 0) this.serverUnread.upTo = frame.last_seq;
+      this.status = this.loaded ? "ready" : "loading";
+      this.changed("other");
+      this.loadLatest();
+    }
+    /** The latest page, once per view (again after a store reset). */
+    loadLatest() {
+      if (this.loaded || this.loadingInitial || this.closed || !this.link.joined()) return;
+      const upTo = this.client.lastSeq(this.name) ?? 0;
+      if (upTo <= 0) {
+        this.loaded = true;
+        this.hasOlder = false;
+        this.status = "ready";
+        this.changed("other");
+        return;
+      }
+      this.loadingInitial = true;
+      this.client.history(this.name, { before: upTo + 1, limit: this.pageSize }).then(
+        (page) => {
+          if (this.closed) return;
+          this.addMessages(page.messages);
+          this.loaded = true;
+          this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
+          if (this.status === "loading") this.status = "ready";
+          this.changed("other");
+        },
+        (error) => {
+          if (this.closed) return;
+          const code = error instanceof MixroomError ? error.code : void 0;
+          if (code === "forbidden" || code === "not_found") {
+            this.status = "failed";
+            this.error = error;
+            this.changed("other");
+          } else if (code !== "connection_lost") {
+            const delay = error instanceof MixroomError ? error.retryAfterMs ?? 1e3 : 1e3;
+            setTimeout(() => this.loadLatest(), delay);
+          }
+        }
+      ).finally(() => {
+        this.loadingInitial = false;
+      });
+    }
+    addMessages(messages) {
+      let added = false;
+      const me = this.client.userId;
+      for (const message of messages) {
+        if (this.byseq.has(message.seq)) continue;
+        this.byseq.set(message.seq, freezeMessage(message));
+        added = true;
+        if (message.client_id !== null && message.sender.user_id === me && this.pendingSends.delete(message.client_id)) {
+          this.changed("pending");
+        }
+      }
+      if (!added) return;
+      for (const [clientId, entry] of this.pendingSends) {
+        if (entry.seq !== void 0 && this.byseq.has(entry.seq)) {
+          this.pendingSends.delete(clientId);
+          this.changed("pending");
+        }
+      }
+      this.changed("messages");
+    }
+    /** Mirrors the client's queue for this room into `pending`. */
+    syncPending() {
+      const queued = this.client.pendingMessages(this.name);
+      const inQueue = /* @__PURE__ */ new Set();
+      for (const message of queued) {
+        inQueue.add(message.clientId);
+        const entry = this.pendingSends.get(message.clientId);
+        if (!entry) {
+          const created = this.newEntry(message.clientId, message.body);
+          created.state = message.state;
+          this.pendingSends.set(message.clientId, created);
+        } else if (entry.state !== "acked") {
+          entry.state = message.state;
+          entry.error = void 0;
+        }
+      }
+      for (const [clientId, entry] of this.pendingSends) {
+        if (!inQueue.has(clientId) && entry.state !== "acked" && entry.state !== "failed") {
+          this.pendingSends.delete(clientId);
+        }
+      }
+      this.changed("pending");
+    }
+    newEntry(clientId, body) {
+      return { clientId, body, state: "queued", order: ++this.pendingCounter };
+    }
+    scheduleTypingExpiry() {
+      if (this.typingTimer) clearTimeout(this.typingTimer);
+      this.typingTimer = void 0;
+      if (this.typingUntil.size === 0 || this.closed) return;
+      const next = Math.min(...this.typingUntil.values());
+      this.typingTimer = setTimeout(() => {
+        const now = Date.now();
+        for (const [user, until] of this.typingUntil) if (until <= now) this.typingUntil.delete(user);
+        this.changed("typing");
+        this.scheduleTypingExpiry();
+      }, Math.max(0, next - Date.now()));
+    }
+    // -------------------------------------------------------------------------
+    // Snapshots
+    // -------------------------------------------------------------------------
+    changed(section) {
+      this.dirty.add(section);
+      if (this.notifyScheduled) return;
+      this.notifyScheduled = true;
+      queueMicrotask(() => {
+        this.notifyScheduled = false;
+        if (this.dirty.size === 0) return;
+        this.emit("change", this.getSnapshot());
+      });
+    }
+    build() {
+      const parts = this.parts;
+      if (this.dirty.has("messages")) {
+        parts.messages = Object.freeze([...this.byseq.values()].sort((a, b) => a.seq - b.seq));
+      }
+      if (this.dirty.has("pending")) {
+        parts.pending = Object.freeze(
+          [...this.pendingSends.values()].sort((a, b) => a.order - b.order).map(
+            (entry) => Object.freeze({
+              clientId: entry.clientId,
+              body: entry.body,
+              state: entry.state,
+              ...entry.seq !== void 0 ? { seq: entry.seq } : {},
+              ...entry.error !== void 0 ? { error: entry.error } : {}
+            })
+          )
+        );
+      }
+      if (this.dirty.has("streaming")) {
+        parts.streaming = Object.freeze(
+          [...this.streamingBodies].map(([id, body]) => Object.freeze({ id, body }))
+        );
+      }
+      if (this.dirty.has("members")) {
+        parts.members = Object.freeze(this.members.map((member) => Object.freeze({ ...member })));
+      }
+      if (this.dirty.has("typing")) {
+        parts.typing = Object.freeze([...this.typingUntil.keys()]);
+      }
+      const me = this.client.userId;
+      const { cursor, older } = this.ownCursor(me);
+      const reads = Object.fromEntries(this.readCursors);
+      if (me !== void 0 && cursor > 0) reads[me] = Math.max(cursor, reads[me] ?? 0);
+      if (!shallowEqual(reads, parts.reads)) parts.reads = Object.freeze(reads);
+      let unread = older;
+      for (const message of parts.messages) {
+        if (message.seq > cursor && message.sender.user_id !== me) unread += 1;
+      }
+      return Object.freeze({
+        room: this.name,
+        status: this.status,
+        error: this.error,
+        connection: this.client.state,
+        userId: me,
+        messages: parts.messages,
+        hasOlder: this.hasOlder,
+        loadingOlder: this.loadingOlder,
+        pending: parts.pending,
+        streaming: parts.streaming,
+        members: parts.members,
+        typing: parts.typing,
+        reads: parts.reads,
+        readSeq: cursor,
+        unread,
+        lastSeq: parts.messages.at(-1)?.seq ?? 0
+      });
+    }
+    /**
+     * The user's read cursor: the furthest of what they marked read (here or,
+     * via `read` frames, in another tab) and what the server's unread count
+     * implies — counting that many messages by others back from the seq the
+     * count was taken at. `older`: unread messages below the loaded page.
+     */
+    ownCursor(me) {
+      const server = this.serverUnread;
+      if (!server || !this.loaded) return { cursor: this.ownRead, older: 0 };
+      const upTo = server.upTo ?? this.newestSeq();
+      let derived;
+      let counted = 0;
+      if (server.count === 0) {
+        derived = upTo;
+      } else {
+        const descending = [...this.byseq.values()].filter((m) => m.seq <= upTo).sort((a, b) => b.seq - a.seq);
+        for (const message of descending) {
+          if (message.sender.user_id === me) continue;
+          counted += 1;
+          if (counted === server.count) {
+            derived = message.seq - 1;
+            break;
+          }
+        }
+      }
+      let older = 0;
+      if (derived === void 0) {
+        derived = (this.oldestSeq() ?? upTo + 1) - 1;
+        older = this.hasOlder ? server.count - counted : 0;
+      }
+      if (this.ownRead >= derived) return { cursor: this.ownRead, older: 0 };
+      return { cursor: derived, older };
+    }
+    oldestSeq() {
+      let oldest;
+      for (const seq of this.byseq.keys()) if (oldest === void 0 || seq < oldest) oldest = seq;
+      return oldest;
+    }
+    newestSeq() {
+      let newest = 0;
+      for (const seq of this.byseq.keys()) if (seq > newest) newest = seq;
+      return newest;
+    }
+  };
+  function freezeMessage(message) {
+    const { type: _type, ...rest } = message;
+    return Object.freeze({ ...rest, sender: Object.freeze({ ...rest.sender }) });
+  }
+  function shallowEqual(a, b) {
+    const keys = Object.keys(a);
+    return keys.length === Object.keys(b).length && keys.every((key) => a[key] === b[key]);
+  }
+
   // src/token.ts
   function tokenExpiresAt(token) {
     const payload = token.split(".")[1];
@@ -126,15 +597,15 @@
   var RETRYABLE_CODES = /* @__PURE__ */ new Set(["rate_limited", "internal"]);
   var CLOSE_HEARTBEAT_TIMEOUT = 4e3;
   var MIN_REFRESH_DELAY_MS = 1e3;
-  var HISTORY_MAX = 100;
+  var HISTORY_MAX2 = 100;
   var MixroomClient = class extends TypedEmitter {
     constructor(options) {
       super();
       __publicField(this, "options");
-      __publicField(this, "WebSocketImpl");
+      __publicField(this, "WebSocketOption");
       __publicField(this, "backoff");
       __publicField(this, "httpUrl");
-      __publicField(this, "fetchImpl");
+      __publicField(this, "fetchOption");
       __publicField(this, "currentState", "idle");
       __publicField(this, "socket");
       /**
@@ -147,7 +618,12 @@
       __publicField(this, "closedByUser", false);
       __publicField(this, "token");
       __publicField(this, "refreshingToken");
+      /** `welcome` arrived on the current socket. */
+      __publicField(this, "welcomed", false);
+      /** The server answered a refresh token from `getToken()` with `unauthorized` (and none got through since). */
+      __publicField(this, "refreshRefused", false);
       __publicField(this, "me");
+      __publicField(this, "latestUnread");
       /** Server clock minus local clock, from `welcome` (token expiry is server time). */
       __publicField(this, "clockSkewMs", 0);
       __publicField(this, "lastHeardAt", 0);
@@ -156,17 +632,15 @@
       __publicField(this, "refreshTimer");
       __publicField(this, "heartbeatTimer");
       __publicField(this, "rooms", /* @__PURE__ */ new Map());
-      __publicField(this, "outbox", []);
+      /** Unacked messages, one ordered queue per room; each room's head is in flight. */
+      __publicField(this, "queues", /* @__PURE__ */ new Map());
+      __publicField(this, "outgoingCounter", 0);
       __publicField(this, "requests", /* @__PURE__ */ new Map());
       __publicField(this, "openWaiters", []);
-      const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
-      if (!WebSocketImpl) {
-        throw new Error("no WebSocket implementation: pass `WebSocket` (e.g. from the `ws` package)");
-      }
-      this.WebSocketImpl = WebSocketImpl;
+      this.WebSocketOption = options.WebSocket;
       this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
       this.httpUrl = (options.httpUrl ?? httpUrlOf(options.url)).replace(/\/$/, "");
-      this.fetchImpl = options.fetch ?? globalThis.fetch?.bind(globalThis);
+      this.fetchOption = options.fetch;
       this.options = {
         url: options.url,
         getToken: options.getToken,
@@ -187,11 +661,29 @@
     get userId() {
       return this.me;
     }
-    /** Opens the connection (and keeps it open until `close()`). */
+    /** The latest `unread` frame (sent after every `welcome`), if any yet. */
+    get lastUnread() {
+      return this.latestUnread;
+    }
+    /**
+     * Opens the connection (and keeps it open until `close()`). From
+     * `unauthorized` (after the user signed in again) it starts over.
+     * Throws when there is no WebSocket implementation (Node 20 without
+     * the `WebSocket` option).
+     */
     connect() {
-      if (this.currentState !== "idle" && this.currentState !== "closed") return;
+      if (!["idle", "closed", "unauthorized"].includes(this.currentState)) return;
+      this.webSocketImpl();
       this.closedByUser = false;
+      this.attempt = 0;
       void this.openSocket();
+    }
+    webSocketImpl() {
+      const impl = this.WebSocketOption ?? globalThis.WebSocket;
+      if (!impl) {
+        throw new Error("no WebSocket implementation: pass `WebSocket` (e.g. from the `ws` package)");
+      }
+      return impl;
     }
     /**
      * Closes the socket and stops reconnecting. Joined rooms and unacked
@@ -214,19 +706,31 @@
       this.attempt = 0;
       void this.openSocket();
     }
-    /** Resolves once the connection is open (rejects after `timeoutMs`). */
+    /**
+     * Resolves once the connection is open; rejects after `timeoutMs`, or at
+     * once in (or on entering) the `unauthorized` state.
+     */
     whenOpen(timeoutMs = this.options.requestTimeoutMs) {
       if (this.currentState === "open") return Promise.resolve();
+      if (this.currentState === "unauthorized") {
+        return Promise.reject(new MixroomError("unauthorized", "signed out: no usable token"));
+      }
       return new Promise((resolve, reject) => {
-        const done = () => {
-          clearTimeout(timer);
-          resolve();
+        const waiter = {
+          resolve: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+          reject: (error) => {
+            clearTimeout(timer);
+            reject(error);
+          }
         };
         const timer = setTimeout(() => {
-          this.openWaiters = this.openWaiters.filter((waiter) => waiter !== done);
+          this.openWaiters = this.openWaiters.filter((other) => other !== waiter);
           reject(new MixroomError("timeout", `not connected within ${timeoutMs} ms`));
         }, timeoutMs);
-        this.openWaiters.push(done);
+        this.openWaiters.push(waiter);
       });
     }
     async openSocket() {
@@ -238,13 +742,17 @@
       } catch (error) {
         if (generation !== this.generation) return;
         this.emit("token_error", { error });
-        this.scheduleReconnect();
+        this.becomeUnauthorized("token_error", error);
         return;
       }
       if (generation !== this.generation) return;
+      if (typeof token !== "string" || token === "") {
+        this.becomeUnauthorized("no_token");
+        return;
+      }
       let socket;
       try {
-        socket = new this.WebSocketImpl(this.options.url);
+        socket = new (this.webSocketImpl())(this.options.url);
       } catch (error) {
         this.emit("disconnected", { code: 0, reason: String(error), willReconnect: true });
         this.scheduleReconnect();
@@ -286,6 +794,9 @@
         this.socket.onopen = this.socket.onmessage = this.socket.onclose = null;
       }
       this.socket = void 0;
+      const tokenRefused = code === CloseCode.AuthFailed && (!this.welcomed || this.refreshingToken !== void 0 || this.refreshRefused);
+      this.welcomed = false;
+      this.refreshRefused = false;
       this.refreshingToken = void 0;
       this.clearTimer("refreshTimer");
       this.clearTimer("heartbeatTimer");
@@ -297,26 +808,47 @@
         room.pageUntil = void 0;
         room.pageRef = void 0;
       }
-      for (const message of this.outbox) {
-        message.sentOn = void 0;
-        if (message.ackTimer) clearTimeout(message.ackTimer);
-        message.ackTimer = void 0;
+      for (const [room, queue] of this.queues) {
+        for (const message of queue) {
+          message.sentOn = void 0;
+          if (message.ackTimer) clearTimeout(message.ackTimer);
+          message.ackTimer = void 0;
+        }
+        this.emit("outbox", { room });
       }
       for (const [ref, request] of this.requests) {
         clearTimeout(request.timer);
         request.reject(new MixroomError("connection_lost", "the connection was lost"));
         this.requests.delete(ref);
       }
-      const willReconnect = !this.closedByUser;
+      const willReconnect = !this.closedByUser && !tokenRefused;
       this.emit("disconnected", { code, reason, willReconnect });
-      if (!willReconnect) {
+      if (this.closedByUser) {
         this.setState("closed");
+        return;
+      }
+      if (tokenRefused) {
+        this.becomeUnauthorized("token_refused");
         return;
       }
       if (code === CloseCode.Flooding || code === CloseCode.PolicyViolation) {
         this.attempt = Math.max(this.attempt, 4);
       }
       this.scheduleReconnect();
+    }
+    /** Stops reconnecting until the next `connect()`; rooms and queued messages are kept. */
+    becomeUnauthorized(reason, error) {
+      this.generation++;
+      this.clearTimer("reconnectTimer");
+      this.clearTimer("refreshTimer");
+      this.clearTimer("heartbeatTimer");
+      this.token = void 0;
+      this.setState("unauthorized");
+      const waiters = this.openWaiters;
+      this.openWaiters = [];
+      const failure = new MixroomError("unauthorized", `signed out: ${reason}`);
+      for (const waiter of waiters) waiter.reject(failure);
+      this.emit("unauthorized", error === void 0 ? { reason } : { reason, error });
     }
     scheduleReconnect() {
       const delayMs = backoffDelay(this.attempt, this.backoff, this.options.random);
@@ -391,6 +923,7 @@
           this.settleRequest(frame);
           return this.emit("pong", frame);
         case "unread":
+          this.latestUnread = frame;
           return this.emit("unread", frame);
         case "message.delta":
           return this.emit("message.delta", frame);
@@ -400,8 +933,11 @@
           return this.emit("typing", frame);
         case "read":
           return this.emit("read", frame);
-        case "presence":
+        case "presence": {
+          const member = this.rooms.get(frame.room)?.members.get(frame.user_id);
+          if (member) member.online = frame.online;
           return this.emit("presence", frame);
+        }
         case "booking.updated":
           return this.emit("booking.updated", frame);
         case "notification":
@@ -412,6 +948,10 @@
     }
     onWelcome(frame) {
       this.attempt = 0;
+      this.welcomed = true;
+      if (this.me !== void 0 && this.me !== frame.user_id) {
+        this.dropAllOutgoing(new MixroomError("unauthorized", "signed in as another user"));
+      }
       this.me = frame.user_id;
       const serverTime = Date.parse(frame.server_time);
       if (Number.isFinite(serverTime)) this.clockSkewMs = serverTime - Date.now();
@@ -423,7 +963,7 @@
       this.pumpOutbox();
       const waiters = this.openWaiters;
       this.openWaiters = [];
-      for (const waiter of waiters) waiter();
+      for (const waiter of waiters) waiter.resolve();
     }
     onJoined(frame) {
       const room = this.rooms.get(frame.room);
@@ -437,6 +977,7 @@
         room.joinRef = void 0;
         room.joinedOnSocket = true;
         room.lastJoined = frame;
+        room.members = new Map(frame.members.map((member) => [member.user_id, { ...member }]));
         if (room.lastSeq === void 0) {
           room.lastSeq = frame.last_seq;
         } else if (frame.last_seq < room.lastSeq) {
@@ -459,6 +1000,9 @@
           this.rooms.delete(frame.room);
           const error = new MixroomError("forbidden", `removed from ${frame.room}`);
           for (const waiter of room.waiters) waiter.reject(error);
+          this.emit("left", frame);
+          this.emit("room.failed", { room: frame.room, error });
+          return;
         }
       }
       this.emit("left", frame);
@@ -520,7 +1064,7 @@
         type: "history",
         room: room.name,
         before: firstAhead,
-        limit: Math.min(HISTORY_MAX, missing),
+        limit: Math.min(HISTORY_MAX2, missing),
         ref: room.gapRef
       });
     }
@@ -546,22 +1090,52 @@
       this.emit("history", frame);
     }
     onAck(frame) {
-      const index = this.outbox.findIndex((message) => message.clientId === frame.client_id);
-      if (index >= 0) {
-        const [message] = this.outbox.splice(index, 1);
-        if (message) {
-          clearOutgoingTimers(message);
-          message.resolve(frame);
-        }
+      const message = this.findOutgoing(frame.ref, frame.client_id);
+      if (message) {
+        this.removeOutgoing(message);
+        clearOutgoingTimers(message);
+        message.resolve(frame);
       }
       this.emit("ack", frame);
-      this.pumpOutbox();
+      if (message) {
+        this.emit("outbox", { room: message.room });
+        this.pumpRoom(message.room);
+      }
+    }
+    /** The unacked message an `ack`/`error` is about: by its `ref`, else by `client_id`. */
+    findOutgoing(ref, clientId) {
+      for (const queue of this.queues.values()) {
+        for (const message of queue) {
+          if (ref !== void 0 ? ref === sendRef(message.clientId) : message.clientId === clientId) {
+            return message;
+          }
+        }
+      }
+      if (ref !== void 0 && clientId !== void 0) return this.findOutgoing(void 0, clientId);
+      return void 0;
+    }
+    removeOutgoing(message) {
+      const queue = this.queues.get(message.room);
+      if (!queue) return;
+      const index = queue.indexOf(message);
+      if (index >= 0) queue.splice(index, 1);
+      if (queue.length === 0) this.queues.delete(message.room);
+    }
+    dropAllOutgoing(error) {
+      const rooms = [...this.queues.keys()];
+      const messages = [...this.queues.values()].flat();
+      this.queues.clear();
+      for (const message of messages) {
+        clearOutgoingTimers(message);
+        message.reject(error);
+      }
+      for (const room of rooms) this.emit("outbox", { room });
     }
     onError(frame) {
       this.emit("error", frame);
       const ref = frame.ref;
       if (ref === void 0) return;
-      const outgoing = this.outbox.find((message) => sendRef(message.clientId) === ref);
+      const outgoing = ref.startsWith("send:") ? this.findOutgoing(ref) : void 0;
       if (outgoing) return this.onSendError(outgoing, frame);
       const paging = [...this.rooms.values()].find((room) => room.pageRef === ref);
       if (paging) {
@@ -585,6 +1159,7 @@
       }
       if (this.refreshingToken?.ref === ref) {
         this.refreshingToken = void 0;
+        if (frame.code === "unauthorized") this.refreshRefused = true;
         this.scheduleRefresh(5e3);
         return;
       }
@@ -600,16 +1175,19 @@
       clearOutgoingTimers(message);
       message.sentOn = void 0;
       if (RETRYABLE_CODES.has(frame.code)) {
-        const generation = this.generation;
         message.retryTimer = setTimeout(() => {
           message.retryTimer = void 0;
-          if (generation === this.generation) this.pumpOutbox();
+          this.pumpRoom(message.room);
         }, frame.retry_after_ms ?? 1e3);
+        this.emit("outbox", { room: message.room });
         return;
       }
-      this.outbox.splice(this.outbox.indexOf(message), 1);
-      message.reject(MixroomError.fromFrame(frame));
-      this.pumpOutbox();
+      this.removeOutgoing(message);
+      const error = MixroomError.fromFrame(frame);
+      message.reject(error);
+      this.emit("send.failed", { room: message.room, clientId: message.clientId, body: message.body, error });
+      this.emit("outbox", { room: message.room });
+      this.pumpRoom(message.room);
     }
     onJoinError(room, frame) {
       room.joinRef = void 0;
@@ -625,11 +1203,13 @@
       this.rooms.delete(room.name);
       const error = MixroomError.fromFrame(frame);
       for (const waiter of room.waiters) waiter.reject(error);
+      this.emit("room.failed", { room: room.name, error });
     }
     onTokenRefreshed(frame) {
       if (this.refreshingToken && (frame.ref == null || frame.ref === this.refreshingToken.ref)) {
         this.token = this.refreshingToken.token;
         this.refreshingToken = void 0;
+        this.refreshRefused = false;
       }
       this.emit("token_refreshed", frame);
       this.scheduleRefresh();
@@ -689,6 +1269,10 @@
         return;
       }
       if (generation !== this.generation || this.currentState !== "open") return;
+      if (typeof token !== "string" || token === "") {
+        this.scheduleRefresh(5e3);
+        return;
+      }
       const ref = this.nextRef("auth");
       this.refreshingToken = { ref, token };
       this.write({ type: "auth", token, ref });
@@ -701,11 +1285,55 @@
      * Resolves with the first `joined`; rejects if the server refuses.
      */
     join(roomName, options = {}) {
+      const room = this.ensureRoom(roomName, options.since);
+      room.explicit = true;
+      if (room.joinedOnSocket && room.lastJoined) return Promise.resolve(room.lastJoined);
+      const joined = new Promise((resolve, reject) => {
+        room.waiters.push({ resolve, reject });
+      });
+      if (this.currentState === "open") this.sendJoin(room);
+      return joined;
+    }
+    /**
+     * A live view of one room: its messages (the latest page loaded on join,
+     * older pages on demand), pending sends, members, typing, read cursors and
+     * unread count, as immutable snapshots. The room stays joined while a view
+     * (or a `join()`) holds it; `view.close()` lets go. See `RoomView`.
+     */
+    room(roomName, options = {}) {
+      return new RoomView(this, roomName, this.roomLink(roomName), options);
+    }
+    roomLink(roomName) {
+      let held = false;
+      return {
+        hold: () => {
+          if (held) return;
+          held = true;
+          const room = this.ensureRoom(roomName, void 0);
+          room.views += 1;
+          if (this.currentState === "open") this.sendJoin(room);
+        },
+        release: () => {
+          if (!held) return;
+          held = false;
+          const room = this.rooms.get(roomName);
+          if (!room) return;
+          room.views = Math.max(0, room.views - 1);
+          if (room.views === 0 && !room.explicit) this.dropRoom(room);
+        },
+        joined: () => {
+          const room = this.rooms.get(roomName);
+          return room?.joinedOnSocket ? room.lastJoined : void 0;
+        },
+        members: () => [...this.rooms.get(roomName)?.members.values() ?? []].map((m) => ({ ...m }))
+      };
+    }
+    ensureRoom(roomName, since) {
       let room = this.rooms.get(roomName);
       if (!room) {
         room = {
           name: roomName,
-          lastSeq: options.since,
+          lastSeq: since,
           joinedOnSocket: false,
           lastJoined: void 0,
           joinRef: void 0,
@@ -716,25 +1344,36 @@
           readWanted: 0,
           readSent: 0,
           lastTypingAt: 0,
-          waiters: []
+          waiters: [],
+          explicit: false,
+          views: 0,
+          members: /* @__PURE__ */ new Map()
         };
         this.rooms.set(roomName, room);
       }
-      if (room.joinedOnSocket && room.lastJoined) return Promise.resolve(room.lastJoined);
-      const joined = new Promise((resolve, reject) => {
-        room.waiters.push({ resolve, reject });
-      });
-      if (this.currentState === "open") this.sendJoin(room);
-      return joined;
+      return room;
     }
-    /** Leaves `room`; it is no longer re-joined. */
+    /**
+     * Undoes `join()`: the room is left and no longer re-joined — unless an
+     * open room view still holds it, in which case it is left when the last
+     * view closes.
+     */
     leave(roomName) {
       const room = this.rooms.get(roomName);
       if (!room) return;
-      this.rooms.delete(roomName);
+      room.explicit = false;
       const error = new MixroomError("closed", `left ${roomName}`);
-      for (const waiter of room.waiters) waiter.reject(error);
-      if (this.currentState === "open") this.write({ type: "leave", room: roomName });
+      const waiters = room.waiters;
+      room.waiters = [];
+      for (const waiter of waiters) waiter.reject(error);
+      if (room.views === 0) this.dropRoom(room);
+    }
+    dropRoom(room) {
+      if (this.rooms.get(room.name) !== room) return;
+      this.rooms.delete(room.name);
+      if (this.currentState === "open" && (room.joinedOnSocket || room.joinRef !== void 0)) {
+        this.write({ type: "leave", room: room.name });
+      }
     }
     /** The highest seq delivered for `room` (`undefined` before its first `joined`). */
     lastSeq(roomName) {
@@ -790,7 +1429,7 @@
       return this.request("pong", (ref) => ({ type: "ping", ref }));
     }
     async request(expect, build) {
-      await this.whenOpen();
+      if (this.currentState !== "open") await this.whenOpen();
       const ref = this.nextRef("req");
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
@@ -812,38 +1451,61 @@
     /**
      * Queues a message and resolves with its ack once stored. Survives
      * reconnects: the same `client_id` is resent until acked, and the server
-     * stores it once. Messages go out one at a time, in the order queued.
-     * Rejects only when the server refuses it for good (`invalid`,
-     * `forbidden`, `too_large`, ...).
+     * stores it once. Each room has its own queue: its messages go out one at
+     * a time, in the order queued, while other rooms' queues go on
+     * regardless. Rejects only when the server refuses it for good
+     * (`invalid`, `forbidden`, `too_large`, ...).
      */
     send(roomName, body, options = {}) {
       const clientId = options.clientId ?? newClientId();
       return new Promise((resolve, reject) => {
-        this.outbox.push({
+        let queue = this.queues.get(roomName);
+        if (!queue) {
+          queue = [];
+          this.queues.set(roomName, queue);
+        }
+        queue.push({
           room: roomName,
           clientId,
           body,
+          order: ++this.outgoingCounter,
           resolve,
           reject,
           sentOn: void 0,
           ackTimer: void 0,
           retryTimer: void 0
         });
-        this.pumpOutbox();
+        this.emit("outbox", { room: roomName });
+        this.pumpRoom(roomName);
       });
     }
-    /** Messages queued or sent but not acked yet, oldest first. */
-    pendingMessages() {
-      return this.outbox.map(({ room, clientId, body }) => ({ room, clientId, body }));
+    /** Messages queued or sent but not acked yet (of one room, or all), oldest first. */
+    pendingMessages(roomName) {
+      const messages = roomName === void 0 ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order) : [...this.queues.get(roomName) ?? []];
+      return messages.map((message) => ({
+        room: message.room,
+        clientId: message.clientId,
+        body: message.body,
+        state: this.outgoingState(message)
+      }));
+    }
+    outgoingState(message) {
+      if (message.retryTimer !== void 0) return "retrying";
+      if (message.sentOn !== void 0 && message.sentOn === this.generation) return "sending";
+      return "queued";
+    }
+    pumpOutbox() {
+      for (const room of [...this.queues.keys()]) this.pumpRoom(room);
     }
     /**
-     * Sends the oldest unacked message unless it is already in flight on
-     * this socket. One at a time keeps a user's messages in the order typed,
-     * even when one of them has to wait out `rate_limited`.
+     * Sends the room's oldest unacked message unless it is already in flight
+     * on this socket or waiting out a retry delay. One at a time per room
+     * keeps a user's messages in the order typed, even when one of them has
+     * to wait out `rate_limited`; other rooms are not held up by it.
      */
-    pumpOutbox() {
+    pumpRoom(roomName) {
       if (this.currentState !== "open") return;
-      const message = this.outbox[0];
+      const message = this.queues.get(roomName)?.[0];
       if (!message || message.sentOn === this.generation || message.retryTimer) return;
       message.sentOn = this.generation;
       this.write({
@@ -858,9 +1520,10 @@
         message.ackTimer = void 0;
         if (generation === this.generation && message.sentOn === generation) {
           message.sentOn = void 0;
-          this.pumpOutbox();
+          this.pumpRoom(message.room);
         }
       }, this.options.ackTimeoutMs);
+      this.emit("outbox", { room: message.room });
     }
     // -------------------------------------------------------------------------
     // HTTP helpers (same token)
@@ -872,12 +1535,28 @@
         "/v1/support/conversations"
       ).then((body) => ({ ...body, room: body.room ?? `support:${body.id}` }));
     }
-    /** `GET /v1/notifications` (newest first). */
+    /**
+     * `GET /v1/notifications`, newest first. For the next page pass the last
+     * notification's `id` as `before` while `has_more` is true.
+     */
     notifications(options = {}) {
       const query = new URLSearchParams();
       if (options.unread) query.set("unread", "true");
+      if (options.before !== void 0) query.set("before", options.before);
       if (options.limit !== void 0) query.set("limit", String(options.limit));
       return this.http("GET", `/v1/notifications${querySuffix(query)}`);
+    }
+    /** `GET /v1/me/preferences`: email on/off per kind and the chat email delay. */
+    preferences() {
+      return this.http("GET", "/v1/me/preferences");
+    }
+    /**
+     * `PUT /v1/me/preferences`: changes only what `change` names (e.g.
+     * `{ email: { marketing: true } }`); resolves with the stored preferences.
+     * An unknown kind or a delay out of range rejects (HTTP 422).
+     */
+    updatePreferences(change) {
+      return this.http("PUT", "/v1/me/preferences", change);
     }
     markNotificationRead(id) {
       return this.http("POST", `/v1/notifications/${encodeURIComponent(id)}/read`);
@@ -896,16 +1575,20 @@
       if (options.limit !== void 0) query.set("limit", String(options.limit));
       return this.http("GET", `/v1/rooms/${encodeURIComponent(roomName)}/messages${querySuffix(query)}`);
     }
-    async http(method, path) {
-      if (!this.fetchImpl) throw new Error("no fetch implementation: pass `fetch`");
+    async http(method, path, body) {
+      const fetchImpl = this.fetchOption ?? globalThis.fetch;
+      if (!fetchImpl) throw new Error("no fetch implementation: pass `fetch`");
       const token = await this.usableToken();
       const controller = new AbortController();
       const timer = setTimeout(() => controller.abort(), this.options.requestTimeoutMs);
+      const headers = { authorization: `Bearer ${token}` };
+      if (body !== void 0) headers["content-type"] = "application/json";
       try {
-        const response = await this.fetchImpl(`${this.httpUrl}${path}`, {
+        const response = await fetchImpl.call(globalThis, `${this.httpUrl}${path}`, {
           method,
-          headers: { authorization: `Bearer ${token}` },
-          signal: controller.signal
+          headers,
+          signal: controller.signal,
+          ...body !== void 0 ? { body: JSON.stringify(body) } : {}
         });
         const text = await response.text();
         if (!response.ok) {
@@ -924,7 +1607,11 @@
       if (this.token !== void 0 && (expiresAt === void 0 || expiresAt - Date.now() > 5e3)) {
         return this.token;
       }
-      return this.options.getToken();
+      const token = await this.options.getToken();
+      if (typeof token !== "string" || token === "") {
+        throw new MixroomError("unauthorized", "signed out: getToken() returned no token");
+      }
+      return token;
     }
   };
   function querySuffix(query) {
@@ -947,371 +1634,247 @@
     url.hash = "";
     return url.toString().replace(/\/$/, "");
   }
-  function newClientId() {
-    const cryptoApi = globalThis.crypto;
-    if (cryptoApi?.randomUUID) return cryptoApi.randomUUID();
-    const random = () => Math.random().toString(16).slice(2, 10).padEnd(8, "0");
-    return `${random()}-${random().slice(0, 4)}-4${random().slice(0, 3)}-${random().slice(0, 4)}-${random()}${random().slice(0, 4)}`;
-  }
 
   // demo-src/main.ts
-  var TYPING_SHOWN_MS = 3e3;
   function element(id) {
     const found = document.getElementById(id);
     if (!found) throw new Error(`#${id} is missing from the page`);
     return found;
   }
+  function make(tag, className = "", text = "") {
+    const made = document.createElement(tag);
+    if (className) made.className = className;
+    if (text) made.textContent = text;
+    return made;
+  }
+  function post(path, body) {
+    return fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  }
   async function fetchSession(user) {
-    const response = await fetch("/demo/session", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ user })
-    });
+    const response = await post("/demo/session", { user });
     if (!response.ok) throw new Error(`POST /demo/session: ${response.status} ${await response.text()}`);
     return await response.json();
-  }
-  function socketUrl() {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/v1/ws`;
   }
   function timeOf(iso) {
     const date = new Date(iso);
     return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
-  function newId() {
-    return crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+  function drawList(list, shown, entries, key, draw) {
+    const next = /* @__PURE__ */ new Map();
+    for (const entry of entries) next.set(key(entry), draw(entry, shown.get(key(entry))));
+    list.replaceChildren(...next.values());
+    shown.clear();
+    for (const [k, item] of next) shown.set(k, item);
+    list.scrollTop = list.scrollHeight;
   }
   var BookingChat = class {
     constructor(client, session) {
-      __publicField(this, "client", client);
       __publicField(this, "session", session);
       __publicField(this, "list", element("messages"));
-      __publicField(this, "typingLine", element("typing"));
-      __publicField(this, "membersLine", element("members"));
-      __publicField(this, "badge", element("status-badge"));
-      /** Rendered messages by seq, and not-yet-stored ones by client_id. */
-      __publicField(this, "bySeq", /* @__PURE__ */ new Map());
-      __publicField(this, "pending", /* @__PURE__ */ new Map());
-      __publicField(this, "members", /* @__PURE__ */ new Map());
-      /** Others' read positions, for "Seen by". */
-      __publicField(this, "readUpTo", /* @__PURE__ */ new Map());
-      __publicField(this, "typingTimers", /* @__PURE__ */ new Map());
-      __publicField(this, "newestSeq", 0);
+      __publicField(this, "shown", /* @__PURE__ */ new Map());
+      __publicField(this, "room");
+      __publicField(this, "drawn");
       element("booking-title").textContent = session.booking.title;
-      this.setStatus(session.booking.status, false);
-      for (const person of session.people) {
-        this.members.set(person.id, { user_id: person.id, name: person.name, role: person.role, online: false });
-      }
-      this.renderMembers();
-    }
-    get room() {
-      return this.session.booking.room;
-    }
-    async start() {
-      const client = this.client;
-      client.on("message", (message) => {
-        if (message.room !== this.room) return;
-        this.render(message);
-        this.markReadIfVisible();
-      });
-      client.on("typing", ({ room, user_id }) => {
-        if (room === this.room && user_id !== client.userId) this.showTyping(user_id);
-      });
-      client.on("read", ({ room, user_id, seq }) => {
-        if (room !== this.room || user_id === client.userId) return;
-        this.readUpTo.set(user_id, Math.max(seq, this.readUpTo.get(user_id) ?? 0));
-        this.renderReceipts();
-      });
-      client.on("presence", ({ room, user_id, online }) => {
-        const member = this.members.get(user_id);
-        if (room === this.room && member) {
-          member.online = online;
-          this.renderMembers();
-        }
-      });
-      client.on("joined", ({ room, members }) => {
-        if (room !== this.room) return;
-        for (const member of members) this.members.set(member.user_id, member);
-        this.renderMembers();
-      });
+      setStatus(session.booking.status, false);
+      this.room = client.room(session.booking.room);
+      this.room.subscribe(() => this.draw(this.room.getSnapshot()));
+      this.draw(this.room.getSnapshot());
       client.on("booking.updated", ({ booking_id, status }) => {
-        if (booking_id === this.session.booking.id) this.setStatus(status, true);
+        if (booking_id === session.booking.id) setStatus(status, true);
       });
-      document.addEventListener("visibilitychange", () => this.markReadIfVisible());
-      const joined = await client.join(this.room);
-      if (joined.last_seq > 0) {
-        const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
-        for (const message of [...page.messages].reverse()) this.render(message);
-      }
-      this.markReadIfVisible();
+      document.addEventListener("visibilitychange", () => this.markReadIfVisible(this.room.getSnapshot()));
       const input = element("message-input");
-      input.addEventListener("input", () => client.typing(this.room));
+      input.addEventListener("input", () => this.room.typing());
       element("composer").addEventListener("submit", (event) => {
         event.preventDefault();
         const body = input.value.trim();
-        if (!body) return;
         input.value = "";
-        this.send(body);
+        if (body) this.room.send(body);
       });
     }
-    send(body) {
-      const clientId = newId();
-      const item = this.item(body, true);
-      item.classList.add("pending");
-      item.dataset.clientId = clientId;
-      item.querySelector(".meta").textContent = "sending…";
-      this.pending.set(clientId, item);
-      this.list.append(item);
-      this.scrollDown();
-      this.client.send(this.room, body, { clientId }).catch((error) => {
-        item.querySelector(".meta").textContent = error instanceof MixroomError ? `not sent: ${error.message}` : "not sent";
-      });
+    draw(now) {
+      const before = this.drawn;
+      this.drawn = now;
+      if (now.members !== before?.members) this.drawMembers(now);
+      if (now.typing !== before?.typing || now.members !== before?.members) {
+        const names = now.typing.map((id) => this.nameOf(now, id));
+        element("typing").textContent = names.length === 0 ? "" : `${names.join(" and ")} ${names.length === 1 ? "is" : "are"} typing…`;
+      }
+      if (now.messages !== before?.messages || now.pending !== before?.pending || now.reads !== before?.reads) {
+        const entries = [
+          ...now.messages.map((message) => ({ message })),
+          ...now.pending.map((pending) => ({ pending }))
+        ];
+        drawList(
+          this.list,
+          this.shown,
+          entries,
+          (entry) => "message" in entry ? `seq:${entry.message.seq}` : `pending:${entry.pending.clientId}`,
+          (entry, previous) => "message" in entry ? previous ?? this.storedItem(now, entry.message) : this.pendingItem(entry.pending)
+        );
+        this.drawReceipts(now);
+      }
+      this.markReadIfVisible(now);
     }
-    item(body, mine) {
-      const item = document.createElement("li");
-      if (mine) item.classList.add("mine");
-      const text = document.createElement("div");
-      text.className = "body";
-      text.textContent = body;
-      const meta = document.createElement("div");
-      meta.className = "meta";
-      item.append(text, meta);
+    storedItem(now, message) {
+      const mine = message.sender.user_id === now.userId;
+      const system = message.sender.role === "system";
+      const item = make("li", [mine ? "mine" : "", system ? "system" : ""].join(" ").trim());
+      item.dataset.testid = "message";
+      item.dataset.seq = String(message.seq);
+      const who = system ? "" : `${mine ? "You" : message.sender.name} · `;
+      item.append(make("div", "body", message.body), make("div", "meta", `${who}${timeOf(message.sent_at)}`));
       return item;
     }
-    /** Draws a stored message in seq order (history and live may overlap). */
-    render(message) {
-      if (this.bySeq.has(message.seq)) return;
-      const mine = message.sender.user_id === this.client.userId;
-      const pending = message.client_id ? this.pending.get(message.client_id) : void 0;
-      const item = pending ?? this.item(message.body, mine);
-      if (pending && message.client_id) this.pending.delete(message.client_id);
-      item.classList.remove("pending");
-      item.dataset.seq = String(message.seq);
-      item.dataset.testid = "message";
-      if (message.sender.role === "system") item.classList.add("system");
-      const meta = item.querySelector(".meta");
-      meta.textContent = message.sender.role === "system" ? timeOf(message.sent_at) : `${mine ? "You" : message.sender.name} · ${timeOf(message.sent_at)}`;
-      this.bySeq.set(message.seq, item);
-      this.newestSeq = Math.max(this.newestSeq, message.seq);
-      const later = [...this.bySeq.entries()].filter(([seq]) => seq > message.seq).sort(([a], [b]) => a - b)[0];
-      if (later) this.list.insertBefore(item, later[1]);
-      else if (!pending) this.list.insertBefore(item, this.list.querySelector("li.pending"));
-      if (!mine) this.hideTyping(message.sender.user_id ?? "");
-      this.renderReceipts();
-      this.scrollDown();
+    pendingItem(pending) {
+      const item = make("li", "mine pending");
+      item.dataset.testid = "pending-message";
+      item.dataset.clientId = pending.clientId;
+      const meta = pending.state === "failed" ? `not sent: ${pending.error?.message ?? "refused"}` : pending.state === "retrying" ? "waiting to resend…" : "sending…";
+      item.append(make("div", "body", pending.body), make("div", "meta", meta));
+      return item;
     }
-    markReadIfVisible() {
-      if (document.visibilityState === "visible" && this.newestSeq > 0) {
-        this.client.markRead(this.room, this.newestSeq);
-      }
-    }
-    /** "Seen by Sam" under the newest of my messages each reader has read. */
-    renderReceipts() {
+    /** "Seen by Sam" under the newest of my messages each other reader has read. */
+    drawReceipts(now) {
       for (const receipt of this.list.querySelectorAll(".receipt")) receipt.remove();
-      const names = /* @__PURE__ */ new Map();
-      for (const [userId, seq] of this.readUpTo) {
-        const mine = [...this.bySeq.entries()].filter(([s, item]) => s <= seq && item.classList.contains("mine")).sort(([a], [b]) => b - a)[0];
-        if (!mine) continue;
-        const name = this.members.get(userId)?.name ?? "someone";
-        names.set(mine[1], [...names.get(mine[1]) ?? [], name]);
+      const readers = /* @__PURE__ */ new Map();
+      for (const [userId, seq] of Object.entries(now.reads)) {
+        if (userId === now.userId) continue;
+        const newestMine = [...now.messages].reverse().find((m) => m.seq <= seq && m.sender.user_id === now.userId);
+        if (newestMine) readers.set(newestMine.seq, [...readers.get(newestMine.seq) ?? [], this.nameOf(now, userId)]);
       }
-      for (const [item, readers] of names) {
-        const receipt = document.createElement("span");
-        receipt.className = "receipt";
+      for (const [seq, names] of readers) {
+        const receipt = make("span", "receipt", `Seen by ${names.sort().join(", ")}`);
         receipt.dataset.testid = "receipt";
-        receipt.textContent = `Seen by ${readers.sort().join(", ")}`;
-        item.append(receipt);
+        this.shown.get(`seq:${seq}`)?.append(receipt);
       }
     }
-    showTyping(userId) {
-      clearTimeout(this.typingTimers.get(userId));
-      this.typingTimers.set(userId, setTimeout(() => this.hideTyping(userId), TYPING_SHOWN_MS));
-      this.renderTyping();
-    }
-    hideTyping(userId) {
-      clearTimeout(this.typingTimers.get(userId));
-      if (this.typingTimers.delete(userId)) this.renderTyping();
-    }
-    renderTyping() {
-      const names = [...this.typingTimers.keys()].map((id) => this.members.get(id)?.name ?? "Someone");
-      this.typingLine.textContent = names.length === 0 ? "" : `${names.join(" and ")} ${names.length === 1 ? "is" : "are"} typing…`;
-    }
-    renderMembers() {
-      this.membersLine.replaceChildren(
-        ...[...this.members.values()].map((member) => {
-          const span = document.createElement("span");
-          span.className = member.online ? "online" : "";
+    drawMembers(now) {
+      const members = now.members.length > 0 ? now.members : this.session.people.map((p) => ({ user_id: p.id, name: p.name, role: p.role, online: false }));
+      element("members").replaceChildren(
+        ...members.map((member) => {
+          const span = make("span", member.online ? "online" : "");
           span.dataset.testid = `member-${member.name.toLowerCase()}`;
-          const dot = document.createElement("i");
-          dot.className = "dot";
-          span.append(dot, `${member.name}${member.user_id === this.client.userId ? " (you)" : ""}`);
+          span.append(make("i", "dot"), `${member.name}${member.user_id === now.userId ? " (you)" : ""}`);
           return span;
         })
       );
     }
-    setStatus(status, flash) {
-      this.badge.textContent = status.replace(/_/g, " ");
-      this.badge.className = `badge ${status}`;
-      this.badge.dataset.status = status;
-      if (flash) {
-        void this.badge.offsetWidth;
-        this.badge.classList.add("flash");
-      }
-      element("status-select").value = status;
+    nameOf(now, userId) {
+      return now.members.find((m) => m.user_id === userId)?.name ?? "Someone";
     }
-    scrollDown() {
-      this.list.scrollTop = this.list.scrollHeight;
+    markReadIfVisible(now) {
+      if (document.visibilityState === "visible" && now.lastSeq > now.readSeq) this.room.markRead(now.lastSeq);
     }
   };
-  var Bell = class {
-    constructor(client) {
-      __publicField(this, "client", client);
-      __publicField(this, "count", element("bell-count"));
-      __publicField(this, "panel", element("inbox"));
-      __publicField(this, "list", element("notifications"));
-      __publicField(this, "unread", 0);
+  function setStatus(status, flash) {
+    const badge = element("status-badge");
+    badge.textContent = status.replace(/_/g, " ");
+    badge.className = `badge ${status}`;
+    badge.dataset.status = status;
+    if (flash) {
+      void badge.offsetWidth;
+      badge.classList.add("flash");
     }
-    start() {
-      this.client.on("unread", ({ notifications }) => this.setUnread(notifications));
-      this.client.on("notification", () => {
-        this.setUnread(this.unread + 1);
-        if (!this.panel.hidden) void this.load();
+    element("status-select").value = status;
+  }
+  function startBell(client) {
+    const count = element("bell-count");
+    const panel = element("inbox");
+    let unread = 0;
+    const setUnread = (value) => {
+      unread = value;
+      count.textContent = value > 99 ? "99+" : String(value);
+      count.hidden = value === 0;
+    };
+    const load = async () => {
+      const inbox = await client.notifications({ limit: 20 });
+      setUnread(inbox.unread_count);
+      const items = inbox.notifications.map((n) => {
+        const item = make("li", n.read_at ? "" : "unread");
+        item.append(make("b", "", n.title), make("small", "", `${n.body} · ${timeOf(n.created_at)}`));
+        return item;
       });
-      element("bell").addEventListener("click", () => {
-        this.panel.hidden = !this.panel.hidden;
-        if (!this.panel.hidden) void this.load();
+      element("notifications").replaceChildren(...items.length > 0 ? items : [make("li", "", "Nothing yet.")]);
+    };
+    client.on("unread", ({ notifications }) => setUnread(notifications));
+    client.on("notification", () => {
+      setUnread(unread + 1);
+      if (!panel.hidden) void load();
+    });
+    element("bell").addEventListener("click", () => {
+      panel.hidden = !panel.hidden;
+      if (!panel.hidden) void load();
+    });
+    element("read-all").addEventListener("click", () => {
+      void client.markAllNotificationsRead().then(() => {
+        setUnread(0);
+        return load();
       });
-      element("read-all").addEventListener("click", () => {
-        void this.client.markAllNotificationsRead().then(() => {
-          this.setUnread(0);
-          return this.load();
-        });
+    });
+  }
+  function startSupport(client) {
+    const panel = element("support-panel");
+    const list = element("support-messages");
+    const note = element("support-note");
+    const form = element("support-form");
+    const intro = make("li", "system", "Ask anything about bookings, payments or your account.");
+    const shown = /* @__PURE__ */ new Map();
+    let opening;
+    const draw = (now) => {
+      const entries = [
+        { key: "intro", text: "", kind: "" },
+        ...now.messages.map((m) => ({
+          key: `seq:${m.seq}`,
+          text: m.body,
+          kind: m.sender.user_id === now.userId ? "mine" : m.sender.role,
+          ...m.sender.role === "agent" ? { testid: "support-answer" } : {}
+        })),
+        ...now.pending.map((p) => ({ key: `pending:${p.clientId}`, text: p.body, kind: "mine pending" })),
+        ...now.streaming.map((s) => ({ key: `streaming:${s.id}`, text: s.body, kind: "agent streaming", testid: "support-streaming" }))
+      ];
+      drawList(list, shown, entries, (e) => e.key, (entry, previous) => {
+        if (entry.key === "intro") return intro;
+        const item = previous ?? make("li", entry.kind);
+        item.className = entry.kind;
+        if (entry.testid) item.dataset.testid = entry.testid;
+        if (item.textContent !== entry.text) item.textContent = entry.text;
+        return item;
       });
-    }
-    setUnread(count) {
-      this.unread = count;
-      this.count.textContent = count > 99 ? "99+" : String(count);
-      this.count.hidden = count === 0;
-    }
-    async load() {
-      const inbox = await this.client.notifications({ limit: 20 });
-      this.setUnread(inbox.unread_count);
-      this.list.replaceChildren(...inbox.notifications.map((n) => this.item(n)));
-      if (inbox.notifications.length === 0) {
-        const empty = document.createElement("li");
-        empty.textContent = "Nothing yet.";
-        this.list.append(empty);
-      }
-    }
-    item(notification) {
-      const item = document.createElement("li");
-      if (!notification.read_at) item.classList.add("unread");
-      const title = document.createElement("b");
-      title.textContent = notification.title;
-      const body = document.createElement("small");
-      body.textContent = `${notification.body} · ${timeOf(notification.created_at)}`;
-      item.append(title, body);
-      return item;
-    }
-  };
-  var SupportWidget = class {
-    constructor(client) {
-      __publicField(this, "client", client);
-      __publicField(this, "panel", element("support-panel"));
-      __publicField(this, "list", element("support-messages"));
-      __publicField(this, "note", element("support-note"));
-      __publicField(this, "form", element("support-form"));
-      __publicField(this, "room");
-      __publicField(this, "opening");
-      /** Agent replies being streamed, by message id. */
-      __publicField(this, "streaming", /* @__PURE__ */ new Map());
-      __publicField(this, "shown", /* @__PURE__ */ new Set());
-    }
-    start() {
-      element("support").hidden = false;
-      element("support-open").addEventListener("click", () => {
-        this.panel.hidden = !this.panel.hidden;
-        if (!this.panel.hidden) void this.open();
-      });
-      element("support-close").addEventListener("click", () => this.panel.hidden = true);
-      this.client.on("message.delta", ({ room, id, delta }) => {
-        if (room !== this.room) return;
-        let item = this.streaming.get(id);
-        if (!item) {
-          item = this.line("", "agent");
-          item.classList.add("streaming");
-          item.dataset.testid = "support-streaming";
-          this.streaming.set(id, item);
-        }
-        item.textContent += delta;
-        this.scrollDown();
-      });
-      this.client.on("message.aborted", ({ room, id }) => {
-        const item = this.streaming.get(id);
-        if (room !== this.room || !item) return;
-        this.streaming.delete(id);
-        item.remove();
-      });
-      this.client.on("message", (message) => {
-        if (message.room !== this.room || this.shown.has(message.id)) return;
-        this.shown.add(message.id);
-        const streamed = this.streaming.get(message.id);
-        if (streamed) {
-          this.streaming.delete(message.id);
-          streamed.classList.remove("streaming");
-          streamed.dataset.testid = "support-answer";
-          streamed.textContent = message.body;
-          return;
-        }
-        const kind = message.sender.user_id === this.client.userId ? "mine" : message.sender.role;
-        const item = this.line(message.body, kind);
-        if (message.sender.role === "agent") item.dataset.testid = "support-answer";
-      });
-      this.form.addEventListener("submit", (event) => {
-        event.preventDefault();
-        const input = element("support-input");
-        const question = input.value.trim();
-        if (!question) return;
-        input.value = "";
-        void this.open().then((room) => {
-          if (room) void this.client.send(room, question);
-        });
-      });
-    }
-    /** Opens a conversation once; resolves with its room, or nothing when unavailable. */
-    open() {
-      this.opening ?? (this.opening = this.client.openSupportConversation().then(async ({ room }) => {
-        this.room = room;
-        await this.client.join(room, { since: 0 });
-        this.line("Ask anything about bookings, payments or your account.", "system");
-        return room;
-      }).catch((error) => {
-        const status = error instanceof MixroomError ? error.status : void 0;
-        this.note.textContent = status === 404 || status === 405 ? "Support chat is not available on this server." : `Support is unavailable right now (${error instanceof Error ? error.message : String(error)}).`;
-        this.note.hidden = false;
-        this.form.hidden = true;
-        this.opening = void 0;
-        return void 0;
-      }));
-      return this.opening;
-    }
-    line(text, kind) {
-      const item = document.createElement("li");
-      item.className = kind;
-      item.textContent = text;
-      this.list.append(item);
-      this.scrollDown();
-      return item;
-    }
-    scrollDown() {
-      this.list.scrollTop = this.list.scrollHeight;
-    }
-  };
+    };
+    const open = () => opening ?? (opening = client.openSupportConversation().then(({ room }) => {
+      const view = client.room(room);
+      view.subscribe(() => draw(view.getSnapshot()));
+      draw(view.getSnapshot());
+      return view;
+    }).catch((error) => {
+      const status = error instanceof MixroomError ? error.status : void 0;
+      note.textContent = status === 404 || status === 405 ? "Support chat is not available on this server." : `Support is unavailable right now (${error instanceof Error ? error.message : String(error)}).`;
+      note.hidden = false;
+      form.hidden = true;
+      opening = void 0;
+      return void 0;
+    }));
+    element("support").hidden = false;
+    element("support-open").addEventListener("click", () => {
+      panel.hidden = !panel.hidden;
+      if (!panel.hidden) void open();
+    });
+    element("support-close").addEventListener("click", () => panel.hidden = true);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = element("support-input");
+      const question = input.value.trim();
+      input.value = "";
+      if (question) void open().then((view) => view?.send(question));
+    });
+  }
   async function start(userKey) {
     const first = await fetchSession(userKey);
     let fresh = first.token;
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const client = new MixroomClient({
-      url: socketUrl(),
+      url: `${scheme}//${location.host}/v1/ws`,
       // The first token comes with the session; later ones (reconnects and
       // refreshes before expiry) are minted again by the demo route — a real
       // app returns its Supabase session's access_token here.
@@ -1328,33 +1891,23 @@
     element("me").textContent = `${first.user.name} · ${first.user.role.replace(/_/g, " ")}`;
     const pill = element("connection");
     const showState = (state) => {
-      pill.textContent = state === "open" ? "live" : state;
+      pill.textContent = state === "open" ? "live" : state === "unauthorized" ? "signed out" : state;
       pill.className = `pill ${state}`;
       pill.dataset.state = state;
     };
     client.on("state", ({ state }) => showState(state));
     window.addEventListener("online", () => client.reconnectNow());
-    const chat = new BookingChat(client, first);
-    new Bell(client).start();
-    new SupportWidget(client).start();
+    new BookingChat(client, first);
+    startBell(client);
+    startSupport(client);
     element("status-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      const status = element("status-select").value;
-      void fetch("/demo/booking", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ status })
-      });
+      void post("/demo/booking", { status: element("status-select").value });
     });
     element("partial-refund").addEventListener("click", () => {
-      void fetch("/demo/payment", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ event: "partial_refund" })
-      });
+      void post("/demo/payment", { event: "partial_refund" });
     });
     client.connect();
-    await chat.start();
   }
   function main() {
     const pick = (user) => {

@@ -8,10 +8,18 @@
  * - remembers the last `seq` delivered per joined room, re-joins with
  *   `since` after every reconnect, and hands each message to the app once
  *   and in seq order (duplicates dropped, holes filled from history);
- * - queues outgoing messages and resends each with the same `client_id`
- *   until the server acks it, so a message is stored exactly once however
- *   often the connection drops;
- * - emits a typed event for every frame of the contract.
+ * - queues outgoing messages per room and resends each with the same
+ *   `client_id` until the server acks it, so a message is stored exactly
+ *   once however often the connection drops, and a room held up by a rate
+ *   limit or a refusal never holds up another room;
+ * - stops for good (`unauthorized`) when no usable token can be had,
+ *   instead of reconnecting forever;
+ * - emits a typed event for every frame of the contract;
+ * - hands out live room views (`room()`, see room.ts).
+ *
+ * Nothing here touches `WebSocket`, `fetch` or `window` before `connect()`
+ * or an HTTP helper is called, so the module can be imported (and a client
+ * constructed) during server-side rendering.
  */
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
 import { TypedEmitter } from "./emitter.js";
@@ -27,6 +35,7 @@ import {
   type JoinedFrame,
   type JoinFrame,
   type LeftFrame,
+  type Member,
   type MessageAbortedFrame,
   type MessageDeltaFrame,
   type MessageFrame,
@@ -41,6 +50,8 @@ import {
   type UnreadFrame,
   type WelcomeFrame,
 } from "./frames.js";
+import { newClientId } from "./ids.js";
+import { RoomView, type RoomLink, type RoomViewOptions } from "./room.js";
 import { tokenExpiresAt } from "./token.js";
 
 // ---------------------------------------------------------------------------
@@ -81,8 +92,23 @@ export type ConnectionState =
   | "open"
   /** Lost the socket; a retry is scheduled. */
   | "reconnecting"
+  /**
+   * No usable token: `getToken()` threw or returned nothing, or the server
+   * refused a token fresh from `getToken()`. The client does not reconnect
+   * by itself; call `connect()` again once the user has signed in.
+   */
+  | "unauthorized"
   /** `close()` was called. */
   | "closed";
+
+/** Why the client stopped in the `unauthorized` state. */
+export type UnauthorizedReason =
+  /** `getToken()` threw. */
+  | "token_error"
+  /** `getToken()` returned no token (`undefined`, `null` or `""`). */
+  | "no_token"
+  /** The server closed with 4001 on a token just taken from `getToken()`. */
+  | "token_refused";
 
 export interface ClientEvents {
   state: { state: ConnectionState; previous: ConnectionState };
@@ -110,8 +136,22 @@ export interface ClientEvents {
   /** The socket closed; `willReconnect` is false only after `close()`. */
   disconnected: { code: number; reason: string; willReconnect: boolean };
   reconnecting: { attempt: number; delayMs: number };
-  /** `getToken()` threw; the client retries. */
+  /**
+   * `getToken()` threw. While connecting this ends in `unauthorized`; during
+   * a refresh on a live socket the client tries again in 5 s.
+   */
   token_error: { error: unknown };
+  /** The client stopped: no usable token (state `unauthorized`). */
+  unauthorized: { reason: UnauthorizedReason; error?: unknown };
+  /** The queue of unacked messages of `room` changed (see `pendingMessages(room)`). */
+  outbox: { room: string };
+  /** The server refused a message for good; `send()` rejected with `error`. */
+  "send.failed": { room: string; clientId: string; body: string; error: MixroomError };
+  /**
+   * The server refused to join `room`, or removed this user from it: the
+   * client no longer joins it (a `join()` rejects with the same error).
+   */
+  "room.failed": { room: string; error: MixroomError };
   /**
    * The room's history is shorter than what this client had seen (the
    * server's store was reset): counting restarts from `lastSeq`.
@@ -125,9 +165,14 @@ export interface MixroomClientOptions {
   /**
    * Returns a valid access token (a Supabase session's `access_token`).
    * Called before every connect and before the current token expires.
+   * Throwing or returning nothing (signed out) stops the client in the
+   * `unauthorized` state.
    */
-  getToken: () => string | Promise<string>;
-  /** Defaults to `globalThis.WebSocket` (browsers, Node ≥ 22); pass `ws` on Node 20. */
+  getToken: () => string | null | undefined | Promise<string | null | undefined>;
+  /**
+   * Defaults to `globalThis.WebSocket` (browsers, Node ≥ 22), looked up at
+   * `connect()`; pass `ws` on Node 20.
+   */
   WebSocket?: WebSocketConstructor;
   /** Reconnect delays; defaults: 500 ms doubling up to 30 s, 50 % jitter. */
   backoff?: Partial<BackoffOptions>;
@@ -141,7 +186,7 @@ export interface MixroomClientOptions {
   typingThrottleMs?: number;
   /** Base URL of the HTTP API; derived from `url` by default. */
   httpUrl?: string;
-  /** Defaults to `globalThis.fetch`. */
+  /** Defaults to `globalThis.fetch`, looked up when an HTTP helper is called. */
   fetch?: typeof fetch;
   /** For tests: the jitter's random source. */
   random?: () => number;
@@ -157,11 +202,19 @@ export interface JoinOptions {
   since?: number;
 }
 
+/**
+ * Where an unacked message is: `queued` (waiting behind an earlier message
+ * of its room, or for the connection), `sending` (written, no ack yet) or
+ * `retrying` (waiting out `retry_after_ms` after `rate_limited`/`internal`).
+ */
+export type OutgoingState = "queued" | "sending" | "retrying";
+
 /** A message waiting for its ack. */
 export interface PendingMessage {
   room: string;
   clientId: string;
   body: string;
+  state: OutgoingState;
 }
 
 export interface NotificationItem {
@@ -178,6 +231,38 @@ export interface NotificationList {
   notifications: NotificationItem[];
   has_more: boolean;
   unread_count: number;
+}
+
+export interface NotificationQuery {
+  /** Only unread ones. */
+  unread?: boolean;
+  /** The page after this notification id (the last `id` of the previous page). */
+  before?: string;
+  /** 1 to 100; the server's default is 50. */
+  limit?: number;
+}
+
+/** Email on/off per kind (`GET /v1/me/preferences`). */
+export interface EmailSwitches {
+  chat: boolean;
+  booking: boolean;
+  support: boolean;
+  marketing: boolean;
+}
+
+export interface Preferences {
+  email: EmailSwitches;
+  /** The user's delay before an unread chat message is emailed; `null`: the server's. */
+  chat_delay_secs: number | null;
+  /** The server's delays, for showing what `null` means. */
+  defaults: { offline_delay_secs: number; unread_delay_secs: number };
+}
+
+/** A change for `PUT /v1/me/preferences`: only what is given changes. */
+export interface PreferencesUpdate {
+  email?: Partial<EmailSwitches>;
+  /** 0 to 604800 seconds, or `null` for the server's delays. */
+  chat_delay_secs?: number | null;
 }
 
 export interface UnreadCounts {
@@ -218,9 +303,20 @@ interface RoomState {
   readSent: number;
   lastTypingAt: number;
   waiters: Array<{ resolve: (frame: JoinedFrame) => void; reject: (error: MixroomError) => void }>;
+  /** Kept joined because `join()` asked (until `leave()`). */
+  explicit: boolean;
+  /** Open room views holding it. */
+  views: number;
+  /** From the latest `joined`, kept up to date by `presence`. */
+  members: Map<string, Member>;
 }
 
-interface Outgoing extends PendingMessage {
+interface Outgoing {
+  room: string;
+  clientId: string;
+  body: string;
+  /** Queue order over all rooms, for `pendingMessages()`. */
+  order: number;
   resolve: (ack: AckFrame) => void;
   reject: (error: MixroomError) => void;
   /** The socket generation it was last written to (`undefined`: not in flight). */
@@ -249,10 +345,10 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   private readonly options: Required<
     Omit<MixroomClientOptions, "WebSocket" | "backoff" | "fetch" | "httpUrl">
   >;
-  private readonly WebSocketImpl: WebSocketConstructor;
+  private readonly WebSocketOption: WebSocketConstructor | undefined;
   private readonly backoff: BackoffOptions;
   private readonly httpUrl: string;
-  private readonly fetchImpl: typeof fetch | undefined;
+  private readonly fetchOption: typeof fetch | undefined;
 
   private currentState: ConnectionState = "idle";
   private socket: WebSocketLike | undefined;
@@ -266,7 +362,12 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   private closedByUser = false;
   private token: string | undefined;
   private refreshingToken: { ref: string; token: string } | undefined;
+  /** `welcome` arrived on the current socket. */
+  private welcomed = false;
+  /** The server answered a refresh token from `getToken()` with `unauthorized` (and none got through since). */
+  private refreshRefused = false;
   private me: string | undefined;
+  private latestUnread: UnreadFrame | undefined;
   /** Server clock minus local clock, from `welcome` (token expiry is server time). */
   private clockSkewMs = 0;
   private lastHeardAt = 0;
@@ -277,21 +378,18 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
 
   private readonly rooms = new Map<string, RoomState>();
-  private readonly outbox: Outgoing[] = [];
+  /** Unacked messages, one ordered queue per room; each room's head is in flight. */
+  private readonly queues = new Map<string, Outgoing[]>();
+  private outgoingCounter = 0;
   private readonly requests = new Map<string, PendingRequest>();
-  private openWaiters: Array<() => void> = [];
+  private openWaiters: Array<{ resolve: () => void; reject: (error: MixroomError) => void }> = [];
 
   constructor(options: MixroomClientOptions) {
     super();
-    const WebSocketImpl =
-      options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WebSocketImpl) {
-      throw new Error("no WebSocket implementation: pass `WebSocket` (e.g. from the `ws` package)");
-    }
-    this.WebSocketImpl = WebSocketImpl;
+    this.WebSocketOption = options.WebSocket;
     this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.httpUrl = (options.httpUrl ?? httpUrlOf(options.url)).replace(/\/$/, "");
-    this.fetchImpl = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.fetchOption = options.fetch;
     this.options = {
       url: options.url,
       getToken: options.getToken,
@@ -316,11 +414,31 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     return this.me;
   }
 
-  /** Opens the connection (and keeps it open until `close()`). */
+  /** The latest `unread` frame (sent after every `welcome`), if any yet. */
+  get lastUnread(): UnreadFrame | undefined {
+    return this.latestUnread;
+  }
+
+  /**
+   * Opens the connection (and keeps it open until `close()`). From
+   * `unauthorized` (after the user signed in again) it starts over.
+   * Throws when there is no WebSocket implementation (Node 20 without
+   * the `WebSocket` option).
+   */
   connect(): void {
-    if (this.currentState !== "idle" && this.currentState !== "closed") return;
+    if (!["idle", "closed", "unauthorized"].includes(this.currentState)) return;
+    this.webSocketImpl(); // fail here, at the caller, rather than in a retry loop
     this.closedByUser = false;
+    this.attempt = 0;
     void this.openSocket();
+  }
+
+  private webSocketImpl(): WebSocketConstructor {
+    const impl = this.WebSocketOption ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!impl) {
+      throw new Error("no WebSocket implementation: pass `WebSocket` (e.g. from the `ws` package)");
+    }
+    return impl;
   }
 
   /**
@@ -347,38 +465,54 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     void this.openSocket();
   }
 
-  /** Resolves once the connection is open (rejects after `timeoutMs`). */
+  /**
+   * Resolves once the connection is open; rejects after `timeoutMs`, or at
+   * once in (or on entering) the `unauthorized` state.
+   */
   whenOpen(timeoutMs = this.options.requestTimeoutMs): Promise<void> {
     if (this.currentState === "open") return Promise.resolve();
+    if (this.currentState === "unauthorized") {
+      return Promise.reject(new MixroomError("unauthorized", "signed out: no usable token"));
+    }
     return new Promise((resolve, reject) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        resolve();
+      const waiter = {
+        resolve: (): void => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (error: MixroomError): void => {
+          clearTimeout(timer);
+          reject(error);
+        },
       };
       const timer = setTimeout(() => {
-        this.openWaiters = this.openWaiters.filter((waiter) => waiter !== done);
+        this.openWaiters = this.openWaiters.filter((other) => other !== waiter);
         reject(new MixroomError("timeout", `not connected within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.openWaiters.push(done);
+      this.openWaiters.push(waiter);
     });
   }
 
   private async openSocket(): Promise<void> {
     const generation = ++this.generation;
     this.setState("connecting");
-    let token: string;
+    let token: string | null | undefined;
     try {
       token = await this.options.getToken();
     } catch (error) {
       if (generation !== this.generation) return;
       this.emit("token_error", { error });
-      this.scheduleReconnect();
+      this.becomeUnauthorized("token_error", error);
       return;
     }
     if (generation !== this.generation) return; // closed while waiting
+    if (typeof token !== "string" || token === "") {
+      this.becomeUnauthorized("no_token");
+      return;
+    }
     let socket: WebSocketLike;
     try {
-      socket = new this.WebSocketImpl(this.options.url);
+      socket = new (this.webSocketImpl())(this.options.url);
     } catch (error) {
       this.emit("disconnected", { code: 0, reason: String(error), willReconnect: true });
       this.scheduleReconnect();
@@ -427,6 +561,16 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       this.socket.onopen = this.socket.onmessage = this.socket.onclose = null;
     }
     this.socket = undefined;
+    // 4001 on a token fresh from getToken() — refused at `auth`, closed
+    // while a refresh `auth` was pending (a token of another user), or after
+    // the server answered a refresh token with `unauthorized` — means no
+    // token will do: stop. 4001 on a welcomed socket whose refreshes were
+    // not refused is mere expiry: reconnect with a new token.
+    const tokenRefused =
+      code === CloseCode.AuthFailed &&
+      (!this.welcomed || this.refreshingToken !== undefined || this.refreshRefused);
+    this.welcomed = false;
+    this.refreshRefused = false;
     this.refreshingToken = undefined;
     this.clearTimer("refreshTimer");
     this.clearTimer("heartbeatTimer");
@@ -439,20 +583,27 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       room.pageUntil = undefined;
       room.pageRef = undefined;
     }
-    for (const message of this.outbox) {
-      message.sentOn = undefined;
-      if (message.ackTimer) clearTimeout(message.ackTimer);
-      message.ackTimer = undefined;
+    for (const [room, queue] of this.queues) {
+      for (const message of queue) {
+        message.sentOn = undefined;
+        if (message.ackTimer) clearTimeout(message.ackTimer);
+        message.ackTimer = undefined;
+      }
+      this.emit("outbox", { room });
     }
     for (const [ref, request] of this.requests) {
       clearTimeout(request.timer);
       request.reject(new MixroomError("connection_lost", "the connection was lost"));
       this.requests.delete(ref);
     }
-    const willReconnect = !this.closedByUser;
+    const willReconnect = !this.closedByUser && !tokenRefused;
     this.emit("disconnected", { code, reason, willReconnect });
-    if (!willReconnect) {
+    if (this.closedByUser) {
       this.setState("closed");
+      return;
+    }
+    if (tokenRefused) {
+      this.becomeUnauthorized("token_refused");
       return;
     }
     if (code === CloseCode.Flooding || code === CloseCode.PolicyViolation) {
@@ -460,6 +611,21 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       this.attempt = Math.max(this.attempt, 4);
     }
     this.scheduleReconnect();
+  }
+
+  /** Stops reconnecting until the next `connect()`; rooms and queued messages are kept. */
+  private becomeUnauthorized(reason: UnauthorizedReason, error?: unknown): void {
+    this.generation++;
+    this.clearTimer("reconnectTimer");
+    this.clearTimer("refreshTimer");
+    this.clearTimer("heartbeatTimer");
+    this.token = undefined;
+    this.setState("unauthorized");
+    const waiters = this.openWaiters;
+    this.openWaiters = [];
+    const failure = new MixroomError("unauthorized", `signed out: ${reason}`);
+    for (const waiter of waiters) waiter.reject(failure);
+    this.emit("unauthorized", error === undefined ? { reason } : { reason, error });
   }
 
   private scheduleReconnect(): void {
@@ -542,6 +708,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
         this.settleRequest(frame);
         return this.emit("pong", frame);
       case "unread":
+        this.latestUnread = frame;
         return this.emit("unread", frame);
       case "message.delta":
         return this.emit("message.delta", frame);
@@ -551,8 +718,11 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
         return this.emit("typing", frame);
       case "read":
         return this.emit("read", frame);
-      case "presence":
+      case "presence": {
+        const member = this.rooms.get(frame.room)?.members.get(frame.user_id);
+        if (member) member.online = frame.online;
         return this.emit("presence", frame);
+      }
       case "booking.updated":
         return this.emit("booking.updated", frame);
       case "notification":
@@ -565,6 +735,12 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
 
   private onWelcome(frame: WelcomeFrame): void {
     this.attempt = 0;
+    this.welcomed = true;
+    if (this.me !== undefined && this.me !== frame.user_id) {
+      // Signed in as someone else: what the previous user queued is not
+      // theirs to send.
+      this.dropAllOutgoing(new MixroomError("unauthorized", "signed in as another user"));
+    }
     this.me = frame.user_id;
     const serverTime = Date.parse(frame.server_time);
     if (Number.isFinite(serverTime)) this.clockSkewMs = serverTime - Date.now();
@@ -576,7 +752,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     this.pumpOutbox();
     const waiters = this.openWaiters;
     this.openWaiters = [];
-    for (const waiter of waiters) waiter();
+    for (const waiter of waiters) waiter.resolve();
   }
 
   private onJoined(frame: JoinedFrame): void {
@@ -592,6 +768,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       room.joinRef = undefined;
       room.joinedOnSocket = true;
       room.lastJoined = frame;
+      room.members = new Map(frame.members.map((member) => [member.user_id, { ...member }]));
       if (room.lastSeq === undefined) {
         // First join without `since`: live messages from here on.
         room.lastSeq = frame.last_seq;
@@ -617,6 +794,9 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
         this.rooms.delete(frame.room);
         const error = new MixroomError("forbidden", `removed from ${frame.room}`);
         for (const waiter of room.waiters) waiter.reject(error);
+        this.emit("left", frame);
+        this.emit("room.failed", { room: frame.room, error });
+        return;
       }
     }
     this.emit("left", frame);
@@ -716,23 +896,56 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   }
 
   private onAck(frame: AckFrame): void {
-    const index = this.outbox.findIndex((message) => message.clientId === frame.client_id);
-    if (index >= 0) {
-      const [message] = this.outbox.splice(index, 1);
-      if (message) {
-        clearOutgoingTimers(message);
-        message.resolve(frame);
-      }
+    const message = this.findOutgoing(frame.ref, frame.client_id);
+    if (message) {
+      this.removeOutgoing(message);
+      clearOutgoingTimers(message);
+      message.resolve(frame);
     }
     this.emit("ack", frame);
-    this.pumpOutbox();
+    if (message) {
+      this.emit("outbox", { room: message.room });
+      this.pumpRoom(message.room);
+    }
+  }
+
+  /** The unacked message an `ack`/`error` is about: by its `ref`, else by `client_id`. */
+  private findOutgoing(ref: string | undefined, clientId?: string): Outgoing | undefined {
+    for (const queue of this.queues.values()) {
+      for (const message of queue) {
+        if (ref !== undefined ? ref === sendRef(message.clientId) : message.clientId === clientId) {
+          return message;
+        }
+      }
+    }
+    if (ref !== undefined && clientId !== undefined) return this.findOutgoing(undefined, clientId);
+    return undefined;
+  }
+
+  private removeOutgoing(message: Outgoing): void {
+    const queue = this.queues.get(message.room);
+    if (!queue) return;
+    const index = queue.indexOf(message);
+    if (index >= 0) queue.splice(index, 1);
+    if (queue.length === 0) this.queues.delete(message.room);
+  }
+
+  private dropAllOutgoing(error: MixroomError): void {
+    const rooms = [...this.queues.keys()];
+    const messages = [...this.queues.values()].flat();
+    this.queues.clear();
+    for (const message of messages) {
+      clearOutgoingTimers(message);
+      message.reject(error);
+    }
+    for (const room of rooms) this.emit("outbox", { room });
   }
 
   private onError(frame: ErrorFrame): void {
     this.emit("error", frame);
     const ref = frame.ref;
     if (ref === undefined) return;
-    const outgoing = this.outbox.find((message) => sendRef(message.clientId) === ref);
+    const outgoing = ref.startsWith("send:") ? this.findOutgoing(ref) : undefined;
     if (outgoing) return this.onSendError(outgoing, frame);
     const paging = [...this.rooms.values()].find((room) => room.pageRef === ref);
     if (paging) {
@@ -760,6 +973,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       // `exp`. Try again shortly; at `exp` the server closes with 4001 and
       // the reconnect asks `getToken()` again.
       this.refreshingToken = undefined;
+      if (frame.code === "unauthorized") this.refreshRefused = true;
       this.scheduleRefresh(5_000);
       return;
     }
@@ -776,17 +990,21 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     clearOutgoingTimers(message);
     message.sentOn = undefined;
     if (RETRYABLE_CODES.has(frame.code)) {
-      // Same client_id later: stored at most once whatever happened.
-      const generation = this.generation;
+      // Same client_id later: stored at most once whatever happened. Only
+      // this room waits; the other rooms' queues go on.
       message.retryTimer = setTimeout(() => {
         message.retryTimer = undefined;
-        if (generation === this.generation) this.pumpOutbox();
+        this.pumpRoom(message.room);
       }, frame.retry_after_ms ?? 1000);
+      this.emit("outbox", { room: message.room });
       return;
     }
-    this.outbox.splice(this.outbox.indexOf(message), 1);
-    message.reject(MixroomError.fromFrame(frame));
-    this.pumpOutbox();
+    this.removeOutgoing(message);
+    const error = MixroomError.fromFrame(frame);
+    message.reject(error);
+    this.emit("send.failed", { room: message.room, clientId: message.clientId, body: message.body, error });
+    this.emit("outbox", { room: message.room });
+    this.pumpRoom(message.room);
   }
 
   private onJoinError(room: RoomState, frame: ErrorFrame): void {
@@ -804,12 +1022,14 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     this.rooms.delete(room.name);
     const error = MixroomError.fromFrame(frame);
     for (const waiter of room.waiters) waiter.reject(error);
+    this.emit("room.failed", { room: room.name, error });
   }
 
   private onTokenRefreshed(frame: TokenRefreshedFrame): void {
     if (this.refreshingToken && (frame.ref == null || frame.ref === this.refreshingToken.ref)) {
       this.token = this.refreshingToken.token;
       this.refreshingToken = undefined;
+      this.refreshRefused = false;
     }
     this.emit("token_refreshed", frame);
     this.scheduleRefresh();
@@ -869,7 +1089,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   }
 
   private async refreshToken(generation: number): Promise<void> {
-    let token: string;
+    let token: string | null | undefined;
     try {
       token = await this.options.getToken();
     } catch (error) {
@@ -879,6 +1099,12 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       return;
     }
     if (generation !== this.generation || this.currentState !== "open") return;
+    if (typeof token !== "string" || token === "") {
+      // Signed out while connected: the socket lives until `exp`; the
+      // reconnect after its 4001 asks getToken() again and stops then.
+      this.scheduleRefresh(5_000);
+      return;
+    }
     const ref = this.nextRef("auth");
     this.refreshingToken = { ref, token };
     this.write({ type: "auth", token, ref });
@@ -893,11 +1119,58 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
    * Resolves with the first `joined`; rejects if the server refuses.
    */
   join(roomName: string, options: JoinOptions = {}): Promise<JoinedFrame> {
+    const room = this.ensureRoom(roomName, options.since);
+    room.explicit = true;
+    if (room.joinedOnSocket && room.lastJoined) return Promise.resolve(room.lastJoined);
+    const joined = new Promise<JoinedFrame>((resolve, reject) => {
+      room.waiters.push({ resolve, reject });
+    });
+    if (this.currentState === "open") this.sendJoin(room);
+    return joined;
+  }
+
+  /**
+   * A live view of one room: its messages (the latest page loaded on join,
+   * older pages on demand), pending sends, members, typing, read cursors and
+   * unread count, as immutable snapshots. The room stays joined while a view
+   * (or a `join()`) holds it; `view.close()` lets go. See `RoomView`.
+   */
+  room(roomName: string, options: RoomViewOptions = {}): RoomView {
+    return new RoomView(this, roomName, this.roomLink(roomName), options);
+  }
+
+  private roomLink(roomName: string): RoomLink {
+    let held = false;
+    return {
+      hold: () => {
+        if (held) return;
+        held = true;
+        const room = this.ensureRoom(roomName, undefined);
+        room.views += 1;
+        if (this.currentState === "open") this.sendJoin(room);
+      },
+      release: () => {
+        if (!held) return;
+        held = false;
+        const room = this.rooms.get(roomName);
+        if (!room) return;
+        room.views = Math.max(0, room.views - 1);
+        if (room.views === 0 && !room.explicit) this.dropRoom(room);
+      },
+      joined: () => {
+        const room = this.rooms.get(roomName);
+        return room?.joinedOnSocket ? room.lastJoined : undefined;
+      },
+      members: () => [...(this.rooms.get(roomName)?.members.values() ?? [])].map((m) => ({ ...m })),
+    };
+  }
+
+  private ensureRoom(roomName: string, since: number | undefined): RoomState {
     let room = this.rooms.get(roomName);
     if (!room) {
       room = {
         name: roomName,
-        lastSeq: options.since,
+        lastSeq: since,
         joinedOnSocket: false,
         lastJoined: undefined,
         joinRef: undefined,
@@ -909,25 +1182,37 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
         readSent: 0,
         lastTypingAt: 0,
         waiters: [],
+        explicit: false,
+        views: 0,
+        members: new Map(),
       };
       this.rooms.set(roomName, room);
     }
-    if (room.joinedOnSocket && room.lastJoined) return Promise.resolve(room.lastJoined);
-    const joined = new Promise<JoinedFrame>((resolve, reject) => {
-      room.waiters.push({ resolve, reject });
-    });
-    if (this.currentState === "open") this.sendJoin(room);
-    return joined;
+    return room;
   }
 
-  /** Leaves `room`; it is no longer re-joined. */
+  /**
+   * Undoes `join()`: the room is left and no longer re-joined — unless an
+   * open room view still holds it, in which case it is left when the last
+   * view closes.
+   */
   leave(roomName: string): void {
     const room = this.rooms.get(roomName);
     if (!room) return;
-    this.rooms.delete(roomName);
+    room.explicit = false;
     const error = new MixroomError("closed", `left ${roomName}`);
-    for (const waiter of room.waiters) waiter.reject(error);
-    if (this.currentState === "open") this.write({ type: "leave", room: roomName });
+    const waiters = room.waiters;
+    room.waiters = [];
+    for (const waiter of waiters) waiter.reject(error);
+    if (room.views === 0) this.dropRoom(room);
+  }
+
+  private dropRoom(room: RoomState): void {
+    if (this.rooms.get(room.name) !== room) return;
+    this.rooms.delete(room.name);
+    if (this.currentState === "open" && (room.joinedOnSocket || room.joinRef !== undefined)) {
+      this.write({ type: "leave", room: room.name });
+    }
   }
 
   /** The highest seq delivered for `room` (`undefined` before its first `joined`). */
@@ -995,7 +1280,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     expect: T["type"],
     build: (ref: string) => ClientFrame,
   ): Promise<T> {
-    await this.whenOpen();
+    if (this.currentState !== "open") await this.whenOpen(); // written at once when open
     const ref = this.nextRef("req");
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -1019,40 +1304,68 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   /**
    * Queues a message and resolves with its ack once stored. Survives
    * reconnects: the same `client_id` is resent until acked, and the server
-   * stores it once. Messages go out one at a time, in the order queued.
-   * Rejects only when the server refuses it for good (`invalid`,
-   * `forbidden`, `too_large`, ...).
+   * stores it once. Each room has its own queue: its messages go out one at
+   * a time, in the order queued, while other rooms' queues go on
+   * regardless. Rejects only when the server refuses it for good
+   * (`invalid`, `forbidden`, `too_large`, ...).
    */
   send(roomName: string, body: string, options: SendOptions = {}): Promise<AckFrame> {
     const clientId = options.clientId ?? newClientId();
     return new Promise<AckFrame>((resolve, reject) => {
-      this.outbox.push({
+      let queue = this.queues.get(roomName);
+      if (!queue) {
+        queue = [];
+        this.queues.set(roomName, queue);
+      }
+      queue.push({
         room: roomName,
         clientId,
         body,
+        order: ++this.outgoingCounter,
         resolve,
         reject,
         sentOn: undefined,
         ackTimer: undefined,
         retryTimer: undefined,
       });
-      this.pumpOutbox();
+      this.emit("outbox", { room: roomName });
+      this.pumpRoom(roomName);
     });
   }
 
-  /** Messages queued or sent but not acked yet, oldest first. */
-  pendingMessages(): PendingMessage[] {
-    return this.outbox.map(({ room, clientId, body }) => ({ room, clientId, body }));
+  /** Messages queued or sent but not acked yet (of one room, or all), oldest first. */
+  pendingMessages(roomName?: string): PendingMessage[] {
+    const messages =
+      roomName === undefined
+        ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order)
+        : [...(this.queues.get(roomName) ?? [])];
+    return messages.map((message) => ({
+      room: message.room,
+      clientId: message.clientId,
+      body: message.body,
+      state: this.outgoingState(message),
+    }));
+  }
+
+  private outgoingState(message: Outgoing): OutgoingState {
+    if (message.retryTimer !== undefined) return "retrying";
+    if (message.sentOn !== undefined && message.sentOn === this.generation) return "sending";
+    return "queued";
+  }
+
+  private pumpOutbox(): void {
+    for (const room of [...this.queues.keys()]) this.pumpRoom(room);
   }
 
   /**
-   * Sends the oldest unacked message unless it is already in flight on
-   * this socket. One at a time keeps a user's messages in the order typed,
-   * even when one of them has to wait out `rate_limited`.
+   * Sends the room's oldest unacked message unless it is already in flight
+   * on this socket or waiting out a retry delay. One at a time per room
+   * keeps a user's messages in the order typed, even when one of them has
+   * to wait out `rate_limited`; other rooms are not held up by it.
    */
-  private pumpOutbox(): void {
+  private pumpRoom(roomName: string): void {
     if (this.currentState !== "open") return;
-    const message = this.outbox[0];
+    const message = this.queues.get(roomName)?.[0];
     if (!message || message.sentOn === this.generation || message.retryTimer) return;
     message.sentOn = this.generation;
     this.write({
@@ -1069,9 +1382,10 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       // again; the server answers with the original ack if it stored it.
       if (generation === this.generation && message.sentOn === generation) {
         message.sentOn = undefined;
-        this.pumpOutbox();
+        this.pumpRoom(message.room);
       }
     }, this.options.ackTimeoutMs);
+    this.emit("outbox", { room: message.room });
   }
 
   // -------------------------------------------------------------------------
@@ -1086,12 +1400,30 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     ).then((body) => ({ ...body, room: body.room ?? `support:${body.id}` }));
   }
 
-  /** `GET /v1/notifications` (newest first). */
-  notifications(options: { unread?: boolean; limit?: number } = {}): Promise<NotificationList> {
+  /**
+   * `GET /v1/notifications`, newest first. For the next page pass the last
+   * notification's `id` as `before` while `has_more` is true.
+   */
+  notifications(options: NotificationQuery = {}): Promise<NotificationList> {
     const query = new URLSearchParams();
     if (options.unread) query.set("unread", "true");
+    if (options.before !== undefined) query.set("before", options.before);
     if (options.limit !== undefined) query.set("limit", String(options.limit));
     return this.http<NotificationList>("GET", `/v1/notifications${querySuffix(query)}`);
+  }
+
+  /** `GET /v1/me/preferences`: email on/off per kind and the chat email delay. */
+  preferences(): Promise<Preferences> {
+    return this.http<Preferences>("GET", "/v1/me/preferences");
+  }
+
+  /**
+   * `PUT /v1/me/preferences`: changes only what `change` names (e.g.
+   * `{ email: { marketing: true } }`); resolves with the stored preferences.
+   * An unknown kind or a delay out of range rejects (HTTP 422).
+   */
+  updatePreferences(change: PreferencesUpdate): Promise<Preferences> {
+    return this.http<Preferences>("PUT", "/v1/me/preferences", change);
   }
 
   markNotificationRead(id: string): Promise<NotificationItem> {
@@ -1115,16 +1447,21 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     return this.http("GET", `/v1/rooms/${encodeURIComponent(roomName)}/messages${querySuffix(query)}`);
   }
 
-  private async http<T>(method: string, path: string): Promise<T> {
-    if (!this.fetchImpl) throw new Error("no fetch implementation: pass `fetch`");
+  private async http<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const fetchImpl = this.fetchOption ?? (globalThis as { fetch?: typeof fetch }).fetch;
+    if (!fetchImpl) throw new Error("no fetch implementation: pass `fetch`");
     const token = await this.usableToken();
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), this.options.requestTimeoutMs);
+    const headers: Record<string, string> = { authorization: `Bearer ${token}` };
+    if (body !== undefined) headers["content-type"] = "application/json";
     try {
-      const response = await this.fetchImpl(`${this.httpUrl}${path}`, {
+      // Called unbound: a browser's fetch refuses `this` other than window.
+      const response = await fetchImpl.call(globalThis, `${this.httpUrl}${path}`, {
         method,
-        headers: { authorization: `Bearer ${token}` },
+        headers,
         signal: controller.signal,
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
       });
       const text = await response.text();
       if (!response.ok) {
@@ -1144,7 +1481,11 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     if (this.token !== undefined && (expiresAt === undefined || expiresAt - Date.now() > 5_000)) {
       return this.token;
     }
-    return this.options.getToken();
+    const token = await this.options.getToken();
+    if (typeof token !== "string" || token === "") {
+      throw new MixroomError("unauthorized", "signed out: getToken() returned no token");
+    }
+    return token;
   }
 }
 
@@ -1171,12 +1512,4 @@ export function httpUrlOf(wsUrl: string): string {
   url.search = "";
   url.hash = "";
   return url.toString().replace(/\/$/, "");
-}
-
-/** A UUID; `crypto.randomUUID` is missing on plain-http pages that are not localhost. */
-function newClientId(): string {
-  const cryptoApi = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
-  if (cryptoApi?.randomUUID) return cryptoApi.randomUUID();
-  const random = (): string => Math.random().toString(16).slice(2, 10).padEnd(8, "0");
-  return `${random()}-${random().slice(0, 4)}-4${random().slice(0, 3)}-${random().slice(0, 4)}-${random()}${random().slice(0, 4)}`;
 }

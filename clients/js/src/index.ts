@@ -3,17 +3,32 @@ export {
   httpUrlOf,
   type ClientEvents,
   type ConnectionState,
+  type EmailSwitches,
   type JoinOptions,
   type MixroomClientOptions,
   type NotificationItem,
   type NotificationList,
+  type NotificationQuery,
+  type OutgoingState,
   type PendingMessage,
+  type Preferences,
+  type PreferencesUpdate,
   type SendOptions,
   type SupportConversation,
+  type UnauthorizedReason,
   type UnreadCounts,
   type WebSocketConstructor,
   type WebSocketLike,
 } from "./client.js";
+export {
+  RoomView,
+  type PendingSend,
+  type PendingSendState,
+  type RoomSnapshot,
+  type RoomStatus,
+  type RoomViewOptions,
+  type StreamingMessage,
+} from "./room.js";
 export { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
 export { MixroomError } from "./errors.js";
 export { TypedEmitter, type Listener } from "./emitter.js";

@@ -294,13 +294,14 @@ describe("send queue", () => {
       WebSocket: FakeSocket,
     });
     const sent = client.send("booking:b1", "queued", { clientId: "c-q" });
-    expect(client.pendingMessages()).toEqual([{ room: "booking:b1", clientId: "c-q", body: "queued" }]);
+    expect(client.pendingMessages()).toEqual([{ room: "booking:b1", clientId: "c-q", body: "queued", state: "queued" }]);
     client.connect();
     await tick();
     const socket = FakeSocket.latest();
     expect(socket.sentOfType("send")).toHaveLength(0);
     socket.welcome();
     expect(socket.sentOfType("send")).toHaveLength(1);
+    expect(client.pendingMessages("booking:b1").map((m) => m.state)).toEqual(["sending"]);
     socket.receive({ type: "ack", client_id: "c-q", id: "m1", seq: 1, sent_at: "t" });
     await sent;
     client.close();
@@ -316,5 +317,212 @@ describe("send queue", () => {
     client.typing("booking:b1");
     expect(socket.sentOfType("typing")).toHaveLength(1);
     client.close();
+  });
+});
+
+describe("per-room send queues", () => {
+  test("a room whose ack is withheld does not hold up another room; order within each room is kept", async () => {
+    const { client, socket } = await connectedClient({ ackTimeoutMs: 60_000 });
+    const support = [client.send("support:s1", "refund?", { clientId: "s-1" }), client.send("support:s1", "hello?", { clientId: "s-2" })];
+    const booking = [
+      client.send("booking:b1", "one", { clientId: "b-1" }),
+      client.send("booking:b1", "two", { clientId: "b-2" }),
+      client.send("booking:b1", "three", { clientId: "b-3" }),
+    ];
+    const sentIds = (): unknown[] => socket.sentOfType("send").map((f) => f.client_id);
+    // Each room's head goes out at once; the rest of each room waits its turn.
+    expect(sentIds()).toEqual(["s-1", "b-1"]);
+    // The support message gets no ack (a stalled room); the booking chat goes on.
+    for (const [i, id] of ["b-1", "b-2", "b-3"].entries()) {
+      socket.receive({ type: "ack", ref: `send:${id}`, client_id: id, id: `m${i}`, seq: i + 1, sent_at: "t" });
+    }
+    await expect(Promise.all(booking)).resolves.toMatchObject([{ seq: 1 }, { seq: 2 }, { seq: 3 }]);
+    expect(sentIds()).toEqual(["s-1", "b-1", "b-2", "b-3"]);
+    expect(client.pendingMessages().map((m) => [m.clientId, m.state])).toEqual([
+      ["s-1", "sending"],
+      ["s-2", "queued"],
+    ]);
+    // rate_limited in one room: only that room waits.
+    socket.receive({ type: "error", ref: "send:s-1", code: "rate_limited", message: "slow down", retry_after_ms: 40 });
+    expect(client.pendingMessages("support:s1")[0]?.state).toBe("retrying");
+    const late = client.send("booking:b1", "four", { clientId: "b-4" });
+    expect(sentIds().at(-1)).toBe("b-4");
+    socket.receive({ type: "ack", ref: "send:b-4", client_id: "b-4", id: "m4", seq: 4, sent_at: "t" });
+    await late;
+    await until(() => sentIds().filter((id) => id === "s-1").length === 2, "the support message resent");
+    socket.receive({ type: "ack", ref: "send:s-1", client_id: "s-1", id: "x1", seq: 1, sent_at: "t" });
+    expect(sentIds().at(-1)).toBe("s-2");
+    socket.receive({ type: "ack", ref: "send:s-2", client_id: "s-2", id: "x2", seq: 2, sent_at: "t" });
+    await expect(Promise.all(support)).resolves.toMatchObject([{ seq: 1 }, { seq: 2 }]);
+    expect(client.pendingMessages()).toEqual([]);
+    client.close();
+  });
+
+  test("a refusal in one room rejects that message only and emits send.failed", async () => {
+    const { client, socket } = await connectedClient();
+    const failures: unknown[] = [];
+    client.on("send.failed", (event) => failures.push(event));
+    const refused = client.send("booking:other", "let me in", { clientId: "x-1" });
+    const fine = client.send("booking:b1", "hi", { clientId: "b-1" });
+    socket.receive({ type: "error", ref: "send:x-1", code: "forbidden", message: "not a participant" });
+    await expect(refused).rejects.toMatchObject({ code: "forbidden" });
+    expect(failures).toMatchObject([{ room: "booking:other", clientId: "x-1", body: "let me in" }]);
+    socket.receive({ type: "ack", ref: "send:b-1", client_id: "b-1", id: "m1", seq: 1, sent_at: "t" });
+    await expect(fine).resolves.toMatchObject({ seq: 1 });
+    client.close();
+  });
+});
+
+describe("unauthorized", () => {
+  function signedOutClient(getToken: () => string | null | undefined | Promise<string | null | undefined>): MixroomClient {
+    return new MixroomClient({
+      url: "ws://mixroom.test/v1/ws",
+      getToken,
+      WebSocket: FakeSocket,
+      backoff: { initialMs: 5, maxMs: 10 },
+    });
+  }
+
+  test("getToken() throwing stops the client in `unauthorized`: no socket, no retry loop", async () => {
+    let calls = 0;
+    const client = signedOutClient(() => {
+      calls += 1;
+      throw new Error("signed out");
+    });
+    const events: unknown[] = [];
+    client.on("unauthorized", (event) => events.push(event));
+    const opened = client.whenOpen(5_000);
+    client.connect();
+    await expect(opened).rejects.toMatchObject({ code: "unauthorized" });
+    await tick(150); // 15 backoff delays' worth
+    expect(client.state).toBe("unauthorized");
+    expect(calls).toBe(1);
+    expect(FakeSocket.instances).toHaveLength(0);
+    expect(events).toMatchObject([{ reason: "token_error" }]);
+  });
+
+  test.each([null, undefined, ""])("getToken() returning %j is the same", async (nothing) => {
+    const client = signedOutClient(() => nothing);
+    const reasons: string[] = [];
+    client.on("unauthorized", ({ reason }) => reasons.push(reason));
+    client.connect();
+    await until(() => client.state === "unauthorized", "unauthorized");
+    await tick(100);
+    expect(reasons).toEqual(["no_token"]);
+    expect(FakeSocket.instances).toHaveLength(0);
+  });
+
+  test("a token the server refuses at auth (4001 before welcome) is final", async () => {
+    let calls = 0;
+    const client = signedOutClient(() => {
+      calls += 1;
+      return unsignedToken(3600);
+    });
+    client.connect();
+    await until(() => client.state === "authenticating", "the auth frame");
+    FakeSocket.latest().receive({ type: "error", code: "unauthorized", message: "bad token" });
+    FakeSocket.latest().serverClose(4001, "bad token");
+    expect(client.state).toBe("unauthorized");
+    await tick(100);
+    expect(FakeSocket.instances).toHaveLength(1);
+    expect(calls).toBe(1);
+  });
+
+  test("4001 on a welcomed socket (expiry) reconnects once with a fresh token; refused again, it stops", async () => {
+    let calls = 0;
+    const client = signedOutClient(() => {
+      calls += 1;
+      return unsignedToken(3600);
+    });
+    const states: string[] = [];
+    client.on("state", ({ state }) => states.push(state));
+    client.connect();
+    await until(() => client.state === "authenticating", "the first auth");
+    FakeSocket.latest().welcome();
+    FakeSocket.latest().serverClose(4001, "token expired");
+    expect(client.state).toBe("reconnecting");
+    await until(() => FakeSocket.instances.length === 2 && client.state === "authenticating", "the reconnect");
+    expect(calls).toBe(2);
+    const second = FakeSocket.latest();
+    expect(second.sentOfType("auth")).toHaveLength(1);
+    second.serverClose(4001, "token expired");
+    expect(client.state).toBe("unauthorized");
+    await tick(100);
+    expect(FakeSocket.instances).toHaveLength(2);
+    expect(states).toEqual(["connecting", "authenticating", "open", "reconnecting", "connecting", "authenticating", "unauthorized"]);
+  });
+
+  test("4001 right after a refresh token was sent (a token for another user) is final", async () => {
+    const { client, socket } = await connectedClient({
+      getToken: () => unsignedToken(2),
+      refreshMarginMs: 1500,
+    });
+    await until(() => socket.sentOfType("auth").length === 2, "the refresh auth");
+    socket.serverClose(4001, "token for another user");
+    expect(client.state).toBe("unauthorized");
+    await tick(50);
+    expect(FakeSocket.instances).toHaveLength(1);
+  });
+
+  test("a refresh token the server answers with `unauthorized`: the 4001 at exp is final", async () => {
+    const { client, socket } = await connectedClient({
+      getToken: () => unsignedToken(2),
+      refreshMarginMs: 1500,
+    });
+    await until(() => socket.sentOfType("auth").length === 2, "the refresh auth");
+    const refresh = socket.sentOfType("auth")[1];
+    socket.receive({ type: "error", ref: refresh?.ref, code: "unauthorized", message: "bad token" });
+    expect(client.state).toBe("open"); // the old token is good until its exp
+    socket.serverClose(4001, "token expired");
+    expect(client.state).toBe("unauthorized");
+    await tick(50);
+    expect(FakeSocket.instances).toHaveLength(1);
+  });
+
+  test("connect() after sign-in starts over: rooms are re-joined and queued messages sent", async () => {
+    let signedIn = false;
+    const client = signedOutClient(() => (signedIn ? unsignedToken(3600) : undefined));
+    void client.join("booking:b1", { since: 0 }).catch(() => undefined);
+    const sent = client.send("booking:b1", "written while signed out", { clientId: "c-1" });
+    client.connect();
+    await until(() => client.state === "unauthorized", "unauthorized");
+    signedIn = true;
+    client.connect();
+    await until(() => client.state === "authenticating", "the new auth");
+    const socket = FakeSocket.latest();
+    socket.welcome();
+    expect(socket.sentOfType("join")).toMatchObject([{ room: "booking:b1", since: 0 }]);
+    expect(socket.sentOfType("send")).toMatchObject([{ client_id: "c-1" }]);
+    socket.receive({ type: "ack", ref: "send:c-1", client_id: "c-1", id: "m1", seq: 1, sent_at: "t" });
+    await expect(sent).resolves.toMatchObject({ seq: 1 });
+    client.close();
+  });
+
+  test("what one user queued is not sent after another user signs in", async () => {
+    let user = "u1";
+    const client = signedOutClient(() => unsignedToken(3600));
+    client.connect();
+    await until(() => client.state === "authenticating", "auth");
+    FakeSocket.latest().welcome(user);
+    FakeSocket.latest().serverClose(1006);
+    const queued = client.send("booking:b1", "from u1", { clientId: "c-1" });
+    user = "u2";
+    await until(() => FakeSocket.instances.length === 2 && client.state === "authenticating", "reconnect");
+    FakeSocket.latest().welcome(user);
+    await expect(queued).rejects.toMatchObject({ code: "unauthorized" });
+    expect(FakeSocket.latest().sentOfType("send")).toEqual([]);
+    client.close();
+  });
+});
+
+describe("server-side rendering", () => {
+  test("without a global WebSocket a client can be built (and a room view made); only connect() needs one", () => {
+    expect((globalThis as { WebSocket?: unknown }).WebSocket).toBeUndefined(); // Node 20
+    const client = new MixroomClient({ url: "ws://mixroom.test/v1/ws", getToken: () => "t" });
+    const room = client.room("booking:b1");
+    expect(room.getSnapshot()).toMatchObject({ status: "joining", messages: [], connection: "idle" });
+    room.close();
+    expect(() => client.connect()).toThrow(/no WebSocket implementation/);
+    expect(client.state).toBe("idle");
   });
 });
