@@ -87,6 +87,36 @@ impl Inbox {
     }
 }
 
+impl Inbox {
+    /// Tells the user's sessions (every tab, every node) that notifications
+    /// were read elsewhere: `notifications.read` with the ids (or
+    /// `"all": true`), then the fresh `unread` counts.
+    pub fn read_elsewhere(&self, db: Db, user_id: &str, ids: Option<Vec<String>>) {
+        let read = match ids {
+            Some(ids) => serde_json::json!({ "type": "notifications.read", "ids": ids }),
+            None => serde_json::json!({ "type": "notifications.read", "all": true }),
+        };
+        self.hub.do_send(ToUser {
+            user_id: user_id.to_owned(),
+            frame: read.to_string().into(),
+        });
+        let hub = self.hub.clone();
+        let user_id = user_id.to_owned();
+        actix_rt::spawn(async move {
+            match unread_summary(&db, &user_id).await {
+                Ok(mut counts) => {
+                    counts["type"] = "unread".into();
+                    hub.do_send(ToUser {
+                        user_id,
+                        frame: counts.to_string().into(),
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "cannot count unread items"),
+            }
+        });
+    }
+}
+
 pub async fn unread_summary(db: &Db, user_id: &str) -> Result<serde_json::Value, AppError> {
     let notifications = db.unread_notification_count(user_id).await?;
     let rooms: serde_json::Map<String, serde_json::Value> = db

@@ -50,6 +50,9 @@ pub async fn mark_read(
         .mark_notification_read(&who.user_id, &id)
         .await?
         .ok_or_else(|| AppError::NotFound("no such notification".into()))?;
+    state
+        .inbox
+        .read_elsewhere(state.db.clone(), &who.user_id, Some(vec![row.id.clone()]));
     Ok(HttpResponse::Ok().json(NotificationView::from(&row)))
 }
 
@@ -59,6 +62,11 @@ pub async fn mark_all_read(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let marked = state.db.mark_all_notifications_read(&who.user_id).await?;
+    if marked > 0 {
+        state
+            .inbox
+            .read_elsewhere(state.db.clone(), &who.user_id, None);
+    }
     Ok(HttpResponse::Ok().json(json!({ "marked": marked })))
 }
 

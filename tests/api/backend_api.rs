@@ -259,6 +259,34 @@ async fn reads_reach_the_readers_other_tabs_and_cannot_run_ahead(backend: Backen
         .await
         .unwrap();
     assert_eq!(unread["rooms"][&room], 1, "{unread}");
+
+    // Reading a notification on the laptop clears it on the phone too.
+    let notice = internal(
+        &server,
+        reqwest::Method::POST,
+        "/v1/internal/notifications",
+        Some(json!({"user_id": ava.id, "kind": "booking", "title": "Paid"})),
+    )
+    .await;
+    let id = notice.1["id"].as_str().unwrap().to_owned();
+    phone.recv_type("notification").await;
+    let status = server
+        .http_client()
+        .post(server.http(&format!("/v1/notifications/{id}/read")))
+        .bearer_auth(&ava.token)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let read = phone.recv_type("notifications.read").await;
+    assert_eq!(read["ids"], json!([id]), "{read}");
+    // (The counts sent at `welcome` had no unread message yet.)
+    phone
+        .recv_matching("fresh unread counts", |f| {
+            f["type"] == "unread" && f["notifications"] == 0 && f["rooms"][&room] == 1
+        })
+        .await;
 }
 
 /// Mistakes get a JSON error that names them: user ids that no token could

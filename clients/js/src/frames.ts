@@ -36,6 +36,7 @@ export type ErrorCode =
   | "gone"
   | "too_large"
   | "timeout"
+  | "conflict"
   | "rate_limited"
   | "internal";
 
