@@ -42,6 +42,8 @@ pub struct Metrics {
     pub http_request_seconds: HistogramVec,
     pub db_pool_connections: IntGaugeVec,
     pub db_pool_waiting: IntGauge,
+    /// 1 while the database answers the readiness probe's ping, else 0.
+    pub database_up: IntGauge,
     /// Labelled so the series exists only once a node has a Redis link.
     pub broker_connected: IntGaugeVec,
     pub ws_sessions: IntGauge,
@@ -189,6 +191,10 @@ impl Metrics {
             http_request_seconds,
             db_pool_connections,
             db_pool_waiting: gauge("db_pool_waiting", "Tasks waiting for a database connection"),
+            database_up: gauge(
+                "database_up",
+                "1 while the database answers the readiness ping (once a second), else 0",
+            ),
             broker_connected,
             ws_sessions: gauge("ws_sessions", "Open WebSocket sessions"),
             users_online: gauge(

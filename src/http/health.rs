@@ -48,6 +48,7 @@ impl ProbeCache {
                     }
                 };
                 cache.database_ok.store(ok, Ordering::Relaxed);
+                metrics.database_up.set(i64::from(ok));
                 // The outbox is shared by all nodes: its depth is read here.
                 if ok {
                     if let Ok(queued) = db.queued_email_count().await {

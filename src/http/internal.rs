@@ -301,20 +301,11 @@ pub struct BookingPatch {
     provider_ids: Option<Vec<String>>,
     status: Option<String>,
     title: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::preferences::explicit")]
     starts_at: Option<Option<String>>,
     version: Option<i64>,
     updated_at: Option<String>,
     reason: Option<String>,
-}
-
-/// `Some(None)` for an explicit `null`, `None` (by default) when absent.
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 const MAX_PROVIDERS: usize = 20;

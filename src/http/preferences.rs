@@ -69,7 +69,7 @@ pub async fn get(
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn explicit<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(super) fn explicit<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

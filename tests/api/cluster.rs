@@ -516,9 +516,17 @@ async fn a_database_outage_refuses_acks_until_it_is_over() {
     assert!(reply["retry_after_ms"].as_u64().is_some(), "{reply}");
     let body = wait_for_readyz(&server, 503).await;
     assert_eq!(body["database"], "unreachable", "{body}");
+    // What the ops kit's MixroomDatabaseDown alert watches.
+    let within = std::time::Duration::from_secs(5);
+    server
+        .wait_for_metric("mixroom_database_up", 0.0, within)
+        .await;
 
     relay.restore();
     wait_for_readyz(&server, 200).await;
+    server
+        .wait_for_metric("mixroom_database_up", 1.0, within)
+        .await;
     let history = server.history_over_http(&sam, &room, None, None).await;
     assert!(
         history["messages"]

@@ -202,6 +202,7 @@ async fn metrics_expose_connections_rooms_frames_and_latencies() {
         "mixroom_http_request_seconds_bucket{route=\"/v1/internal/users/{id}\"",
         "mixroom_db_pool_connections{state=\"idle\"}",
         "mixroom_db_pool_waiting 0",
+        "mixroom_database_up 1",
         "process_open_fds",
         "process_max_fds",
         "process_resident_memory_bytes",
