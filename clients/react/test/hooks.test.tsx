@@ -12,6 +12,7 @@ import {
   useNotifications,
   usePresence,
   useRoom,
+  useSupportConversation,
   useTyping,
 } from "../src/index.js";
 import {
@@ -334,5 +335,69 @@ describe("useBookingStatus", () => {
     await waitFor(() => expect(screen.getByTestId("booking-status").textContent).toBe("paid"), wait);
     await act(() => new Promise((done) => setTimeout(done, 300)));
     expect(screen.getByTestId("booking-status").textContent).toBe("paid");
+  });
+});
+
+function Support({ label }: { label: string }) {
+  const support = useSupportConversation();
+  const { room } = support;
+  const [draft, setDraft] = useState("");
+  return (
+    <section>
+      <p data-testid={`support-status-${label}`}>{support.status}</p>
+      <p data-testid={`support-id-${label}`}>{support.conversation?.id ?? ""}</p>
+      <p data-testid={`support-room-${label}`}>{room.status}</p>
+      <ol data-testid={`support-messages-${label}`}>
+        {room.messages.map((message) => (
+          <li key={message.seq} data-role={message.sender.role}>
+            {message.body}
+          </li>
+        ))}
+      </ol>
+      <p data-testid={`support-streaming-${label}`}>{room.streaming.map((s) => s.body).join("")}</p>
+      <input aria-label={`ask ${label}`} value={draft} onChange={(event) => setDraft(event.target.value)} />
+      <button
+        onClick={() => {
+          room.send(draft);
+          setDraft("");
+        }}
+      >
+        ask {label}
+      </button>
+    </section>
+  );
+}
+
+describe("useSupportConversation", () => {
+  test("opens one conversation for every hook (Strict Mode too) and shows the agent's answer as it streams", async () => {
+    const alice = newUser("Alice", "client");
+    await server.putUser(alice);
+    render(
+      <StrictMode>
+        <Provider server={server} user={alice}>
+          <Support label="a" />
+          <Support label="b" />
+        </Provider>
+      </StrictMode>,
+    );
+    await waitFor(() => expect(screen.getByTestId("support-room-a").textContent).toBe("ready"), wait);
+    expect(screen.getByTestId("support-status-a").textContent).toBe("open");
+    const id = screen.getByTestId("support-id-a").textContent;
+    expect(id).not.toBe("");
+    expect(screen.getByTestId("support-id-b").textContent).toBe(id);
+
+    fireEvent.change(screen.getByLabelText("ask a"), { target: { value: "How do refunds work?" } });
+    fireEvent.click(screen.getByText("ask a"));
+    // The answer streams in pieces first ...
+    await waitFor(() => expect(screen.getByTestId("support-streaming-b").textContent).not.toBe(""), wait);
+    // ... then the stored agent message replaces it.
+    await waitFor(() => {
+      const roles = [...screen.getByTestId("support-messages-b").querySelectorAll("li")].map((li) => li.getAttribute("data-role"));
+      expect(roles).toContain("agent");
+    }, { timeout: 30_000 });
+    await waitFor(() => expect(screen.getByTestId("support-streaming-b").textContent).toBe(""), wait);
+    const bodies = [...screen.getByTestId("support-messages-a").querySelectorAll("li")].map((li) => li.textContent);
+    expect(bodies[0]).toBe("How do refunds work?");
+    expect(bodies.filter((body) => body === "How do refunds work?")).toHaveLength(1);
   });
 });
