@@ -183,8 +183,9 @@ export class Inbox {
         if (frame.type === "notifications.read") this.onReadElsewhere(frame as { ids?: unknown; all?: unknown });
       }),
       client.on("welcome", () => {
-        // Back online: fetch what arrived meanwhile (live frames are not replayed).
-        if (this.started && this.status !== "loading") this.load();
+        // Live from here on: fetch again what arrived before (offline, or
+        // while a first fetch was on its way); a load in flight is superseded.
+        if (this.started) void this.load();
       }),
     ];
   }
@@ -195,7 +196,7 @@ export class Inbox {
     const remove = this.listeners.add(listener);
     if (!this.started && !this.disposed) {
       this.started = true;
-      this.load();
+      void this.load();
     }
     return remove;
   };

@@ -7,6 +7,7 @@ import { act, cleanup, fireEvent, render, screen, waitFor } from "@testing-libra
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
 import { MixroomClient } from "@mixroom/realtime-client";
 import {
+  MixroomProvider,
   useBookingStatus,
   useConnectionState,
   useNotifications,
@@ -215,6 +216,19 @@ describe("MixroomProvider", () => {
     await new Promise((done) => setTimeout(done, 700)); // no reconnect after the unmount
     expect(sockets.opened).toBe(1);
     expect(await wsSessions(server)).toBe(0);
+  });
+
+  test("signed out (userId null): no client, no socket", async () => {
+    render(
+      <MixroomProvider url={server.wsUrl} userId={null} getToken={() => "unused"} options={{ WebSocket: WebSocketImpl }}>
+        <Connection />
+        <Inbox />
+      </MixroomProvider>,
+    );
+    await act(() => new Promise((done) => setTimeout(done, 300)));
+    expect(screen.getByTestId("connection").textContent).toBe("idle");
+    expect(screen.getByTestId("inbox-status").textContent).toBe("idle");
+    expect(sockets.opened).toBe(0);
   });
 
   test("a new user gets a new client: the previous one's socket is closed", async () => {
