@@ -88,7 +88,7 @@ impl Bookings {
             let row = NotificationRow {
                 id: uuid::Uuid::now_v7().to_string(),
                 user_id: admin_id,
-                kind: "booking".to_owned(),
+                kind: crate::domain::email::EmailKind::Booking,
                 title: "A booking payment is disputed".to_owned(),
                 body: change
                     .reason

@@ -10,12 +10,21 @@ use crate::notify::Notifier;
 use crate::rooms::hub::{Hub, ToUser};
 
 /// Kinds of notification, which are also the email preference kinds.
-pub const KINDS: &[&str] = &["chat", "booking", "support", "marketing"];
+pub use crate::domain::email::EmailKind as NotificationKind;
+
+/// Every kind, as written on the wire (for error messages).
+pub fn kind_names() -> String {
+    NotificationKind::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 #[derive(Serialize)]
 pub struct NotificationView<'a> {
     pub id: &'a str,
-    pub kind: &'a str,
+    pub kind: &'static str,
     pub title: &'a str,
     pub body: &'a str,
     pub link: Option<&'a str>,
@@ -30,7 +39,7 @@ impl<'a> From<&'a NotificationRow> for NotificationView<'a> {
     fn from(row: &'a NotificationRow) -> Self {
         NotificationView {
             id: &row.id,
-            kind: &row.kind,
+            kind: row.kind.as_str(),
             title: &row.title,
             body: &row.body,
             link: row.link.as_deref(),

@@ -121,7 +121,7 @@ pub(super) fn status_notification(
     NotificationRow {
         id: uuid::Uuid::now_v7().to_string(),
         user_id: user_id.to_owned(),
-        kind: "booking".to_owned(),
+        kind: crate::domain::email::EmailKind::Booking,
         title: format!("Booking {}", change.status.words()),
         body: match change
             .reason

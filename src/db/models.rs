@@ -3,6 +3,7 @@
 use diesel::prelude::*;
 
 use crate::domain::booking::BookingStatus;
+use crate::domain::email::EmailKind;
 use crate::domain::wire::{MessageView, SenderView};
 
 use super::schema::{booking_participants, bookings, messages, read_cursors, rooms, users};
@@ -98,7 +99,7 @@ pub struct StatusChangeRow {
 pub struct NotificationRow {
     pub id: String,
     pub user_id: String,
-    pub kind: String,
+    pub kind: EmailKind,
     pub title: String,
     pub body: String,
     pub link: Option<String>,

@@ -24,9 +24,3 @@ impl BookingStatus {
         self.as_str().replace('_', " ")
     }
 }
-
-impl serde::Serialize for BookingStatus {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}

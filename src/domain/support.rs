@@ -12,9 +12,3 @@ text_enum! {
         Human = "human",
     }
 }
-
-impl serde::Serialize for ConversationStatus {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}

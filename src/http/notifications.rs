@@ -8,7 +8,7 @@ use super::extract::{AuthUser, InternalCaller};
 use crate::db::models::NotificationRow;
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::notifications::{NotificationView, KINDS};
+use crate::notifications::{kind_names, NotificationKind, NotificationView};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,13 +157,13 @@ pub async fn create(
     let mut body = body.into_inner();
     let single = body.user_id.is_some();
     let recipients = body.recipients()?;
-    if !KINDS.contains(&body.kind.as_str()) {
-        return Err(AppError::Unprocessable(format!(
+    let kind = NotificationKind::parse(&body.kind).ok_or_else(|| {
+        AppError::Unprocessable(format!(
             "unknown kind `{}`; expected one of {}",
             body.kind,
-            KINDS.join(", ")
-        )));
-    }
+            kind_names()
+        ))
+    })?;
     if body.title.trim().is_empty() || body.title.len() > 200 {
         return Err(AppError::Unprocessable(
             "`title` must be 1 to 200 bytes".into(),
@@ -187,7 +187,7 @@ pub async fn create(
         let row = NotificationRow {
             id: uuid::Uuid::now_v7().to_string(),
             user_id,
-            kind: body.kind.clone(),
+            kind,
             title: body.title.clone(),
             body: body.body.clone(),
             link: body.link.clone(),

@@ -9,7 +9,7 @@ use crate::db::email::PreferencesRow;
 use crate::domain::email::EmailKind;
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::notifications::KINDS;
+use crate::notifications::kind_names;
 use crate::notify::templates::kind_label;
 use crate::notify::unsubscribe::{UnsubscribeError, UnsubscribeSigner};
 
@@ -104,7 +104,7 @@ pub async fn put(
         let Some(kind) = EmailKind::parse(kind) else {
             return Err(AppError::Unprocessable(format!(
                 "unknown email kind `{kind}`; expected one of {}",
-                KINDS.join(", ")
+                kind_names()
             )));
         };
         row.set(kind, *enabled);

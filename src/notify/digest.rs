@@ -126,7 +126,7 @@ impl Composer {
                 entries
             }
             ItemSource::Notification(row) => vec![DigestEntry {
-                kind: row.kind.clone(),
+                kind: row.kind.as_str().to_owned(),
                 is_message: false,
                 heading: row.title.clone(),
                 body: row.body.clone(),

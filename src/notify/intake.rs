@@ -163,12 +163,8 @@ pub(super) fn notification_items(delays: Delays, rows: &[NotificationRow]) -> Ve
     rows.iter()
         .filter(|n| n.read_at.is_none())
         .filter_map(|n| {
-            // Kinds are checked where notifications are made; one that is
-            // not a kind of email has no switch to honour, so no email.
-            let Some(kind) = EmailKind::parse(&n.kind) else {
-                tracing::warn!(kind = %n.kind, "notification of no email kind: not emailed");
-                return None;
-            };
+            // Every kind of notification is a kind of email (one type).
+            let kind = n.kind;
             let due = delays.first_check(n.created_at);
             let mut item = new_item(
                 &n.user_id,

@@ -233,7 +233,7 @@ pub async fn escalate(
         let row = NotificationRow {
             id: uuid::Uuid::now_v7().to_string(),
             user_id: admin_id,
-            kind: "support".to_owned(),
+            kind: crate::domain::email::EmailKind::Support,
             title: "A support conversation needs a person".to_owned(),
             body: reason.clone(),
             link: Some(format!("/admin/support/conversations/{conversation_id}")),
