@@ -162,19 +162,18 @@ pub(super) async fn chat_ranges(
 pub(super) fn notification_items(delays: Delays, rows: &[NotificationRow]) -> Vec<EmailItemRow> {
     rows.iter()
         .filter(|n| n.read_at.is_none())
-        .filter_map(|n| {
+        .map(|n| {
             // Every kind of notification is a kind of email (one type).
-            let kind = n.kind;
             let due = delays.first_check(n.created_at);
             let mut item = new_item(
                 &n.user_id,
-                kind,
+                n.kind,
                 format!("notification:{}", n.id),
                 n.created_at,
                 due,
             );
             item.notification_id = Some(n.id.clone());
-            Some(item)
+            item
         })
         .collect()
 }
