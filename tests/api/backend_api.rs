@@ -248,16 +248,7 @@ async fn reads_reach_the_readers_other_tabs_and_cannot_run_ahead(backend: Backen
     phone.expect_silence(300, &["read"]).await;
 
     sam_ws.send_msg(&room, "s3", "Noon it is.").await;
-    let unread: Value = server
-        .http_client()
-        .get(server.http("/v1/me/unread"))
-        .bearer_auth(&ava.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let unread = server.get_as(&ava, "/v1/me/unread").await;
     assert_eq!(unread["rooms"][&room], 1, "{unread}");
 
     // Reading a notification on the laptop clears it on the phone too.
@@ -379,16 +370,7 @@ async fn one_notification_reaches_many_users_with_the_backends_data(backend: Bac
 
     let pushed = ava_ws.recv_type("notification").await;
     assert_eq!(pushed["data"]["booking_id"], "b1", "{pushed}");
-    let inbox: Value = server
-        .http_client()
-        .get(server.http("/v1/notifications"))
-        .bearer_auth(&sam.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let inbox = server.get_as(&sam, "/v1/notifications").await;
     assert_eq!(
         inbox["notifications"][0]["title"], "Your session moved",
         "{inbox}"
@@ -531,16 +513,7 @@ async fn an_idempotency_key_replays_the_same_request_and_refuses_another(backend
     assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], first["id"], "{again}");
-    let inbox: Value = server
-        .http_client()
-        .get(server.http("/v1/notifications"))
-        .bearer_auth(&ava.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let inbox = server.get_as(&ava, "/v1/notifications").await;
     let told = inbox["notifications"]
         .as_array()
         .unwrap()

@@ -44,6 +44,19 @@ impl TestServer {
         }
     }
 
+    /// `GET path` as `user` (their bearer token); the JSON answer.
+    pub async fn get_as(&self, user: &TestUser, path: &str) -> Value {
+        self.http
+            .get(self.http(path))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("GET {path}: {error}"))
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("GET {path}: not JSON: {error}"))
+    }
+
     /// `PUT /v1/internal/users/{id}`, as the Mixroom backend mirrors a profile.
     pub async fn put_user(&self, user: &TestUser) {
         let response = self
