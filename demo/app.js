@@ -1636,245 +1636,363 @@
   }
 
   // demo-src/main.ts
+  var TYPING_SHOWN_MS = 3e3;
   function element(id) {
     const found = document.getElementById(id);
     if (!found) throw new Error(`#${id} is missing from the page`);
     return found;
   }
-  function make(tag, className = "", text = "") {
-    const made = document.createElement(tag);
-    if (className) made.className = className;
-    if (text) made.textContent = text;
-    return made;
-  }
-  function post(path, body) {
-    return fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  }
   async function fetchSession(user) {
-    const response = await post("/demo/session", { user });
+    const response = await fetch("/demo/session", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user })
+    });
     if (!response.ok) throw new Error(`POST /demo/session: ${response.status} ${await response.text()}`);
     return await response.json();
+  }
+  function socketUrl() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/v1/ws`;
   }
   function timeOf(iso) {
     const date = new Date(iso);
     return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
-  function drawList(list, shown, entries, key, draw) {
-    const next = /* @__PURE__ */ new Map();
-    for (const entry of entries) next.set(key(entry), draw(entry, shown.get(key(entry))));
-    list.replaceChildren(...next.values());
-    shown.clear();
-    for (const [k, item] of next) shown.set(k, item);
-    list.scrollTop = list.scrollHeight;
+  function newId() {
+    return crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
   }
   var BookingChat = class {
     constructor(client, session) {
+      __publicField(this, "client", client);
       __publicField(this, "session", session);
       __publicField(this, "list", element("messages"));
-      __publicField(this, "shown", /* @__PURE__ */ new Map());
-      __publicField(this, "room");
-      __publicField(this, "drawn");
+      __publicField(this, "typingLine", element("typing"));
+      __publicField(this, "membersLine", element("members"));
+      __publicField(this, "badge", element("status-badge"));
+      /** Rendered messages by seq, and not-yet-stored ones by client_id. */
+      __publicField(this, "bySeq", /* @__PURE__ */ new Map());
+      __publicField(this, "pending", /* @__PURE__ */ new Map());
+      __publicField(this, "members", /* @__PURE__ */ new Map());
+      /** Others' read positions, for "Seen by". */
+      __publicField(this, "readUpTo", /* @__PURE__ */ new Map());
+      __publicField(this, "typingTimers", /* @__PURE__ */ new Map());
+      __publicField(this, "newestSeq", 0);
       element("booking-title").textContent = session.booking.title;
-      setStatus(session.booking.status, false);
-      this.room = client.room(session.booking.room);
-      this.room.subscribe(() => this.draw(this.room.getSnapshot()));
-      this.draw(this.room.getSnapshot());
-      client.on("booking.updated", ({ booking_id, status }) => {
-        if (booking_id === session.booking.id) setStatus(status, true);
+      this.setStatus(session.booking.status, false);
+      for (const person of session.people) {
+        this.members.set(person.id, { user_id: person.id, name: person.name, role: person.role, online: false });
+      }
+      this.renderMembers();
+    }
+    get room() {
+      return this.session.booking.room;
+    }
+    async start() {
+      const client = this.client;
+      client.on("message", (message) => {
+        if (message.room !== this.room) return;
+        this.render(message);
+        this.markReadIfVisible();
       });
-      document.addEventListener("visibilitychange", () => this.markReadIfVisible(this.room.getSnapshot()));
+      client.on("typing", ({ room, user_id }) => {
+        if (room === this.room && user_id !== client.userId) this.showTyping(user_id);
+      });
+      client.on("read", ({ room, user_id, seq }) => {
+        if (room !== this.room || user_id === client.userId) return;
+        this.readUpTo.set(user_id, Math.max(seq, this.readUpTo.get(user_id) ?? 0));
+        this.renderReceipts();
+      });
+      client.on("presence", ({ room, user_id, online }) => {
+        const member = this.members.get(user_id);
+        if (room === this.room && member) {
+          member.online = online;
+          this.renderMembers();
+        }
+      });
+      client.on("joined", ({ room, members }) => {
+        if (room !== this.room) return;
+        for (const member of members) this.members.set(member.user_id, member);
+        this.renderMembers();
+      });
+      client.on("booking.updated", ({ booking_id, status }) => {
+        if (booking_id === this.session.booking.id) this.setStatus(status, true);
+      });
+      document.addEventListener("visibilitychange", () => this.markReadIfVisible());
+      const joined = await client.join(this.room);
+      if (joined.last_seq > 0) {
+        const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
+        for (const message of [...page.messages].reverse()) this.render(message);
+      }
+      this.markReadIfVisible();
       const input = element("message-input");
-      input.addEventListener("input", () => this.room.typing());
+      input.addEventListener("input", () => client.typing(this.room));
       element("composer").addEventListener("submit", (event) => {
         event.preventDefault();
         const body = input.value.trim();
+        if (!body) return;
         input.value = "";
-        if (body) this.room.send(body);
+        this.send(body);
       });
     }
-    draw(now) {
-      const before = this.drawn;
-      this.drawn = now;
-      if (now.members !== before?.members) this.drawMembers(now);
-      if (now.typing !== before?.typing || now.members !== before?.members) {
-        const names = now.typing.map((id) => this.nameOf(now, id));
-        element("typing").textContent = names.length === 0 ? "" : `${names.join(" and ")} ${names.length === 1 ? "is" : "are"} typing…`;
-      }
-      if (now.messages !== before?.messages || now.pending !== before?.pending || now.reads !== before?.reads) {
-        const entries = [
-          ...now.messages.map((message) => ({ message })),
-          ...now.pending.map((pending) => ({ pending }))
-        ];
-        drawList(
-          this.list,
-          this.shown,
-          entries,
-          (entry) => "message" in entry ? `seq:${entry.message.seq}` : `pending:${entry.pending.clientId}`,
-          (entry, previous) => "message" in entry ? previous ?? this.storedItem(now, entry.message) : this.pendingItem(entry.pending)
-        );
-        this.drawReceipts(now);
-      }
-      this.markReadIfVisible(now);
+    send(body) {
+      const clientId = newId();
+      const item = this.item(body, true);
+      item.classList.add("pending");
+      item.dataset.clientId = clientId;
+      item.querySelector(".meta").textContent = "sending…";
+      this.pending.set(clientId, item);
+      this.list.append(item);
+      this.scrollDown();
+      this.client.send(this.room, body, { clientId }).catch((error) => {
+        item.querySelector(".meta").textContent = error instanceof MixroomError ? `not sent: ${error.message}` : "not sent";
+      });
     }
-    storedItem(now, message) {
-      const mine = message.sender.user_id === now.userId;
-      const system = message.sender.role === "system";
-      const item = make("li", [mine ? "mine" : "", system ? "system" : ""].join(" ").trim());
-      item.dataset.testid = "message";
+    item(body, mine) {
+      const item = document.createElement("li");
+      if (mine) item.classList.add("mine");
+      const text = document.createElement("div");
+      text.className = "body";
+      text.textContent = body;
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      item.append(text, meta);
+      return item;
+    }
+    /** Draws a stored message in seq order (history and live may overlap). */
+    render(message) {
+      if (this.bySeq.has(message.seq)) return;
+      const mine = message.sender.user_id === this.client.userId;
+      const pending = message.client_id ? this.pending.get(message.client_id) : void 0;
+      const item = pending ?? this.item(message.body, mine);
+      if (pending && message.client_id) this.pending.delete(message.client_id);
+      item.classList.remove("pending");
       item.dataset.seq = String(message.seq);
-      const who = system ? "" : `${mine ? "You" : message.sender.name} · `;
-      item.append(make("div", "body", message.body), make("div", "meta", `${who}${timeOf(message.sent_at)}`));
-      return item;
+      item.dataset.testid = "message";
+      if (message.sender.role === "system") item.classList.add("system");
+      const meta = item.querySelector(".meta");
+      meta.textContent = message.sender.role === "system" ? timeOf(message.sent_at) : `${mine ? "You" : message.sender.name} · ${timeOf(message.sent_at)}`;
+      this.bySeq.set(message.seq, item);
+      this.newestSeq = Math.max(this.newestSeq, message.seq);
+      const later = [...this.bySeq.entries()].filter(([seq]) => seq > message.seq).sort(([a], [b]) => a - b)[0];
+      if (later) this.list.insertBefore(item, later[1]);
+      else if (!pending) this.list.insertBefore(item, this.list.querySelector("li.pending"));
+      if (!mine) this.hideTyping(message.sender.user_id ?? "");
+      this.renderReceipts();
+      this.scrollDown();
     }
-    pendingItem(pending) {
-      const item = make("li", "mine pending");
-      item.dataset.testid = "pending-message";
-      item.dataset.clientId = pending.clientId;
-      const meta = pending.state === "failed" ? `not sent: ${pending.error?.message ?? "refused"}` : pending.state === "retrying" ? "waiting to resend…" : "sending…";
-      item.append(make("div", "body", pending.body), make("div", "meta", meta));
-      return item;
+    markReadIfVisible() {
+      if (document.visibilityState === "visible" && this.newestSeq > 0) {
+        this.client.markRead(this.room, this.newestSeq);
+      }
     }
-    /** "Seen by Sam" under the newest of my messages each other reader has read. */
-    drawReceipts(now) {
+    /** "Seen by Sam" under the newest of my messages each reader has read. */
+    renderReceipts() {
       for (const receipt of this.list.querySelectorAll(".receipt")) receipt.remove();
-      const readers = /* @__PURE__ */ new Map();
-      for (const [userId, seq] of Object.entries(now.reads)) {
-        if (userId === now.userId) continue;
-        const newestMine = [...now.messages].reverse().find((m) => m.seq <= seq && m.sender.user_id === now.userId);
-        if (newestMine) readers.set(newestMine.seq, [...readers.get(newestMine.seq) ?? [], this.nameOf(now, userId)]);
+      const names = /* @__PURE__ */ new Map();
+      for (const [userId, seq] of this.readUpTo) {
+        const mine = [...this.bySeq.entries()].filter(([s, item]) => s <= seq && item.classList.contains("mine")).sort(([a], [b]) => b - a)[0];
+        if (!mine) continue;
+        const name = this.members.get(userId)?.name ?? "someone";
+        names.set(mine[1], [...names.get(mine[1]) ?? [], name]);
       }
-      for (const [seq, names] of readers) {
-        const receipt = make("span", "receipt", `Seen by ${names.sort().join(", ")}`);
+      for (const [item, readers] of names) {
+        const receipt = document.createElement("span");
+        receipt.className = "receipt";
         receipt.dataset.testid = "receipt";
-        this.shown.get(`seq:${seq}`)?.append(receipt);
+        receipt.textContent = `Seen by ${readers.sort().join(", ")}`;
+        item.append(receipt);
       }
     }
-    drawMembers(now) {
-      const members = now.members.length > 0 ? now.members : this.session.people.map((p) => ({ user_id: p.id, name: p.name, role: p.role, online: false }));
-      element("members").replaceChildren(
-        ...members.map((member) => {
-          const span = make("span", member.online ? "online" : "");
+    showTyping(userId) {
+      clearTimeout(this.typingTimers.get(userId));
+      this.typingTimers.set(userId, setTimeout(() => this.hideTyping(userId), TYPING_SHOWN_MS));
+      this.renderTyping();
+    }
+    hideTyping(userId) {
+      clearTimeout(this.typingTimers.get(userId));
+      if (this.typingTimers.delete(userId)) this.renderTyping();
+    }
+    renderTyping() {
+      const names = [...this.typingTimers.keys()].map((id) => this.members.get(id)?.name ?? "Someone");
+      this.typingLine.textContent = names.length === 0 ? "" : `${names.join(" and ")} ${names.length === 1 ? "is" : "are"} typing…`;
+    }
+    renderMembers() {
+      this.membersLine.replaceChildren(
+        ...[...this.members.values()].map((member) => {
+          const span = document.createElement("span");
+          span.className = member.online ? "online" : "";
           span.dataset.testid = `member-${member.name.toLowerCase()}`;
-          span.append(make("i", "dot"), `${member.name}${member.user_id === now.userId ? " (you)" : ""}`);
+          const dot = document.createElement("i");
+          dot.className = "dot";
+          span.append(dot, `${member.name}${member.user_id === this.client.userId ? " (you)" : ""}`);
           return span;
         })
       );
     }
-    nameOf(now, userId) {
-      return now.members.find((m) => m.user_id === userId)?.name ?? "Someone";
+    setStatus(status, flash) {
+      this.badge.textContent = status.replace(/_/g, " ");
+      this.badge.className = `badge ${status}`;
+      this.badge.dataset.status = status;
+      if (flash) {
+        void this.badge.offsetWidth;
+        this.badge.classList.add("flash");
+      }
+      element("status-select").value = status;
     }
-    markReadIfVisible(now) {
-      if (document.visibilityState === "visible" && now.lastSeq > now.readSeq) this.room.markRead(now.lastSeq);
+    scrollDown() {
+      this.list.scrollTop = this.list.scrollHeight;
     }
   };
-  function setStatus(status, flash) {
-    const badge = element("status-badge");
-    badge.textContent = status.replace(/_/g, " ");
-    badge.className = `badge ${status}`;
-    badge.dataset.status = status;
-    if (flash) {
-      void badge.offsetWidth;
-      badge.classList.add("flash");
+  var Bell = class {
+    constructor(client) {
+      __publicField(this, "client", client);
+      __publicField(this, "count", element("bell-count"));
+      __publicField(this, "panel", element("inbox"));
+      __publicField(this, "list", element("notifications"));
+      __publicField(this, "unread", 0);
     }
-    element("status-select").value = status;
-  }
-  function startBell(client) {
-    const count = element("bell-count");
-    const panel = element("inbox");
-    let unread = 0;
-    const setUnread = (value) => {
-      unread = value;
-      count.textContent = value > 99 ? "99+" : String(value);
-      count.hidden = value === 0;
-    };
-    const load = async () => {
-      const inbox = await client.notifications({ limit: 20 });
-      setUnread(inbox.unread_count);
-      const items = inbox.notifications.map((n) => {
-        const item = make("li", n.read_at ? "" : "unread");
-        item.append(make("b", "", n.title), make("small", "", `${n.body} · ${timeOf(n.created_at)}`));
-        return item;
+    start() {
+      this.client.on("unread", ({ notifications }) => this.setUnread(notifications));
+      this.client.on("notification", () => {
+        this.setUnread(this.unread + 1);
+        if (!this.panel.hidden) void this.load();
       });
-      element("notifications").replaceChildren(...items.length > 0 ? items : [make("li", "", "Nothing yet.")]);
-    };
-    client.on("unread", ({ notifications }) => setUnread(notifications));
-    client.on("notification", () => {
-      setUnread(unread + 1);
-      if (!panel.hidden) void load();
-    });
-    element("bell").addEventListener("click", () => {
-      panel.hidden = !panel.hidden;
-      if (!panel.hidden) void load();
-    });
-    element("read-all").addEventListener("click", () => {
-      void client.markAllNotificationsRead().then(() => {
-        setUnread(0);
-        return load();
+      element("bell").addEventListener("click", () => {
+        this.panel.hidden = !this.panel.hidden;
+        if (!this.panel.hidden) void this.load();
       });
-    });
-  }
-  function startSupport(client) {
-    const panel = element("support-panel");
-    const list = element("support-messages");
-    const note = element("support-note");
-    const form = element("support-form");
-    const intro = make("li", "system", "Ask anything about bookings, payments or your account.");
-    const shown = /* @__PURE__ */ new Map();
-    let opening;
-    const draw = (now) => {
-      const entries = [
-        { key: "intro", text: "", kind: "" },
-        ...now.messages.map((m) => ({
-          key: `seq:${m.seq}`,
-          text: m.body,
-          kind: m.sender.user_id === now.userId ? "mine" : m.sender.role,
-          ...m.sender.role === "agent" ? { testid: "support-answer" } : {}
-        })),
-        ...now.pending.map((p) => ({ key: `pending:${p.clientId}`, text: p.body, kind: "mine pending" })),
-        ...now.streaming.map((s) => ({ key: `streaming:${s.id}`, text: s.body, kind: "agent streaming", testid: "support-streaming" }))
-      ];
-      drawList(list, shown, entries, (e) => e.key, (entry, previous) => {
-        if (entry.key === "intro") return intro;
-        const item = previous ?? make("li", entry.kind);
-        item.className = entry.kind;
-        if (entry.testid) item.dataset.testid = entry.testid;
-        if (item.textContent !== entry.text) item.textContent = entry.text;
-        return item;
+      element("read-all").addEventListener("click", () => {
+        void this.client.markAllNotificationsRead().then(() => {
+          this.setUnread(0);
+          return this.load();
+        });
       });
-    };
-    const open = () => opening ?? (opening = client.openSupportConversation().then(({ room }) => {
-      const view = client.room(room);
-      view.subscribe(() => draw(view.getSnapshot()));
-      draw(view.getSnapshot());
-      return view;
-    }).catch((error) => {
-      const status = error instanceof MixroomError ? error.status : void 0;
-      note.textContent = status === 404 || status === 405 ? "Support chat is not available on this server." : `Support is unavailable right now (${error instanceof Error ? error.message : String(error)}).`;
-      note.hidden = false;
-      form.hidden = true;
-      opening = void 0;
-      return void 0;
-    }));
-    element("support").hidden = false;
-    element("support-open").addEventListener("click", () => {
-      panel.hidden = !panel.hidden;
-      if (!panel.hidden) void open();
-    });
-    element("support-close").addEventListener("click", () => panel.hidden = true);
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const input = element("support-input");
-      const question = input.value.trim();
-      input.value = "";
-      if (question) void open().then((view) => view?.send(question));
-    });
-  }
+    }
+    setUnread(count) {
+      this.unread = count;
+      this.count.textContent = count > 99 ? "99+" : String(count);
+      this.count.hidden = count === 0;
+    }
+    async load() {
+      const inbox = await this.client.notifications({ limit: 20 });
+      this.setUnread(inbox.unread_count);
+      this.list.replaceChildren(...inbox.notifications.map((n) => this.item(n)));
+      if (inbox.notifications.length === 0) {
+        const empty = document.createElement("li");
+        empty.textContent = "Nothing yet.";
+        this.list.append(empty);
+      }
+    }
+    item(notification) {
+      const item = document.createElement("li");
+      if (!notification.read_at) item.classList.add("unread");
+      const title = document.createElement("b");
+      title.textContent = notification.title;
+      const body = document.createElement("small");
+      body.textContent = `${notification.body} · ${timeOf(notification.created_at)}`;
+      item.append(title, body);
+      return item;
+    }
+  };
+  var SupportWidget = class {
+    constructor(client) {
+      __publicField(this, "client", client);
+      __publicField(this, "panel", element("support-panel"));
+      __publicField(this, "list", element("support-messages"));
+      __publicField(this, "note", element("support-note"));
+      __publicField(this, "form", element("support-form"));
+      __publicField(this, "room");
+      __publicField(this, "opening");
+      /** Agent replies being streamed, by message id. */
+      __publicField(this, "streaming", /* @__PURE__ */ new Map());
+      __publicField(this, "shown", /* @__PURE__ */ new Set());
+    }
+    start() {
+      element("support").hidden = false;
+      element("support-open").addEventListener("click", () => {
+        this.panel.hidden = !this.panel.hidden;
+        if (!this.panel.hidden) void this.open();
+      });
+      element("support-close").addEventListener("click", () => this.panel.hidden = true);
+      this.client.on("message.delta", ({ room, id, delta }) => {
+        if (room !== this.room) return;
+        let item = this.streaming.get(id);
+        if (!item) {
+          item = this.line("", "agent");
+          item.classList.add("streaming");
+          item.dataset.testid = "support-streaming";
+          this.streaming.set(id, item);
+        }
+        item.textContent += delta;
+        this.scrollDown();
+      });
+      this.client.on("message.aborted", ({ room, id }) => {
+        const item = this.streaming.get(id);
+        if (room !== this.room || !item) return;
+        this.streaming.delete(id);
+        item.remove();
+      });
+      this.client.on("message", (message) => {
+        if (message.room !== this.room || this.shown.has(message.id)) return;
+        this.shown.add(message.id);
+        const streamed = this.streaming.get(message.id);
+        if (streamed) {
+          this.streaming.delete(message.id);
+          streamed.classList.remove("streaming");
+          streamed.dataset.testid = "support-answer";
+          streamed.textContent = message.body;
+          return;
+        }
+        const kind = message.sender.user_id === this.client.userId ? "mine" : message.sender.role;
+        const item = this.line(message.body, kind);
+        if (message.sender.role === "agent") item.dataset.testid = "support-answer";
+      });
+      this.form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const input = element("support-input");
+        const question = input.value.trim();
+        if (!question) return;
+        input.value = "";
+        void this.open().then((room) => {
+          if (room) void this.client.send(room, question);
+        });
+      });
+    }
+    /** Opens a conversation once; resolves with its room, or nothing when unavailable. */
+    open() {
+      this.opening ?? (this.opening = this.client.openSupportConversation().then(async ({ room }) => {
+        this.room = room;
+        await this.client.join(room, { since: 0 });
+        this.line("Ask anything about bookings, payments or your account.", "system");
+        return room;
+      }).catch((error) => {
+        const status = error instanceof MixroomError ? error.status : void 0;
+        this.note.textContent = status === 404 || status === 405 ? "Support chat is not available on this server." : `Support is unavailable right now (${error instanceof Error ? error.message : String(error)}).`;
+        this.note.hidden = false;
+        this.form.hidden = true;
+        this.opening = void 0;
+        return void 0;
+      }));
+      return this.opening;
+    }
+    line(text, kind) {
+      const item = document.createElement("li");
+      item.className = kind;
+      item.textContent = text;
+      this.list.append(item);
+      this.scrollDown();
+      return item;
+    }
+    scrollDown() {
+      this.list.scrollTop = this.list.scrollHeight;
+    }
+  };
   async function start(userKey) {
     const first = await fetchSession(userKey);
     let fresh = first.token;
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const client = new MixroomClient({
-      url: `${scheme}//${location.host}/v1/ws`,
+      url: socketUrl(),
       // The first token comes with the session; later ones (reconnects and
       // refreshes before expiry) are minted again by the demo route — a real
       // app returns its Supabase session's access_token here.
@@ -1891,23 +2009,33 @@
     element("me").textContent = `${first.user.name} · ${first.user.role.replace(/_/g, " ")}`;
     const pill = element("connection");
     const showState = (state) => {
-      pill.textContent = state === "open" ? "live" : state === "unauthorized" ? "signed out" : state;
+      pill.textContent = state === "open" ? "live" : state;
       pill.className = `pill ${state}`;
       pill.dataset.state = state;
     };
     client.on("state", ({ state }) => showState(state));
     window.addEventListener("online", () => client.reconnectNow());
-    new BookingChat(client, first);
-    startBell(client);
-    startSupport(client);
+    const chat = new BookingChat(client, first);
+    new Bell(client).start();
+    new SupportWidget(client).start();
     element("status-form").addEventListener("submit", (event) => {
       event.preventDefault();
-      void post("/demo/booking", { status: element("status-select").value });
+      const status = element("status-select").value;
+      void fetch("/demo/booking", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ status })
+      });
     });
     element("partial-refund").addEventListener("click", () => {
-      void post("/demo/payment", { event: "partial_refund" });
+      void fetch("/demo/payment", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ event: "partial_refund" })
+      });
     });
     client.connect();
+    await chat.start();
   }
   function main() {
     const pick = (user) => {

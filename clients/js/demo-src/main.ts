@@ -1,10 +1,8 @@
 /**
  * The demo page served by the server at `/` (when `server.demo = true`):
  * a booking chat with typing and read receipts, a live booking status
- * badge, a notifications bell and the support widget. The chat and the
- * support widget each draw one `RoomView` snapshot (history, live
- * messages, pending sends, members, typing, reads); the page keeps no
- * chat state of its own. Bundled into `demo/app.js` by `npm run build:demo`.
+ * badge, a notifications bell and the support widget — all through
+ * `MixroomClient`. Bundled into `demo/app.js` by `npm run build:demo`.
  */
 import {
   MixroomClient,
@@ -13,9 +11,6 @@ import {
   type ConnectionState,
   type Member,
   type NotificationItem,
-  type PendingSend,
-  type RoomSnapshot,
-  type RoomView,
 } from "../src/index.js";
 
 interface DemoPerson {
@@ -25,7 +20,7 @@ interface DemoPerson {
   role: string;
 }
 
-/** The answer of `POST /demo/session`. */
+/** `POST /demo/session`: a token for a demo user, and the demo booking. */
 interface DemoSession {
   token: string;
   expires_in: number;
@@ -34,28 +29,27 @@ interface DemoSession {
   booking: { id: string; room: string; title: string; status: string };
 }
 
+const TYPING_SHOWN_MS = 3000;
+
 function element<T extends HTMLElement = HTMLElement>(id: string): T {
   const found = document.getElementById(id);
   if (!found) throw new Error(`#${id} is missing from the page`);
   return found as T;
 }
 
-function make<K extends keyof HTMLElementTagNameMap>(tag: K, className = "", text = ""): HTMLElementTagNameMap[K] {
-  const made = document.createElement(tag);
-  if (className) made.className = className;
-  if (text) made.textContent = text;
-  return made;
-}
-
-function post(path: string, body: unknown): Promise<Response> {
-  return fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-}
-
-/** `POST /demo/session`: a token for a demo user, and the demo booking. */
 async function fetchSession(user: string): Promise<DemoSession> {
-  const response = await post("/demo/session", { user });
+  const response = await fetch("/demo/session", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user }),
+  });
   if (!response.ok) throw new Error(`POST /demo/session: ${response.status} ${await response.text()}`);
   return (await response.json()) as DemoSession;
+}
+
+function socketUrl(): string {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/v1/ws`;
 }
 
 function timeOf(iso: string): string {
@@ -63,276 +57,391 @@ function timeOf(iso: string): string {
   return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-/**
- * Makes `list` show one element per entry, in order: an entry whose key
- * was shown before keeps its element (`draw` gets it to update).
- */
-function drawList<T>(
-  list: HTMLElement,
-  shown: Map<string, HTMLElement>,
-  entries: readonly T[],
-  key: (entry: T) => string,
-  draw: (entry: T, previous: HTMLElement | undefined) => HTMLElement,
-): void {
-  const next = new Map<string, HTMLElement>();
-  for (const entry of entries) next.set(key(entry), draw(entry, shown.get(key(entry))));
-  list.replaceChildren(...next.values());
-  shown.clear();
-  for (const [k, item] of next) shown.set(k, item);
-  list.scrollTop = list.scrollHeight;
+function newId(): string {
+  return crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
 }
 
 // ---------------------------------------------------------------------------
-// Booking chat: one room view, drawn whole on every change
+// Booking chat
 // ---------------------------------------------------------------------------
 
 class BookingChat {
   private readonly list = element<HTMLOListElement>("messages");
-  private readonly shown = new Map<string, HTMLElement>();
-  private readonly room: RoomView;
-  private drawn: RoomSnapshot | undefined;
+  private readonly typingLine = element("typing");
+  private readonly membersLine = element("members");
+  private readonly badge = element("status-badge");
+  /** Rendered messages by seq, and not-yet-stored ones by client_id. */
+  private readonly bySeq = new Map<number, HTMLLIElement>();
+  private readonly pending = new Map<string, HTMLLIElement>();
+  private readonly members = new Map<string, Member>();
+  /** Others' read positions, for "Seen by". */
+  private readonly readUpTo = new Map<string, number>();
+  private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  private newestSeq = 0;
 
   constructor(
-    client: MixroomClient,
+    private readonly client: MixroomClient,
     private readonly session: DemoSession,
   ) {
     element("booking-title").textContent = session.booking.title;
-    setStatus(session.booking.status, false);
-    this.room = client.room(session.booking.room);
-    this.room.subscribe(() => this.draw(this.room.getSnapshot()));
-    this.draw(this.room.getSnapshot());
-    client.on("booking.updated", ({ booking_id, status }) => {
-      if (booking_id === session.booking.id) setStatus(status, true);
+    this.setStatus(session.booking.status, false);
+    for (const person of session.people) {
+      this.members.set(person.id, { user_id: person.id, name: person.name, role: person.role, online: false });
+    }
+    this.renderMembers();
+  }
+
+  private get room(): string {
+    return this.session.booking.room;
+  }
+
+  async start(): Promise<void> {
+    const client = this.client;
+    client.on("message", (message) => {
+      if (message.room !== this.room) return;
+      this.render(message);
+      this.markReadIfVisible();
     });
-    document.addEventListener("visibilitychange", () => this.markReadIfVisible(this.room.getSnapshot()));
+    client.on("typing", ({ room, user_id }) => {
+      if (room === this.room && user_id !== client.userId) this.showTyping(user_id);
+    });
+    client.on("read", ({ room, user_id, seq }) => {
+      if (room !== this.room || user_id === client.userId) return;
+      this.readUpTo.set(user_id, Math.max(seq, this.readUpTo.get(user_id) ?? 0));
+      this.renderReceipts();
+    });
+    client.on("presence", ({ room, user_id, online }) => {
+      const member = this.members.get(user_id);
+      if (room === this.room && member) {
+        member.online = online;
+        this.renderMembers();
+      }
+    });
+    client.on("joined", ({ room, members }) => {
+      if (room !== this.room) return;
+      for (const member of members) this.members.set(member.user_id, member);
+      this.renderMembers();
+    });
+    client.on("booking.updated", ({ booking_id, status }) => {
+      if (booking_id === this.session.booking.id) this.setStatus(status, true);
+    });
+    document.addEventListener("visibilitychange", () => this.markReadIfVisible());
+
+    // Join for live messages, then draw the latest page of history once.
+    const joined = await client.join(this.room);
+    if (joined.last_seq > 0) {
+      const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
+      for (const message of [...page.messages].reverse()) this.render(message);
+    }
+    this.markReadIfVisible();
+
     const input = element<HTMLInputElement>("message-input");
-    input.addEventListener("input", () => this.room.typing());
+    input.addEventListener("input", () => client.typing(this.room));
     element<HTMLFormElement>("composer").addEventListener("submit", (event) => {
       event.preventDefault();
       const body = input.value.trim();
+      if (!body) return;
       input.value = "";
-      if (body) this.room.send(body); // pending at once; resent with its client_id until stored
+      this.send(body);
     });
   }
 
-  private draw(now: RoomSnapshot): void {
-    const before = this.drawn;
-    this.drawn = now;
-    if (now.members !== before?.members) this.drawMembers(now);
-    if (now.typing !== before?.typing || now.members !== before?.members) {
-      const names = now.typing.map((id) => this.nameOf(now, id));
-      element("typing").textContent =
-        names.length === 0 ? "" : `${names.join(" and ")} ${names.length === 1 ? "is" : "are"} typing…`;
-    }
-    if (now.messages !== before?.messages || now.pending !== before?.pending || now.reads !== before?.reads) {
-      type Entry = { message: ChatMessage } | { pending: PendingSend };
-      const entries: Entry[] = [
-        ...now.messages.map((message) => ({ message })),
-        ...now.pending.map((pending) => ({ pending })),
-      ];
-      drawList(
-        this.list,
-        this.shown,
-        entries,
-        (entry) => ("message" in entry ? `seq:${entry.message.seq}` : `pending:${entry.pending.clientId}`),
-        (entry, previous) =>
-          "message" in entry ? (previous ?? this.storedItem(now, entry.message)) : this.pendingItem(entry.pending),
-      );
-      this.drawReceipts(now);
-    }
-    this.markReadIfVisible(now);
+  private send(body: string): void {
+    const clientId = newId();
+    const item = this.item(body, true);
+    item.classList.add("pending");
+    item.dataset.clientId = clientId;
+    item.querySelector(".meta")!.textContent = "sending…";
+    this.pending.set(clientId, item);
+    this.list.append(item);
+    this.scrollDown();
+    // The client resends with this client_id until acked: never twice stored.
+    this.client.send(this.room, body, { clientId }).catch((error: unknown) => {
+      item.querySelector(".meta")!.textContent =
+        error instanceof MixroomError ? `not sent: ${error.message}` : "not sent";
+    });
   }
 
-  private storedItem(now: RoomSnapshot, message: ChatMessage): HTMLElement {
-    const mine = message.sender.user_id === now.userId;
-    const system = message.sender.role === "system";
-    const item = make("li", [mine ? "mine" : "", system ? "system" : ""].join(" ").trim());
-    item.dataset.testid = "message";
+  private item(body: string, mine: boolean): HTMLLIElement {
+    const item = document.createElement("li");
+    if (mine) item.classList.add("mine");
+    const text = document.createElement("div");
+    text.className = "body";
+    text.textContent = body;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    item.append(text, meta);
+    return item;
+  }
+
+  /** Draws a stored message in seq order (history and live may overlap). */
+  private render(message: ChatMessage): void {
+    if (this.bySeq.has(message.seq)) return;
+    const mine = message.sender.user_id === this.client.userId;
+    const pending = message.client_id ? this.pending.get(message.client_id) : undefined;
+    const item = pending ?? this.item(message.body, mine);
+    if (pending && message.client_id) this.pending.delete(message.client_id);
+    item.classList.remove("pending");
     item.dataset.seq = String(message.seq);
-    const who = system ? "" : `${mine ? "You" : message.sender.name} · `;
-    item.append(make("div", "body", message.body), make("div", "meta", `${who}${timeOf(message.sent_at)}`));
-    return item;
+    item.dataset.testid = "message";
+    if (message.sender.role === "system") item.classList.add("system");
+    const meta = item.querySelector(".meta")!;
+    meta.textContent =
+      message.sender.role === "system" ? timeOf(message.sent_at) : `${mine ? "You" : message.sender.name} · ${timeOf(message.sent_at)}`;
+    this.bySeq.set(message.seq, item);
+    this.newestSeq = Math.max(this.newestSeq, message.seq);
+    // Insert before the first rendered message with a larger seq.
+    const later = [...this.bySeq.entries()].filter(([seq]) => seq > message.seq).sort(([a], [b]) => a - b)[0];
+    if (later) this.list.insertBefore(item, later[1]);
+    else if (!pending) this.list.insertBefore(item, this.list.querySelector("li.pending"));
+    if (!mine) this.hideTyping(message.sender.user_id ?? "");
+    this.renderReceipts();
+    this.scrollDown();
   }
 
-  private pendingItem(pending: PendingSend): HTMLElement {
-    const item = make("li", "mine pending");
-    item.dataset.testid = "pending-message";
-    item.dataset.clientId = pending.clientId;
-    const meta =
-      pending.state === "failed"
-        ? `not sent: ${pending.error?.message ?? "refused"}`
-        : pending.state === "retrying" ? "waiting to resend…" : "sending…";
-    item.append(make("div", "body", pending.body), make("div", "meta", meta));
-    return item;
+  private markReadIfVisible(): void {
+    if (document.visibilityState === "visible" && this.newestSeq > 0) {
+      this.client.markRead(this.room, this.newestSeq);
+    }
   }
 
-  /** "Seen by Sam" under the newest of my messages each other reader has read. */
-  private drawReceipts(now: RoomSnapshot): void {
+  /** "Seen by Sam" under the newest of my messages each reader has read. */
+  private renderReceipts(): void {
     for (const receipt of this.list.querySelectorAll(".receipt")) receipt.remove();
-    const readers = new Map<number, string[]>();
-    for (const [userId, seq] of Object.entries(now.reads)) {
-      if (userId === now.userId) continue;
-      const newestMine = [...now.messages].reverse().find((m) => m.seq <= seq && m.sender.user_id === now.userId);
-      if (newestMine) readers.set(newestMine.seq, [...(readers.get(newestMine.seq) ?? []), this.nameOf(now, userId)]);
+    const names = new Map<HTMLLIElement, string[]>();
+    for (const [userId, seq] of this.readUpTo) {
+      const mine = [...this.bySeq.entries()]
+        .filter(([s, item]) => s <= seq && item.classList.contains("mine"))
+        .sort(([a], [b]) => b - a)[0];
+      if (!mine) continue;
+      const name = this.members.get(userId)?.name ?? "someone";
+      names.set(mine[1], [...(names.get(mine[1]) ?? []), name]);
     }
-    for (const [seq, names] of readers) {
-      const receipt = make("span", "receipt", `Seen by ${names.sort().join(", ")}`);
+    for (const [item, readers] of names) {
+      const receipt = document.createElement("span");
+      receipt.className = "receipt";
       receipt.dataset.testid = "receipt";
-      this.shown.get(`seq:${seq}`)?.append(receipt);
+      receipt.textContent = `Seen by ${readers.sort().join(", ")}`;
+      item.append(receipt);
     }
   }
 
-  private drawMembers(now: RoomSnapshot): void {
-    // Before the first `joined`: the demo's people, offline.
-    const members: readonly Member[] =
-      now.members.length > 0
-        ? now.members
-        : this.session.people.map((p) => ({ user_id: p.id, name: p.name, role: p.role, online: false }));
-    element("members").replaceChildren(
-      ...members.map((member) => {
-        const span = make("span", member.online ? "online" : "");
+  private showTyping(userId: string): void {
+    clearTimeout(this.typingTimers.get(userId));
+    this.typingTimers.set(userId, setTimeout(() => this.hideTyping(userId), TYPING_SHOWN_MS));
+    this.renderTyping();
+  }
+
+  private hideTyping(userId: string): void {
+    clearTimeout(this.typingTimers.get(userId));
+    if (this.typingTimers.delete(userId)) this.renderTyping();
+  }
+
+  private renderTyping(): void {
+    const names = [...this.typingTimers.keys()].map((id) => this.members.get(id)?.name ?? "Someone");
+    this.typingLine.textContent =
+      names.length === 0 ? "" : `${names.join(" and ")} ${names.length === 1 ? "is" : "are"} typing…`;
+  }
+
+  private renderMembers(): void {
+    this.membersLine.replaceChildren(
+      ...[...this.members.values()].map((member) => {
+        const span = document.createElement("span");
+        span.className = member.online ? "online" : "";
         span.dataset.testid = `member-${member.name.toLowerCase()}`;
-        span.append(make("i", "dot"), `${member.name}${member.user_id === now.userId ? " (you)" : ""}`);
+        const dot = document.createElement("i");
+        dot.className = "dot";
+        span.append(dot, `${member.name}${member.user_id === this.client.userId ? " (you)" : ""}`);
         return span;
       }),
     );
   }
 
-  private nameOf(now: RoomSnapshot, userId: string): string {
-    return now.members.find((m) => m.user_id === userId)?.name ?? "Someone";
+  private setStatus(status: string, flash: boolean): void {
+    this.badge.textContent = status.replace(/_/g, " ");
+    this.badge.className = `badge ${status}`;
+    this.badge.dataset.status = status;
+    if (flash) {
+      void this.badge.offsetWidth; // restart the animation
+      this.badge.classList.add("flash");
+    }
+    element<HTMLSelectElement>("status-select").value = status;
   }
 
-  private markReadIfVisible(now: RoomSnapshot): void {
-    if (document.visibilityState === "visible" && now.lastSeq > now.readSeq) this.room.markRead(now.lastSeq);
+  private scrollDown(): void {
+    this.list.scrollTop = this.list.scrollHeight;
   }
-}
-
-function setStatus(status: string, flash: boolean): void {
-  const badge = element("status-badge");
-  badge.textContent = status.replace(/_/g, " ");
-  badge.className = `badge ${status}`;
-  badge.dataset.status = status;
-  if (flash) {
-    void badge.offsetWidth; // restart the animation
-    badge.classList.add("flash");
-  }
-  element<HTMLSelectElement>("status-select").value = status;
 }
 
 // ---------------------------------------------------------------------------
 // Notifications bell
 // ---------------------------------------------------------------------------
 
-function startBell(client: MixroomClient): void {
-  const count = element("bell-count");
-  const panel = element("inbox");
-  let unread = 0;
-  const setUnread = (value: number): void => {
-    unread = value;
-    count.textContent = value > 99 ? "99+" : String(value);
-    count.hidden = value === 0;
-  };
-  const load = async (): Promise<void> => {
-    const inbox = await client.notifications({ limit: 20 });
-    setUnread(inbox.unread_count);
-    const items = inbox.notifications.map((n: NotificationItem) => {
-      const item = make("li", n.read_at ? "" : "unread");
-      item.append(make("b", "", n.title), make("small", "", `${n.body} · ${timeOf(n.created_at)}`));
-      return item;
+class Bell {
+  private readonly count = element("bell-count");
+  private readonly panel = element("inbox");
+  private readonly list = element<HTMLOListElement>("notifications");
+  private unread = 0;
+
+  constructor(private readonly client: MixroomClient) {}
+
+  start(): void {
+    // The server sends the counts right after every welcome.
+    this.client.on("unread", ({ notifications }) => this.setUnread(notifications));
+    this.client.on("notification", () => {
+      this.setUnread(this.unread + 1);
+      if (!this.panel.hidden) void this.load();
     });
-    element("notifications").replaceChildren(...(items.length > 0 ? items : [make("li", "", "Nothing yet.")]));
-  };
-  // The server sends the counts right after every welcome.
-  client.on("unread", ({ notifications }) => setUnread(notifications));
-  client.on("notification", () => {
-    setUnread(unread + 1);
-    if (!panel.hidden) void load();
-  });
-  element("bell").addEventListener("click", () => {
-    panel.hidden = !panel.hidden;
-    if (!panel.hidden) void load();
-  });
-  element("read-all").addEventListener("click", () => {
-    void client.markAllNotificationsRead().then(() => {
-      setUnread(0);
-      return load();
+    element("bell").addEventListener("click", () => {
+      this.panel.hidden = !this.panel.hidden;
+      if (!this.panel.hidden) void this.load();
     });
-  });
+    element("read-all").addEventListener("click", () => {
+      void this.client.markAllNotificationsRead().then(() => {
+        this.setUnread(0);
+        return this.load();
+      });
+    });
+  }
+
+  private setUnread(count: number): void {
+    this.unread = count;
+    this.count.textContent = count > 99 ? "99+" : String(count);
+    this.count.hidden = count === 0;
+  }
+
+  private async load(): Promise<void> {
+    const inbox = await this.client.notifications({ limit: 20 });
+    this.setUnread(inbox.unread_count);
+    this.list.replaceChildren(...inbox.notifications.map((n) => this.item(n)));
+    if (inbox.notifications.length === 0) {
+      const empty = document.createElement("li");
+      empty.textContent = "Nothing yet.";
+      this.list.append(empty);
+    }
+  }
+
+  private item(notification: NotificationItem): HTMLLIElement {
+    const item = document.createElement("li");
+    if (!notification.read_at) item.classList.add("unread");
+    const title = document.createElement("b");
+    title.textContent = notification.title;
+    const body = document.createElement("small");
+    body.textContent = `${notification.body} · ${timeOf(notification.created_at)}`;
+    item.append(title, body);
+    return item;
+  }
 }
 
 // ---------------------------------------------------------------------------
-// Support widget: a room view of the user's support conversation
+// Support widget
 // ---------------------------------------------------------------------------
 
-function startSupport(client: MixroomClient): void {
-  const panel = element("support-panel");
-  const list = element<HTMLOListElement>("support-messages");
-  const note = element("support-note");
-  const form = element<HTMLFormElement>("support-form");
-  const intro = make("li", "system", "Ask anything about bookings, payments or your account.");
-  const shown = new Map<string, HTMLElement>();
-  let opening: Promise<RoomView | undefined> | undefined;
+class SupportWidget {
+  private readonly panel = element("support-panel");
+  private readonly list = element<HTMLOListElement>("support-messages");
+  private readonly note = element("support-note");
+  private readonly form = element<HTMLFormElement>("support-form");
+  private room: string | undefined;
+  private opening: Promise<string | undefined> | undefined;
+  /** Agent replies being streamed, by message id. */
+  private readonly streaming = new Map<string, HTMLLIElement>();
+  private readonly shown = new Set<string>();
 
-  const draw = (now: RoomSnapshot): void => {
-    type Entry = { key: string; text: string; kind: string; testid?: string };
-    const entries: Entry[] = [
-      { key: "intro", text: "", kind: "" },
-      ...now.messages.map((m) => ({
-        key: `seq:${m.seq}`,
-        text: m.body,
-        kind: m.sender.user_id === now.userId ? "mine" : m.sender.role,
-        ...(m.sender.role === "agent" ? { testid: "support-answer" } : {}),
-      })),
-      ...now.pending.map((p) => ({ key: `pending:${p.clientId}`, text: p.body, kind: "mine pending" })),
-      ...now.streaming.map((s) => ({ key: `streaming:${s.id}`, text: s.body, kind: "agent streaming", testid: "support-streaming" })),
-    ];
-    drawList(list, shown, entries, (e) => e.key, (entry, previous) => {
-      if (entry.key === "intro") return intro;
-      const item = previous ?? make("li", entry.kind);
-      item.className = entry.kind;
-      if (entry.testid) item.dataset.testid = entry.testid;
-      if (item.textContent !== entry.text) item.textContent = entry.text;
-      return item;
+  constructor(private readonly client: MixroomClient) {}
+
+  start(): void {
+    element("support").hidden = false;
+    element("support-open").addEventListener("click", () => {
+      this.panel.hidden = !this.panel.hidden;
+      if (!this.panel.hidden) void this.open();
     });
-  };
+    element("support-close").addEventListener("click", () => (this.panel.hidden = true));
+    this.client.on("message.delta", ({ room, id, delta }) => {
+      if (room !== this.room) return;
+      let item = this.streaming.get(id);
+      if (!item) {
+        item = this.line("", "agent");
+        item.classList.add("streaming");
+        item.dataset.testid = "support-streaming";
+        this.streaming.set(id, item);
+      }
+      item.textContent += delta;
+      this.scrollDown();
+    });
+    this.client.on("message.aborted", ({ room, id }) => {
+      const item = this.streaming.get(id);
+      if (room !== this.room || !item) return;
+      // The pieces will not become a message; a system notice explains why.
+      this.streaming.delete(id);
+      item.remove();
+    });
+    this.client.on("message", (message) => {
+      if (message.room !== this.room || this.shown.has(message.id)) return;
+      this.shown.add(message.id);
+      const streamed = this.streaming.get(message.id);
+      if (streamed) {
+        // The complete reply replaces the pieces (same id).
+        this.streaming.delete(message.id);
+        streamed.classList.remove("streaming");
+        streamed.dataset.testid = "support-answer";
+        streamed.textContent = message.body;
+        return;
+      }
+      const kind = message.sender.user_id === this.client.userId ? "mine" : message.sender.role;
+      const item = this.line(message.body, kind);
+      if (message.sender.role === "agent") item.dataset.testid = "support-answer";
+    });
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = element<HTMLInputElement>("support-input");
+      const question = input.value.trim();
+      if (!question) return;
+      input.value = "";
+      void this.open().then((room) => {
+        if (room) void this.client.send(room, question);
+      });
+    });
+  }
 
-  /** Opens a conversation once; resolves with its room view, or nothing when unavailable. */
-  const open = (): Promise<RoomView | undefined> =>
-    (opening ??= client
+  /** Opens a conversation once; resolves with its room, or nothing when unavailable. */
+  private open(): Promise<string | undefined> {
+    this.opening ??= this.client
       .openSupportConversation()
-      .then(({ room }) => {
-        const view = client.room(room);
-        view.subscribe(() => draw(view.getSnapshot()));
-        draw(view.getSnapshot());
-        return view;
+      .then(async ({ room }) => {
+        this.room = room;
+        await this.client.join(room, { since: 0 });
+        this.line("Ask anything about bookings, payments or your account.", "system");
+        return room;
       })
       .catch((error: unknown) => {
         // Servers without the support route (404/405) still run the rest
         // of the demo; say so instead of failing.
         const status = error instanceof MixroomError ? error.status : undefined;
-        note.textContent =
+        this.note.textContent =
           status === 404 || status === 405
             ? "Support chat is not available on this server."
             : `Support is unavailable right now (${error instanceof Error ? error.message : String(error)}).`;
-        note.hidden = false;
-        form.hidden = true;
-        opening = undefined;
+        this.note.hidden = false;
+        this.form.hidden = true;
+        this.opening = undefined;
         return undefined;
-      }));
+      });
+    return this.opening;
+  }
 
-  element("support").hidden = false;
-  element("support-open").addEventListener("click", () => {
-    panel.hidden = !panel.hidden;
-    if (!panel.hidden) void open();
-  });
-  element("support-close").addEventListener("click", () => (panel.hidden = true));
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const input = element<HTMLInputElement>("support-input");
-    const question = input.value.trim();
-    input.value = "";
-    if (question) void open().then((view) => view?.send(question));
-  });
+  private line(text: string, kind: string): HTMLLIElement {
+    const item = document.createElement("li");
+    item.className = kind;
+    item.textContent = text;
+    this.list.append(item);
+    this.scrollDown();
+    return item;
+  }
+
+  private scrollDown(): void {
+    this.list.scrollTop = this.list.scrollHeight;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -342,9 +451,8 @@ function startSupport(client: MixroomClient): void {
 async function start(userKey: string): Promise<void> {
   const first = await fetchSession(userKey);
   let fresh: string | undefined = first.token;
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const client = new MixroomClient({
-    url: `${scheme}//${location.host}/v1/ws`,
+    url: socketUrl(),
     // The first token comes with the session; later ones (reconnects and
     // refreshes before expiry) are minted again by the demo route — a real
     // app returns its Supabase session's access_token here.
@@ -363,24 +471,35 @@ async function start(userKey: string): Promise<void> {
   element("me").textContent = `${first.user.name} · ${first.user.role.replace(/_/g, " ")}`;
   const pill = element("connection");
   const showState = (state: ConnectionState): void => {
-    pill.textContent = state === "open" ? "live" : state === "unauthorized" ? "signed out" : state;
+    pill.textContent = state === "open" ? "live" : state;
     pill.className = `pill ${state}`;
     pill.dataset.state = state;
   };
   client.on("state", ({ state }) => showState(state));
   window.addEventListener("online", () => client.reconnectNow());
 
-  new BookingChat(client, first);
-  startBell(client);
-  startSupport(client);
+  const chat = new BookingChat(client, first);
+  new Bell(client).start();
+  new SupportWidget(client).start();
   element<HTMLFormElement>("status-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    void post("/demo/booking", { status: element<HTMLSelectElement>("status-select").value });
+    const status = element<HTMLSelectElement>("status-select").value;
+    void fetch("/demo/booking", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ status }),
+    });
   });
   element<HTMLButtonElement>("partial-refund").addEventListener("click", () => {
-    void post("/demo/payment", { event: "partial_refund" });
+    void fetch("/demo/payment", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ event: "partial_refund" }),
+    });
   });
+
   client.connect();
+  await chat.start();
 }
 
 function main(): void {
