@@ -17,6 +17,23 @@ pub enum ProfileMirror {
     Revoked,
 }
 
+/// Why a token is refused after a disconnect (socket and HTTP alike).
+pub const REVOKED_TOKEN: &str =
+    "this token was issued before the account was signed out everywhere";
+/// Why an erased user's token is refused.
+pub const ERASED_ACCOUNT: &str = "this account's personal data was erased";
+
+impl ProfileMirror {
+    /// Why the token that asked for this mirror may not be used, if so.
+    pub fn refusal(self) -> Option<&'static str> {
+        match self {
+            ProfileMirror::Mirrored => None,
+            ProfileMirror::Erased => Some(ERASED_ACCOUNT),
+            ProfileMirror::Revoked => Some(REVOKED_TOKEN),
+        }
+    }
+}
+
 impl Db {
     /// Creates or replaces a user's profile mirror, unless the user was
     /// erased. The erased check is part of the update itself, so an erasure

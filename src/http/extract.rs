@@ -45,7 +45,7 @@ impl FromRequest for AuthUser {
                     .is_none_or(|iat| iat * 1000 <= revoked_at)
                 {
                     return Err(AppError::Unauthorized(
-                        "this token was issued before the account was signed out everywhere".into(),
+                        crate::db::users::REVOKED_TOKEN.into(),
                     ));
                 }
             }

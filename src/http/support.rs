@@ -89,15 +89,10 @@ pub async fn open(
             who.issued_at,
         )
         .await?;
-    if mirrored == ProfileMirror::Revoked {
-        return Err(AppError::Unauthorized(
-            "this token was issued before the account was signed out everywhere".into(),
-        ));
-    }
-    if mirrored == ProfileMirror::Erased {
-        return Err(AppError::Gone(
-            "this account's personal data was erased".into(),
-        ));
+    match (mirrored, mirrored.refusal()) {
+        (ProfileMirror::Erased, Some(refusal)) => return Err(AppError::Gone(refusal.into())),
+        (_, Some(refusal)) => return Err(AppError::Unauthorized(refusal.into())),
+        (_, None) => {}
     }
     let id = uuid::Uuid::now_v7().to_string();
     let row = state

@@ -33,16 +33,11 @@ impl WsSession {
                 )
                 .await
             {
-                Ok(ProfileMirror::Erased) => {
-                    return Err("this account's personal data was erased".to_owned())
+                Ok(mirrored) => {
+                    if let Some(refusal) = mirrored.refusal() {
+                        return Err(refusal.to_owned());
+                    }
                 }
-                Ok(ProfileMirror::Revoked) => {
-                    return Err(
-                        "this token was issued before the account was signed out everywhere"
-                            .to_owned(),
-                    )
-                }
-                Ok(ProfileMirror::Mirrored) => {}
                 Err(error) => tracing::warn!(%error, "cannot mirror token profile"),
             }
             let registered = state

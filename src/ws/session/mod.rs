@@ -29,7 +29,6 @@ use super::transport::{
 use super::SessionServices;
 use crate::auth::Identity;
 use crate::db::messages::NewMessage;
-use crate::db::users::ProfileMirror;
 use crate::domain::close;
 use crate::domain::wire::{
     message_frame, parse_client_frame, ClientFrame, Envelope, MessageView, ServerFrame,
