@@ -106,6 +106,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let sessions = Arc::new(crate::ws::SessionServices {
         server: settings.server.clone(),
         limits: settings.limits.clone(),
+        chat: settings.chat_rules(),
         db: state.db.clone(),
         client_reads: state.client_reads.clone(),
         verifier: state.verifier.clone(),

@@ -6,7 +6,7 @@ use actix::Addr;
 use serde::Serialize;
 
 use crate::db::bookings::{booking_room, BookingOutcome, BookingUpsert};
-use crate::db::messages::NewMessage;
+use crate::db::messages::{Action, NewMessage};
 use crate::db::models::{NotificationRow, StatusChangeRow};
 use crate::db::Db;
 use crate::domain::booking::BookingStatus;
@@ -188,6 +188,7 @@ impl Bookings {
                 sender_role: "system".to_owned(),
                 client_id: Some(format!("status:{}", change.id)),
                 body,
+                action: Action::MESSAGE,
             })
             .await?;
         Ok(())

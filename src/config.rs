@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize, Serializer};
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub chat: ChatSettings,
     pub database: DatabaseSettings,
     pub auth: AuthSettings,
     pub broker: BrokerSettings,
@@ -113,6 +114,15 @@ fn demo_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DemoMo
             ))),
         },
     }
+}
+
+/// Edits and attachments (`src/domain/chat.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSettings {
+    pub edit_window_secs: u64,
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub attachment_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -526,6 +536,16 @@ impl Settings {
         }
     }
 
+    /// What `[chat]` asks of edits and attachments.
+    pub fn chat_rules(&self) -> crate::domain::chat::ChatRules {
+        crate::domain::chat::ChatRules {
+            edit_window_ms: (self.chat.edit_window_secs as i64).saturating_mul(1000),
+            attachment_origins: crate::domain::chat::AttachmentOrigins::new(
+                &self.chat.attachment_origins,
+            ),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         use secrecy::ExposeSecret;
         let url = self.database.url.expose_secret();
@@ -598,6 +618,14 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "server.max_message_bytes must be below server.max_frame_bytes".into(),
             ));
+        }
+        for origin in &self.chat.attachment_origins {
+            let host = origin.strip_prefix("https://").unwrap_or("");
+            if host.is_empty() || host.contains('/') && !host.ends_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "chat.attachment_origins: `{origin}` must be https://host[:port] or https://*.domain"
+                )));
+            }
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::db::DbError;
+use crate::domain::chat::ChatRefusal;
 pub use crate::domain::wire::ErrorCode;
 use crate::domain::{room::RoomNameError, wire::FrameError};
 
@@ -74,6 +75,16 @@ impl AppError {
 impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
         AppError::Internal(error.into())
+    }
+}
+
+impl From<ChatRefusal> for AppError {
+    fn from(refusal: ChatRefusal) -> Self {
+        match refusal {
+            ChatRefusal::NotFound(message) => AppError::NotFound(message),
+            ChatRefusal::Forbidden(message) => AppError::Forbidden(message),
+            ChatRefusal::Invalid(message) => AppError::Invalid(message),
+        }
     }
 }
 

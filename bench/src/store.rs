@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use mixroom_realtime::db::email::EmailItemRow;
-use mixroom_realtime::db::messages::NewMessage;
+use mixroom_realtime::db::messages::{Action, NewMessage};
 use mixroom_realtime::db::Db;
 use mixroom_realtime::domain::email::{EmailKind, ItemState};
 use secrecy::SecretString;
@@ -165,12 +165,17 @@ async fn measure(args: &StoreArgs, url: &SecretString) -> anyhow::Result<String>
                     sender_role: "client".into(),
                     client_id: Some(format!("c{counter}")),
                     body: body.clone(),
+                    action: Action::MESSAGE,
                 }
             })
             .collect();
         let began = now_ns();
         let sent = batch.len();
-        let appended = db.append_messages(batch).await?;
+        let appended: Vec<_> = db
+            .append_messages(batch)
+            .await?
+            .into_iter()
+            .collect::<Result<_, _>>()?;
         // Every message is new: anything else means the figures are not
         // about storing `--batch` messages per commit.
         anyhow::ensure!(

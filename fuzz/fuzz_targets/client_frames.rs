@@ -1,10 +1,12 @@
 //! Any text a client may send: parsing never panics, every refusal is an
 //! `invalid` error, and what parses passes the same validation the session
-//! applies (room names, history limits) without panicking.
+//! applies (room names, history limits, attachments, emoji) without
+//! panicking.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mixroom_realtime::domain::chat::{check_emoji, AttachmentOrigins};
 use mixroom_realtime::domain::room::RoomName;
 use mixroom_realtime::domain::wire::{parse_client_frame, ClientFrame};
 use mixroom_realtime::error::{AppError, ErrorCode};
@@ -25,8 +27,24 @@ fuzz_target!(|data: &[u8]| {
             | ClientFrame::Leave { room }
             | ClientFrame::Typing { room }
             | ClientFrame::Read { room, .. }
-            | ClientFrame::Send { room, .. } => {
+            | ClientFrame::Edit { room, .. }
+            | ClientFrame::Delete { room, .. } => {
                 let _ = RoomName::parse(&room);
+            }
+            ClientFrame::Send {
+                room, attachments, ..
+            } => {
+                let _ = RoomName::parse(&room);
+                let origins = AttachmentOrigins::new(&["https://*.supabase.co".to_owned()]);
+                if let Err(refusal) = origins.check(&attachments) {
+                    assert!(!refusal.to_string().is_empty());
+                }
+            }
+            ClientFrame::React { room, emoji, .. } => {
+                let _ = RoomName::parse(&room);
+                if check_emoji(&emoji).is_ok() {
+                    assert!(!emoji.is_empty() && emoji.len() <= 32);
+                }
             }
             ClientFrame::History { room, limit, .. } => {
                 let _ = RoomName::parse(&room);

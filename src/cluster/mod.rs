@@ -19,6 +19,7 @@ use std::time::Duration;
 use actix::Recipient;
 use serde::{Deserialize, Serialize};
 
+use crate::db::messages::EntryContext;
 use crate::db::models::MessageRow;
 
 pub use link::Inbound;
@@ -27,8 +28,14 @@ pub use link::Inbound;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ClusterEvent {
-    /// A message committed on the sending node.
-    Message { row: MessageRow },
+    /// An entry (a message or a change to one) committed on the sending
+    /// node. `context` is absent from a node of an earlier release: the
+    /// room then reads the entry back from the store.
+    Message {
+        row: Box<MessageRow>,
+        #[serde(default)]
+        context: Option<Box<EntryContext>>,
+    },
     /// A frame for a room's members, except some users' sessions.
     RoomFrame {
         frame: String,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use super::messages::Entry;
 use super::models::MessageRow;
 use super::{Db, DbError};
 
@@ -40,7 +41,7 @@ impl ClientReads {
             .expect("the lanes are never closed")
     }
 
-    /// The messages after `after`, up to `up_to`, at most `max_rows` of
+    /// The entries after `after`, up to `up_to`, at most `max_rows` of
     /// them, stopping after the one whose body reaches `max_bytes` in all.
     /// Rows are read in pages sized from the bytes still wanted, so a
     /// backlog of large messages is not read in full to keep a few.
@@ -51,7 +52,7 @@ impl ClientReads {
         up_to: i64,
         max_rows: usize,
         max_bytes: usize,
-    ) -> Result<Vec<MessageRow>, DbError> {
+    ) -> Result<Vec<Entry>, DbError> {
         let _lane = self.lane().await;
         let mut rows: Vec<MessageRow> = Vec::new();
         let mut bytes = 0usize;
@@ -72,7 +73,7 @@ impl ClientReads {
                 break;
             }
         }
-        Ok(rows)
+        self.db.with_context(rows).await
     }
 
     /// Up to `limit` messages before `before`, newest first, and whether
@@ -82,9 +83,10 @@ impl ClientReads {
         room: &str,
         before: Option<i64>,
         limit: i64,
-    ) -> Result<(Vec<MessageRow>, bool), DbError> {
+    ) -> Result<(Vec<Entry>, bool), DbError> {
         let _lane = self.lane().await;
-        self.db.messages_before(room, before, limit).await
+        let (rows, has_more) = self.db.messages_before(room, before, limit).await?;
+        Ok((self.db.with_context(rows).await?, has_more))
     }
 }
 

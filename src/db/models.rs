@@ -3,10 +3,12 @@
 use diesel::prelude::*;
 
 use crate::domain::booking::BookingStatus;
+use crate::domain::chat::{Attachment, EntryKind};
 use crate::domain::email::EmailKind;
-use crate::domain::wire::{MessageView, SenderView};
 
-use super::schema::{booking_participants, bookings, messages, read_cursors, rooms, users};
+use super::schema::{
+    booking_participants, bookings, message_reactions, messages, read_cursors, rooms, users,
+};
 
 #[derive(
     Debug,
@@ -31,6 +33,64 @@ pub struct MessageRow {
     pub client_id: Option<String>,
     pub body: String,
     pub sent_at: i64,
+    // Defaults: a row from a node of an earlier release is a plain message.
+    #[serde(default)]
+    pub kind: EntryKind,
+    /// For a change, the message it changes; for a reply, the one it answers.
+    #[serde(default)]
+    pub target_seq: Option<i64>,
+    /// A message's attachment references, a JSON array.
+    #[serde(default)]
+    pub attachments: Option<String>,
+    #[serde(default)]
+    pub edited_at: Option<i64>,
+    #[serde(default)]
+    pub deleted_at: Option<i64>,
+    /// How many reactions the message carries.
+    #[serde(default)]
+    pub reactions: i64,
+}
+
+impl MessageRow {
+    /// Something people read (not a change to another message).
+    pub fn is_message(&self) -> bool {
+        self.kind == EntryKind::Message
+    }
+
+    /// A message that is neither a change nor deleted.
+    pub fn is_live_message(&self) -> bool {
+        self.is_message() && self.deleted_at.is_none()
+    }
+
+    /// The attachments of a message (none for a malformed column, which
+    /// only this server writes).
+    pub fn attachment_list(&self) -> Vec<Attachment> {
+        self.attachments
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A reaction that is on: one per (message, user, emoji).
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    Selectable,
+    Insertable,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[diesel(table_name = message_reactions)]
+pub struct ReactionRow {
+    pub room: String,
+    pub seq: i64,
+    pub user_id: String,
+    pub emoji: String,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -152,24 +212,5 @@ impl PaymentRow {
         self.failed = facts.failed;
         self.pending = facts.pending;
         self.dispute = facts.dispute.map(|d| d.as_str().to_owned());
-    }
-}
-
-/// A stored message as clients see it.
-impl<'a> From<&'a MessageRow> for MessageView<'a> {
-    fn from(row: &'a MessageRow) -> Self {
-        MessageView {
-            room: &row.room,
-            seq: row.seq,
-            id: &row.id,
-            client_id: row.client_id.as_deref(),
-            sender: SenderView {
-                user_id: row.sender_id.as_deref(),
-                name: &row.sender_name,
-                role: &row.sender_role,
-            },
-            body: &row.body,
-            sent_at: crate::time::rfc3339_ms(row.sent_at),
-        }
     }
 }

@@ -4,6 +4,7 @@ use super::models::NotificationRow;
 use super::schema::{booking_participants, messages, notifications, read_cursors};
 use super::{Db, DbError};
 use crate::db_run;
+use crate::domain::chat::EntryKind;
 
 impl Db {
     /// Stores a notification; with a `source` already used for this user,
@@ -114,7 +115,8 @@ impl Db {
         })
     }
 
-    /// Unread chat messages (from others, past the read cursor) per booking
+    /// Unread chat messages (from others, past the read cursor, not
+    /// deleted; changes to messages are not counted) per booking
     /// room of the user; rooms with none are left out.
     pub async fn unread_room_counts(&self, user_id: &str) -> Result<Vec<(String, i64)>, DbError> {
         db_run!(self, |conn| {
@@ -139,6 +141,8 @@ impl Db {
                 let unread: i64 = messages::table
                     .filter(messages::room.eq(&room))
                     .filter(messages::seq.gt(cursor))
+                    .filter(messages::kind.eq(EntryKind::Message))
+                    .filter(messages::deleted_at.is_null())
                     .filter(
                         messages::sender_id
                             .is_null()

@@ -4,14 +4,17 @@
 
 use serde::Serialize;
 
-use super::models::{BookingRow, NotificationRow, ReadCursorRow, StatusChangeRow, UserRow};
+use super::models::{
+    BookingRow, MessageRow, NotificationRow, ReactionRow, ReadCursorRow, StatusChangeRow, UserRow,
+};
 use super::schema::{
     booking_participants, booking_status_history, bookings, email_items, email_outbox,
-    email_preferences, messages, notifications, read_cursors, support_conversations,
-    support_token_usage, users,
+    email_preferences, message_reactions, messages, notifications, read_cursors,
+    support_conversations, support_token_usage, users,
 };
 use super::{Db, DbError};
 use crate::db_run;
+use crate::domain::chat::EntryKind;
 use crate::domain::email::{ItemState, OutboxState};
 
 /// What erasure leaves in place of a message body and a sender's name.
@@ -25,6 +28,23 @@ pub struct ExportedMessage {
     pub id: String,
     pub body: String,
     pub sent_at: i64,
+    pub reply_to: Option<i64>,
+    pub attachments: Vec<crate::domain::chat::Attachment>,
+    pub edited_at: Option<i64>,
+    pub deleted_at: Option<i64>,
+}
+
+/// An edit, deletion or reaction the user made (an edit's text is the
+/// message's current one, in `messages`).
+#[derive(Debug, Serialize)]
+pub struct ExportedChange {
+    pub room: String,
+    pub seq: i64,
+    pub kind: EntryKind,
+    pub message_seq: Option<i64>,
+    /// A reaction's emoji.
+    pub emoji: Option<String>,
+    pub at: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +76,9 @@ pub struct UserData {
     pub profile: Option<UserRow>,
     pub bookings: Vec<ExportedBooking>,
     pub messages: Vec<ExportedMessage>,
+    pub message_changes: Vec<ExportedChange>,
+    /// The user's reactions that are on.
+    pub reactions: Vec<ReactionRow>,
     pub read_cursors: Vec<ReadCursorRow>,
     pub notifications: Vec<NotificationRow>,
     pub support: Vec<ExportedConversation>,
@@ -181,16 +204,16 @@ impl Db {
                         .collect(),
                 });
             }
-            let sent: Vec<(String, i64, String, String, i64)> = messages::table
+            let sent: Vec<MessageRow> = messages::table
                 .filter(messages::sender_id.eq(user_id))
                 .order((messages::room.asc(), messages::seq.asc()))
-                .select((
-                    messages::room,
-                    messages::seq,
-                    messages::id,
-                    messages::body,
-                    messages::sent_at,
-                ))
+                .select(MessageRow::as_select())
+                .load(conn)
+                .await?;
+            let reactions: Vec<ReactionRow> = message_reactions::table
+                .filter(message_reactions::user_id.eq(user_id))
+                .order((message_reactions::room.asc(), message_reactions::seq.asc()))
+                .select(ReactionRow::as_select())
                 .load(conn)
                 .await?;
             let read_cursors = read_cursors::table
@@ -231,6 +254,7 @@ impl Db {
             {
                 let turns: Vec<(i64, String, String, i64)> = messages::table
                     .filter(messages::room.eq(format!("support:{id}")))
+                    .filter(messages::kind.eq(EntryKind::Message))
                     .order(messages::seq.asc())
                     .select((
                         messages::seq,
@@ -364,16 +388,35 @@ impl Db {
                 support,
                 profile,
                 bookings: exported_bookings,
-                messages: sent
-                    .into_iter()
-                    .map(|(room, seq, id, body, sent_at)| ExportedMessage {
-                        room,
-                        seq,
-                        id,
-                        body,
-                        sent_at,
+                message_changes: sent
+                    .iter()
+                    .filter(|m| !m.is_message())
+                    .map(|m| ExportedChange {
+                        room: m.room.clone(),
+                        seq: m.seq,
+                        kind: m.kind,
+                        message_seq: m.target_seq,
+                        emoji: matches!(m.kind, EntryKind::React | EntryKind::Unreact)
+                            .then(|| m.body.clone()),
+                        at: m.sent_at,
                     })
                     .collect(),
+                messages: sent
+                    .into_iter()
+                    .filter(MessageRow::is_message)
+                    .map(|m| ExportedMessage {
+                        attachments: m.attachment_list(),
+                        room: m.room,
+                        seq: m.seq,
+                        id: m.id,
+                        body: m.body,
+                        sent_at: m.sent_at,
+                        reply_to: m.target_seq,
+                        edited_at: m.edited_at,
+                        deleted_at: m.deleted_at,
+                    })
+                    .collect(),
+                reactions,
                 read_cursors,
                 notifications,
             })
@@ -388,14 +431,55 @@ impl Db {
         db_run!(self, |conn| {
             use diesel_async::AsyncConnection;
             conn.transaction::<_, DbError, _>(async |conn| {
-                let messages_blanked =
-                    diesel::update(messages::table.filter(messages::sender_id.eq(user_id)))
-                        .set((
-                            messages::body.eq(ERASED_BODY),
-                            messages::sender_name.eq(ERASED_NAME),
-                        ))
-                        .execute(conn)
+                // Their messages (edited text included) and the attachment
+                // references they shared; their changes keep no text, and
+                // a reaction's emoji goes with the reaction.
+                let messages_blanked = diesel::update(
+                    messages::table
+                        .filter(messages::sender_id.eq(user_id))
+                        .filter(messages::kind.eq(EntryKind::Message)),
+                )
+                .set((
+                    messages::body.eq(ERASED_BODY),
+                    messages::attachments.eq(None::<String>),
+                    messages::sender_name.eq(ERASED_NAME),
+                ))
+                .execute(conn)
+                .await?;
+                diesel::update(
+                    messages::table
+                        .filter(messages::sender_id.eq(user_id))
+                        .filter(messages::kind.ne(EntryKind::Message)),
+                )
+                .set((messages::body.eq(""), messages::sender_name.eq(ERASED_NAME)))
+                .execute(conn)
+                .await?;
+                let reacted: Vec<(String, i64)> = message_reactions::table
+                    .filter(message_reactions::user_id.eq(user_id))
+                    .select((message_reactions::room, message_reactions::seq))
+                    .load(conn)
+                    .await?;
+                diesel::delete(
+                    message_reactions::table.filter(message_reactions::user_id.eq(user_id)),
+                )
+                .execute(conn)
+                .await?;
+                for (room, seq) in reacted {
+                    let left: i64 = message_reactions::table
+                        .filter(message_reactions::room.eq(&room))
+                        .filter(message_reactions::seq.eq(seq))
+                        .count()
+                        .get_result(conn)
                         .await?;
+                    diesel::update(
+                        messages::table
+                            .filter(messages::room.eq(&room))
+                            .filter(messages::seq.eq(seq)),
+                    )
+                    .set(messages::reactions.eq(left))
+                    .execute(conn)
+                    .await?;
+                }
                 let notifications_deleted =
                     diesel::delete(notifications::table.filter(notifications::user_id.eq(user_id)))
                         .execute(conn)
@@ -438,11 +522,17 @@ impl Db {
                     .into_iter()
                     .map(|id| format!("support:{id}"))
                     .collect();
-                let support_turns_blanked =
-                    diesel::update(messages::table.filter(messages::room.eq_any(&rooms)))
-                        .set(messages::body.eq(ERASED_BODY))
-                        .execute(conn)
-                        .await?;
+                let support_turns_blanked = diesel::update(
+                    messages::table
+                        .filter(messages::room.eq_any(&rooms))
+                        .filter(messages::kind.eq(EntryKind::Message)),
+                )
+                .set((
+                    messages::body.eq(ERASED_BODY),
+                    messages::attachments.eq(None::<String>),
+                ))
+                .execute(conn)
+                .await?;
                 diesel::delete(
                     support_token_usage::table.filter(support_token_usage::user_id.eq(user_id)),
                 )

@@ -52,6 +52,22 @@ diesel::table! {
         client_id -> Nullable<Text>,
         body -> Text,
         sent_at -> BigInt,
+        kind -> Text,
+        target_seq -> Nullable<BigInt>,
+        attachments -> Nullable<Text>,
+        edited_at -> Nullable<BigInt>,
+        deleted_at -> Nullable<BigInt>,
+        reactions -> BigInt,
+    }
+}
+
+diesel::table! {
+    message_reactions (room, seq, user_id, emoji) {
+        room -> Text,
+        seq -> BigInt,
+        user_id -> Text,
+        emoji -> Text,
+        created_at -> BigInt,
     }
 }
 
@@ -239,6 +255,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     booking_participants,
     rooms,
     messages,
+    message_reactions,
     read_cursors,
     booking_status_history,
     notifications,

@@ -7,6 +7,7 @@
 mod text_enum;
 
 pub mod booking;
+pub mod chat;
 pub mod close;
 pub mod email;
 pub mod role;

@@ -5,6 +5,8 @@
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
+use super::chat::Attachment;
+
 /// The contract's error codes (`error.code` in frames and HTTP bodies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +76,29 @@ pub enum ClientFrame {
         room: String,
         client_id: String,
         body: String,
+        /// The seq of the message this one answers (same room).
+        #[serde(default)]
+        reply_to: Option<i64>,
+        #[serde(default)]
+        attachments: Vec<Attachment>,
+    },
+    /// New text for one's own message, within `chat.edit_window_secs`.
+    Edit {
+        room: String,
+        seq: i64,
+        body: String,
+    },
+    /// One's own message, or any as an admin; a tombstone stays.
+    Delete {
+        room: String,
+        seq: i64,
+    },
+    /// An emoji put on (`on: true`) or taken back.
+    React {
+        room: String,
+        seq: i64,
+        emoji: String,
+        on: bool,
     },
     Typing {
         room: String,
@@ -93,7 +118,7 @@ pub enum ClientFrame {
 }
 
 const CLIENT_FRAME_TYPES: &[&str] = &[
-    "auth", "join", "leave", "send", "typing", "read", "history", "ping",
+    "auth", "join", "leave", "send", "edit", "delete", "react", "typing", "read", "history", "ping",
 ];
 
 /// Parses a text frame; on failure returns the error to answer with and the
@@ -141,6 +166,81 @@ pub struct MessageView<'a> {
     pub sender: SenderView<'a>,
     pub body: &'a str,
     pub sent_at: String,
+    /// What a reply answers, as that message stands now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<QuoteView<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<String>,
+    /// Set on a tombstone: its body is empty, attachments and reactions gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionView<'a>>,
+}
+
+/// The answered message in a reply: enough to show a quote.
+#[derive(Debug, Serialize)]
+pub struct QuoteView<'a> {
+    pub seq: i64,
+    pub sender: SenderView<'a>,
+    /// The first characters of its current text (empty once deleted).
+    pub excerpt: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// One emoji on a message: how many and who.
+#[derive(Debug, Serialize)]
+pub struct ReactionView<'a> {
+    pub emoji: &'a str,
+    pub count: usize,
+    pub user_ids: Vec<&'a str>,
+}
+
+/// A change to an earlier message, in the room's sequence at `seq`; it
+/// names the message at `message_seq` and shows it as it stands.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+pub enum ChangeView<'a> {
+    #[serde(rename = "message.edited")]
+    Edited {
+        room: &'a str,
+        seq: i64,
+        message_seq: i64,
+        by: SenderView<'a>,
+        body: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        edited_at: Option<String>,
+        at: String,
+    },
+    #[serde(rename = "message.deleted")]
+    Deleted {
+        room: &'a str,
+        seq: i64,
+        message_seq: i64,
+        by: SenderView<'a>,
+        at: String,
+    },
+    #[serde(rename = "message.reacted")]
+    Reacted {
+        room: &'a str,
+        seq: i64,
+        message_seq: i64,
+        by: SenderView<'a>,
+        emoji: &'a str,
+        on: bool,
+        /// The message's reactions after this one.
+        reactions: Vec<ReactionView<'a>>,
+        at: String,
+    },
+}
+
+impl ChangeView<'_> {
+    pub fn encode(&self) -> ByteString {
+        ByteString::from(serde_json::to_string(self).expect("change frames serialise"))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -151,7 +251,9 @@ pub struct MemberView {
     pub online: bool,
 }
 
-/// Frames the server sends.
+/// Frames the server sends. Each is built to be serialised at once and
+/// dropped, so the size of its largest variant costs nothing kept.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize)]
 #[serde(tag = "type")]
 pub enum ServerFrame<'a> {
@@ -187,7 +289,9 @@ pub enum ServerFrame<'a> {
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
-        client_id: &'a str,
+        /// A `send`'s; an edit, deletion or reaction has none.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
         id: &'a str,
         seq: i64,
         sent_at: String,
@@ -200,6 +304,10 @@ pub enum ServerFrame<'a> {
         reference: Option<&'a str>,
         room: &'a str,
         messages: Vec<MessageView<'a>>,
+        /// The edits, deletions and reactions among the page's seqs (the
+        /// messages already show their effect).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        changes: Vec<ChangeView<'a>>,
         has_more: bool,
     },
     #[serde(rename = "typing")]

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::extract::InternalCaller;
 use crate::auth::Role;
 use crate::db::bookings::{BookingOutcome, BookingUpsert};
-use crate::db::messages::NewMessage;
+use crate::db::messages::{Action, NewMessage};
 use crate::db::users::ProfileMirror;
 use crate::error::AppError;
 use crate::http::AppState;
@@ -532,6 +532,7 @@ pub async fn post_room_message(
             sender_role: "system".to_owned(),
             client_id: body.client_id,
             body: body.body,
+            action: Action::MESSAGE,
         })
         .await?;
     let row = appended.row;

@@ -31,6 +31,17 @@ pub async fn export(
         "bookings": data.bookings,
         "messages": data.messages.iter().map(|m| json!({
             "room": m.room, "seq": m.seq, "id": m.id, "body": m.body, "sent_at": at(m.sent_at),
+            "reply_to": m.reply_to,
+            "attachments": m.attachments,
+            "edited_at": m.edited_at.map(at),
+            "deleted_at": m.deleted_at.map(at),
+        })).collect::<Vec<_>>(),
+        "message_changes": data.message_changes.iter().map(|c| json!({
+            "room": c.room, "seq": c.seq, "kind": c.kind, "message_seq": c.message_seq,
+            "emoji": c.emoji, "at": at(c.at),
+        })).collect::<Vec<_>>(),
+        "reactions": data.reactions.iter().map(|r| json!({
+            "room": r.room, "seq": r.seq, "emoji": r.emoji, "at": at(r.created_at),
         })).collect::<Vec<_>>(),
         "read_cursors": data.read_cursors.iter().map(|c| json!({
             "room": c.room, "seq": c.seq, "updated_at": at(c.updated_at),

@@ -3,7 +3,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::AuthUser;
-use crate::domain::wire::MessageView;
+use crate::db::messages::views::page_views;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::rooms::{authorize_read, RoomName};
@@ -16,7 +16,8 @@ pub struct HistoryQuery {
     limit: Option<i64>,
 }
 
-/// `GET /v1/rooms/{room}/messages`: the history frame over HTTP.
+/// `GET /v1/rooms/{room}/messages`: the history frame over HTTP (the
+/// page's changes to earlier messages in `changes`).
 pub async fn history(
     AuthUser(who): AuthUser,
     room: web::Path<String>,
@@ -26,10 +27,14 @@ pub async fn history(
     let room = RoomName::parse(&room)?;
     let limit = history_limit(query.limit)?;
     authorize_read(&state.db, &who, &room).await?;
-    let (rows, has_more) = state
+    let (entries, has_more) = state
         .client_reads
         .before(room.as_str(), query.before, limit)
         .await?;
-    let messages: Vec<MessageView> = rows.iter().map(MessageView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "messages": messages, "has_more": has_more })))
+    let (messages, changes) = page_views(&entries);
+    Ok(HttpResponse::Ok().json(json!({
+        "messages": messages,
+        "changes": changes,
+        "has_more": has_more,
+    })))
 }

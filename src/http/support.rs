@@ -7,9 +7,9 @@ use serde_json::json;
 
 use super::extract::AuthUser;
 use crate::auth::Identity;
+use crate::db::messages::views::page_views;
 use crate::db::support::{ConversationStatus, SupportConversationRow};
 use crate::db::users::ProfileMirror;
-use crate::domain::wire::MessageView;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::support::director::TakenOver;
@@ -174,11 +174,13 @@ pub async fn read(
             break;
         }
     }
-    let messages: Vec<MessageView> = log.iter().map(MessageView::from).collect();
+    let entries = state.db.with_context(log).await?;
+    let (messages, changes) = page_views(&entries);
     let user_name = owner.as_ref().and_then(|u| u.name.as_deref());
     Ok(HttpResponse::Ok().json(json!({
         "conversation": ConversationView::new(&row, user_name),
         "messages": messages,
+        "changes": changes,
     })))
 }
 

@@ -5,6 +5,7 @@ use super::templates::{self, DigestEntry, UnsubscribeLink};
 use super::unsubscribe::UnsubscribeSigner;
 use crate::config::Settings;
 use crate::db::email::{ItemSource, OutboxRow, PendingItem};
+use crate::db::models::MessageRow;
 use crate::domain::email::{ChatRoom, OutboxState};
 
 /// What rendering needs besides the items.
@@ -119,7 +120,7 @@ impl Composer {
                         Some(place) => format!("{} · {place}", message.sender_name),
                         None => message.sender_name.clone(),
                     },
-                    body: message.body.clone(),
+                    body: with_attachments(message),
                     link: Some(link.clone()),
                     at_ms: message.sent_at,
                 }));
@@ -139,4 +140,19 @@ impl Composer {
             ItemSource::Gone => Vec::new(),
         }
     }
+}
+
+/// A message's text and, on lines of their own, the files it shares by
+/// name (the links are in the app, behind its access checks).
+fn with_attachments(message: &MessageRow) -> String {
+    let files = message.attachment_list();
+    if files.is_empty() {
+        return message.body.clone();
+    }
+    let mut text = message.body.clone();
+    for file in files {
+        text.push_str("\n📎 ");
+        text.push_str(&file.name);
+    }
+    text
 }

@@ -23,8 +23,10 @@ const CATCH_UP_PAGE: i64 = 500;
 /// Messages people write (and notices posted into rooms), in the rooms
 /// emails are about. Booking status notices are left out: each status
 /// change is also a `booking` notification, which is emailed.
+/// Changes to earlier messages are not emailed: the email reads each
+/// message as it stands when it is sent.
 pub(super) fn is_chat(message: &MessageRow) -> bool {
-    ChatRoom::parse(&message.room).is_some() && !is_status_notice(message)
+    message.is_message() && ChatRoom::parse(&message.room).is_some() && !is_status_notice(message)
 }
 
 /// Committed chat messages not yet in a range, by room and sender: all a
@@ -290,6 +292,12 @@ mod tests {
             client_id: Some(format!("c{seq}")),
             body: format!("take {seq}"),
             sent_at,
+            kind: crate::domain::chat::EntryKind::Message,
+            target_seq: None,
+            attachments: None,
+            edited_at: None,
+            deleted_at: None,
+            reactions: 0,
         }
     }
 

@@ -245,6 +245,12 @@ mod tests {
             client_id: Some(id.into()),
             body: format!("take {seq}"),
             sent_at: created_at,
+            kind: crate::domain::chat::EntryKind::Message,
+            target_seq: None,
+            attachments: None,
+            edited_at: None,
+            deleted_at: None,
+            reactions: 0,
         };
         let mut row = new_item(
             "sam",

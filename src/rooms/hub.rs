@@ -17,6 +17,7 @@ use super::room::{
 };
 use super::sequencer::{Committed, StoredMessage};
 use crate::cluster::{Channel, Cluster, ClusterEvent, Inbound};
+use crate::db::messages::Entry;
 use crate::db::Db;
 use crate::error::AppError;
 use crate::metrics::Metrics;
@@ -384,7 +385,8 @@ impl Handler<Committed> for Hub {
             self.cluster.publish(
                 Channel::Room(message.row.room.clone()),
                 ClusterEvent::Message {
-                    row: message.row.clone(),
+                    row: Box::new(message.row.clone()),
+                    context: Some(Box::new(message.context.clone())),
                 },
             );
         }
@@ -540,9 +542,18 @@ impl Handler<Inbound> for Hub {
                     return;
                 };
                 match *event {
-                    ClusterEvent::Message { row } => {
-                        entry.addr.do_send(Deliver(StoredMessage::new(row)));
+                    ClusterEvent::Message {
+                        row,
+                        context: Some(context),
+                    } => {
+                        entry.addr.do_send(Deliver(StoredMessage::new(Entry {
+                            row: *row,
+                            context: *context,
+                        })));
                     }
+                    // From an earlier release: what the frame shows is not
+                    // known here; the room reads the gap from the store.
+                    ClusterEvent::Message { context: None, .. } => {}
                     ClusterEvent::RoomFrame {
                         frame,
                         except_users,

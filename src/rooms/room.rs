@@ -253,26 +253,33 @@ impl RoomActor {
         let after = self.last_seq;
         let up_to = up_to.unwrap_or(i64::MAX);
         ctx.wait(
-            async move { db.messages_after(&room, after, up_to, CATCH_UP_PAGE).await }
-                .into_actor(self)
-                .map(move |result, room, ctx| {
-                    let mut more = false;
-                    match result {
-                        Ok(rows) => {
-                            more = rows.len() as i64 == CATCH_UP_PAGE;
-                            for row in rows {
-                                if row.seq > room.last_seq {
-                                    room.waiting.insert(row.seq, StoredMessage::new(row));
-                                }
+            async move {
+                let rows = db
+                    .messages_after(&room, after, up_to, CATCH_UP_PAGE)
+                    .await?;
+                let read = rows.len() as i64;
+                Ok::<_, crate::db::DbError>((db.with_context(rows).await?, read))
+            }
+            .into_actor(self)
+            .map(move |result, room, ctx| {
+                let mut more = false;
+                match result {
+                    Ok((entries, read)) => {
+                        more = read == CATCH_UP_PAGE;
+                        for entry in entries {
+                            if entry.row.seq > room.last_seq {
+                                room.waiting
+                                    .insert(entry.row.seq, StoredMessage::new(entry));
                             }
                         }
-                        Err(error) => tracing::warn!(%error, room = %room.name, "catch-up failed"),
                     }
-                    room.deliver_in_order(ctx);
-                    if more {
-                        room.catch_up(ctx, Some(up_to));
-                    }
-                }),
+                    Err(error) => tracing::warn!(%error, room = %room.name, "catch-up failed"),
+                }
+                room.deliver_in_order(ctx);
+                if more {
+                    room.catch_up(ctx, Some(up_to));
+                }
+            }),
         );
     }
 

@@ -18,30 +18,60 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::db::messages::{Appended, NewMessage};
+use crate::db::messages::views::entry_frame;
+use crate::db::messages::{Appended, Entry, EntryContext, NewMessage};
 use crate::db::models::MessageRow;
-use crate::db::Db;
-use crate::domain::wire::message_frame;
+use crate::db::{Db, DbError};
+use crate::domain::chat::ChatRefusal;
 use crate::error::AppError;
 use crate::metrics::Metrics;
 
-/// A committed message and its `message` frame, serialised once.
+/// A committed entry (a message or a change to one) and its frame,
+/// serialised once.
 #[derive(Debug)]
 pub struct StoredMessage {
     pub row: MessageRow,
+    pub context: EntryContext,
     pub frame: ByteString,
     /// When this node had it (committed here or arrived from another node).
     pub known_since: Instant,
 }
 
 impl StoredMessage {
-    pub fn new(row: MessageRow) -> Arc<Self> {
-        let frame = message_frame((&row).into());
+    pub fn new(entry: Entry) -> Arc<Self> {
+        let frame = entry_frame(&entry);
         Arc::new(StoredMessage {
-            row,
+            row: entry.row,
+            context: entry.context,
             frame,
             known_since: Instant::now(),
         })
+    }
+
+    pub fn entry(&self) -> Entry {
+        Entry {
+            row: self.row.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+/// Why an append was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// A change the room's state refused (not the author, deleted, ...).
+    #[error(transparent)]
+    Refused(ChatRefusal),
+    #[error(transparent)]
+    Store(Arc<DbError>),
+}
+
+impl From<AppendError> for AppError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::Refused(refusal) => refusal.into(),
+            AppendError::Store(error) => AppError::internal(anyhow::anyhow!("{error}")),
+        }
     }
 }
 
@@ -56,19 +86,19 @@ pub struct Committed(pub Vec<Arc<StoredMessage>>);
 pub struct StoreOutcome {
     /// What the submitter attached (the frame's `ref`).
     pub reference: Option<String>,
-    pub result: Result<Appended, Arc<crate::db::DbError>>,
+    pub result: Result<Appended, AppendError>,
 }
 
 /// Where an append's outcome goes.
 enum Reply {
-    Waiting(oneshot::Sender<Result<Appended, Arc<crate::db::DbError>>>),
+    Waiting(oneshot::Sender<Result<Appended, AppendError>>),
     /// A message to an actor: a socket with many sends in flight holds no
     /// future per send.
     Actor(Recipient<StoreOutcome>, Option<String>),
 }
 
 impl Reply {
-    fn send(self, result: Result<Appended, Arc<crate::db::DbError>>) {
+    fn send(self, result: Result<Appended, AppendError>) {
         match self {
             Reply::Waiting(sender) => {
                 let _ = sender.send(result);
@@ -80,6 +110,9 @@ impl Reply {
     }
 }
 
+// Appends are nearly every request: boxing them would add an allocation
+// per message to spare the rare flush a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 enum Request {
     Append {
         message: NewMessage,
@@ -144,7 +177,7 @@ impl Sequencer {
             .map_err(|_| AppError::internal(anyhow::anyhow!("sequencer stopped")))?;
         match answer.await {
             Ok(Ok(appended)) => Ok(appended),
-            Ok(Err(db_error)) => Err(AppError::internal(anyhow::anyhow!("{db_error}"))),
+            Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(AppError::internal(anyhow::anyhow!(
                 "sequencer dropped the append"
             ))),
@@ -406,22 +439,26 @@ async fn commit(db: &Db, batch: Vec<Pending>, publish: &Recipient<Committed>, me
     let started = Instant::now();
     let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     let size = messages.len();
-    let results = match db.append_messages(messages.clone()).await {
-        Ok(appended) => appended.into_iter().map(Ok).collect(),
-        // One bad row must not sink the others: retry each on its own.
-        Err(error) if size > 1 => {
-            tracing::warn!(%error, size, "batch append failed; retrying one by one");
-            let mut results = Vec::with_capacity(size);
-            for message in messages {
-                results.push(match db.append_messages(vec![message]).await {
-                    Ok(mut one) => Ok(one.remove(0)),
-                    Err(error) => Err(Arc::new(error)),
-                });
+    let results: Vec<Result<Appended, AppendError>> =
+        match db.append_messages(messages.clone()).await {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .map(|o| o.map_err(AppendError::Refused))
+                .collect(),
+            // One bad row must not sink the others: retry each on its own.
+            Err(error) if size > 1 => {
+                tracing::warn!(%error, size, "batch append failed; retrying one by one");
+                let mut results = Vec::with_capacity(size);
+                for message in messages {
+                    results.push(match db.append_messages(vec![message]).await {
+                        Ok(mut one) => one.remove(0).map_err(AppendError::Refused),
+                        Err(error) => Err(AppendError::Store(Arc::new(error))),
+                    });
+                }
+                results
             }
-            results
-        }
-        Err(error) => vec![Err(Arc::new(error))],
-    };
+            Err(error) => vec![Err(AppendError::Store(Arc::new(error)))],
+        };
     metrics.store_batch_size.observe(size as f64);
     metrics
         .store_commit_seconds
@@ -430,10 +467,10 @@ async fn commit(db: &Db, batch: Vec<Pending>, publish: &Recipient<Committed>, me
     for (result, reply) in results.into_iter().zip(replies) {
         if let Ok(appended) = &result {
             if !appended.duplicate {
-                committed.push(StoredMessage::new(appended.row.clone()));
+                committed.push(StoredMessage::new(appended.entry()));
             }
         }
-        if let Err(error) = &result {
+        if let Err(AppendError::Store(error)) = &result {
             tracing::error!(%error, "message not stored");
         }
         reply.send(result);
@@ -460,6 +497,7 @@ mod tests {
                 sender_role: "client".into(),
                 client_id: Some(format!("c{number}")),
                 body: "b".into(),
+                action: crate::db::messages::Action::MESSAGE,
             },
             reply: Reply::Waiting(reply),
         }

@@ -13,7 +13,7 @@ use super::provider::{stream_words, ProviderError, ReplyRequest, ReplySink, Spea
 use super::tools::ConversationTools;
 use super::SupportServices;
 use super::{post_notice, wants_human, AGENT_NAME, AGENT_ROLE, ESCALATION_NOTICE, NOTICE_ROLE};
-use crate::db::messages::NewMessage;
+use crate::db::messages::{Action, NewMessage};
 use crate::db::models::MessageRow;
 use crate::db::support::{usage_day, Escalation};
 use crate::rooms::hub::RoomBroadcast;
@@ -337,7 +337,8 @@ impl Answer {
 
     /// The conversation up to and including message `seq`, bounded, as the
     /// provider sees it: the owner's words and the answers they got
-    /// (notices are left out: they are for the user, not the model).
+    /// (notices are left out: they are for the user, not the model), as
+    /// each message stands now (edited text; deleted ones left out).
     async fn history(&self, owner: &str, seq: i64) -> Result<Vec<Turn>, super::SupportError> {
         let limit = self.state.ai.history_messages as i64;
         let (mut rows, _) = self
@@ -348,7 +349,7 @@ impl Answer {
         rows.reverse();
         Ok(rows
             .into_iter()
-            .filter(|row| row.sender_role != NOTICE_ROLE)
+            .filter(|row| row.is_live_message() && row.sender_role != NOTICE_ROLE)
             .map(|row| {
                 let speaker =
                     if row.sender_role != AGENT_ROLE && row.sender_id.as_deref() == Some(owner) {
@@ -380,6 +381,7 @@ impl Answer {
                 sender_role: AGENT_ROLE.to_owned(),
                 client_id: Some(format!("reply:{}", answered.id)),
                 body,
+                action: Action::MESSAGE,
             })
             .await
             .map_err(|e| super::SupportError::Store(e.to_string()))?;

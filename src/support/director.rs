@@ -80,7 +80,9 @@ impl Handler<Committed> for SupportDirector {
             };
             // The agent's own answers and notices are not questions; which
             // person wrote (owner or admin) the agent checks against the store.
-            if row.sender_id.is_none()
+            // Edits, deletions and reactions ask nothing either.
+            if !row.is_message()
+                || row.sender_id.is_none()
                 || row.sender_role == AGENT_ROLE
                 || row.sender_role == NOTICE_ROLE
             {

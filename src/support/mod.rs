@@ -31,7 +31,7 @@ use actix::{Actor, Addr};
 use secrecy::ExposeSecret;
 
 use crate::config::AiSettings;
-use crate::db::messages::NewMessage;
+use crate::db::messages::{Action, NewMessage};
 use crate::db::models::NotificationRow;
 use crate::db::support::Escalation;
 use crate::db::{Db, DbError};
@@ -203,6 +203,7 @@ pub async fn post_notice(
             sender_role: NOTICE_ROLE.to_owned(),
             client_id: key,
             body: body.to_owned(),
+            action: Action::MESSAGE,
         })
         .await
         .map_err(|e| SupportError::Store(e.to_string()))?;

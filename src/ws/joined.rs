@@ -60,7 +60,7 @@ impl JoinedRooms {
 /// One page of a join's replay: the rows after `since`, and the seq it
 /// ends at (`since` itself when it is empty).
 pub(super) struct Replay {
-    pub rows: Vec<crate::db::models::MessageRow>,
+    pub entries: Vec<crate::db::messages::Entry>,
     pub until: i64,
 }
 
@@ -75,7 +75,7 @@ pub(super) async fn replay_page(
     last_seq: i64,
 ) -> Result<Replay, AppError> {
     let server = &state.server;
-    let rows = state
+    let entries = state
         .client_reads
         .after(
             room.as_str(),
@@ -85,6 +85,8 @@ pub(super) async fn replay_page(
             server.replay_max_bytes,
         )
         .await?;
-    let until = rows.last().map_or(since.min(last_seq), |row| row.seq);
-    Ok(Replay { rows, until })
+    let until = entries
+        .last()
+        .map_or(since.min(last_seq), |entry| entry.row.seq);
+    Ok(Replay { entries, until })
 }

@@ -22,6 +22,7 @@ use crate::auth::TokenVerifier;
 use crate::config::{LimitSettings, ServerSettings};
 use crate::db::client_reads::ClientReads;
 use crate::db::Db;
+use crate::domain::chat::ChatRules;
 use crate::error::AppError;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
@@ -36,6 +37,7 @@ pub const PATH: &str = "/v1/ws";
 pub struct SessionServices {
     pub server: ServerSettings,
     pub limits: LimitSettings,
+    pub chat: ChatRules,
     pub db: Db,
     /// Replays and history pages.
     pub client_reads: ClientReads,

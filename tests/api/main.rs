@@ -25,6 +25,7 @@ mod fake_resend;
 mod going_to_production;
 mod http_limits;
 mod lifecycle;
+mod message_changes;
 mod operations;
 mod payments;
 mod raw;

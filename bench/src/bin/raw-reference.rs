@@ -160,6 +160,11 @@ async fn serve(
                             sender: SenderView { user_id: Some(&user_id), name: "Sender", role: "client" },
                             body: frame.body.as_deref().unwrap_or_default(),
                             sent_at: "2026-01-01T00:00:00.000Z".to_owned(),
+                            reply_to: None,
+                            attachments: Vec::new(),
+                            edited_at: None,
+                            deleted_at: None,
+                            reactions: Vec::new(),
                         });
                         // Serialised once; every member gets the same bytes.
                         let text = serde_json::to_string(&message).unwrap_or_default();

@@ -15,6 +15,7 @@ use crate::db::schema::{
 };
 use crate::db::{Db, DbError};
 use crate::db_run;
+use crate::domain::chat::EntryKind;
 use crate::domain::email::{Audience, ChatRoom, ItemState};
 
 /// Everything needed to decide about one recipient's pending items, read
@@ -323,10 +324,14 @@ impl Db {
                                 .select((email_items::seq, email_items::up_to_seq))
                                 .load(conn)
                                 .await?;
+                            // Messages as they stand: changes and deleted
+                            // messages are not emailed.
                             let unread = messages::table
                                 .filter(messages::room.eq(room))
                                 .filter(messages::seq.ge(from))
                                 .filter(messages::seq.le(last))
+                                .filter(messages::kind.eq(EntryKind::Message))
+                                .filter(messages::deleted_at.is_null())
                                 .filter(
                                     messages::sender_id
                                         .is_null()
@@ -436,6 +441,12 @@ mod tests {
             client_id: Some(client_id.into()),
             body: format!("take {seq}"),
             sent_at: seq * 10,
+            kind: crate::domain::chat::EntryKind::Message,
+            target_seq: None,
+            attachments: None,
+            edited_at: None,
+            deleted_at: None,
+            reactions: 0,
         }
     }
 

@@ -28,11 +28,10 @@ use super::transport::{
 };
 use super::SessionServices;
 use crate::auth::Identity;
-use crate::db::messages::NewMessage;
+use crate::db::messages::{Action, NewMessage};
 use crate::domain::close;
-use crate::domain::wire::{
-    message_frame, parse_client_frame, ClientFrame, Envelope, MessageView, ServerFrame,
-};
+use crate::domain::role::Role;
+use crate::domain::wire::{parse_client_frame, ClientFrame, Envelope, ServerFrame};
 use crate::error::AppError;
 use crate::rooms::hub::{
     CloseConnection, JoinRoom, OpenConnection, RegisterSession, UnregisterSession,
@@ -213,7 +212,50 @@ impl WsSession {
                 room,
                 client_id,
                 body,
-            } => self.send_message(identity, &room, client_id, body, reference.clone(), ctx),
+                reply_to,
+                attachments,
+            } => self.send_message(
+                identity,
+                &room,
+                client_id,
+                body,
+                reply_to,
+                attachments,
+                reference.clone(),
+                ctx,
+            ),
+            ClientFrame::Edit { room, seq, body } => {
+                let window_ms = self.state.chat.edit_window_ms;
+                let action = Action::Edit {
+                    target: seq,
+                    window_ms,
+                };
+                self.change_message(identity, &room, body, action, reference.clone(), ctx)
+            }
+            ClientFrame::Delete { room, seq } => {
+                let moderator = identity.role == Role::Admin;
+                let action = Action::Delete {
+                    target: seq,
+                    moderator,
+                };
+                self.change_message(
+                    identity,
+                    &room,
+                    String::new(),
+                    action,
+                    reference.clone(),
+                    ctx,
+                )
+            }
+            ClientFrame::React {
+                room,
+                seq,
+                emoji,
+                on,
+            } => {
+                let action = Action::React { target: seq, on };
+                self.change_message(identity, &room, emoji, action, reference.clone(), ctx)
+            }
             ClientFrame::Typing { room } => self.joined_room(&room).map(|joined| {
                 joined.addr.do_send(Typing {
                     user_id: identity.user_id.clone(),
@@ -466,7 +508,7 @@ impl WsSession {
                 ctx.text(
                     ServerFrame::Ack {
                         reference,
-                        client_id: row.client_id.as_deref().unwrap_or_default(),
+                        client_id: row.client_id.as_deref(),
                         id: &row.id,
                         seq: row.seq,
                         sent_at: crate::time::rfc3339_ms(row.sent_at),
@@ -474,10 +516,7 @@ impl WsSession {
                     .encode(),
                 );
             }
-            Err(error) => {
-                let error = AppError::internal(anyhow::anyhow!("{error}"));
-                self.send_error(ctx, reference, &error);
-            }
+            Err(error) => self.send_error(ctx, reference, &error.into()),
         }
     }
 }

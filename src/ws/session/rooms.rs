@@ -2,6 +2,9 @@
 //! and read receipts, history.
 
 use super::*;
+use crate::db::messages::views::{entry_frame, page_views};
+use crate::db::messages::Action;
+use crate::domain::chat::Attachment;
 
 impl WsSession {
     pub(super) fn joined_room(&self, room: &str) -> Result<&JoinedRoom, AppError> {
@@ -81,8 +84,8 @@ impl WsSession {
                         }
                         .encode(),
                     );
-                    for row in replay.iter().flat_map(|r| &r.rows) {
-                        ctx.text(message_frame(row.into()));
+                    for entry in replay.iter().flat_map(|r| &r.entries) {
+                        ctx.text(entry_frame(entry));
                     }
                     if let Some(previous) = session.rooms.insert(
                         room.to_string(),
@@ -104,12 +107,17 @@ impl WsSession {
         Ok(())
     }
 
+    /// A `send`: a new message, maybe answering another, maybe with
+    /// attachment references.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_message(
         &mut self,
         identity: Identity,
         room: &str,
         client_id: String,
         body: String,
+        reply_to: Option<i64>,
+        attachments: Vec<Attachment>,
         reference: Option<String>,
         ctx: &mut WebsocketContext<Self>,
     ) -> Result<(), AppError> {
@@ -119,6 +127,67 @@ impl WsSession {
                 "`client_id` must be 1 to {CLIENT_ID_MAX} bytes"
             )));
         }
+        self.check_body(&body)?;
+        if reply_to.is_some_and(|seq| seq < 1) {
+            return Err(AppError::Invalid(
+                "`reply_to` must be a seq, 1 or more".into(),
+            ));
+        }
+        self.state.chat.attachment_origins.check(&attachments)?;
+        let message = NewMessage {
+            id: None,
+            room: room.to_string(),
+            sender_id: Some(identity.user_id.clone()),
+            sender_name: identity.name.clone(),
+            sender_role: identity.role.as_str().to_owned(),
+            client_id: Some(client_id),
+            body,
+            action: Action::Post {
+                reply_to,
+                attachments,
+            },
+        };
+        self.submit(identity, room, message, reference, ctx);
+        Ok(())
+    }
+
+    /// An `edit`, `delete` or `react`: a change to a message of the room,
+    /// checked against the room's state where it is stored.
+    pub(super) fn change_message(
+        &mut self,
+        identity: Identity,
+        room: &str,
+        body: String,
+        action: Action,
+        reference: Option<String>,
+        ctx: &mut WebsocketContext<Self>,
+    ) -> Result<(), AppError> {
+        let room = RoomName::parse(room)?;
+        if action.target().is_none_or(|seq| seq < 1) {
+            return Err(AppError::Invalid(
+                "`seq` must be a message's seq, 1 or more".into(),
+            ));
+        }
+        match &action {
+            Action::Edit { .. } => self.check_body(&body)?,
+            Action::React { .. } => crate::domain::chat::check_emoji(&body)?,
+            _ => {}
+        }
+        let message = NewMessage {
+            id: None,
+            room: room.to_string(),
+            sender_id: Some(identity.user_id.clone()),
+            sender_name: identity.name.clone(),
+            sender_role: identity.role.as_str().to_owned(),
+            client_id: None,
+            body,
+            action,
+        };
+        self.submit(identity, room, message, reference, ctx);
+        Ok(())
+    }
+
+    fn check_body(&self, body: &str) -> Result<(), AppError> {
         if body.trim().is_empty() {
             return Err(AppError::Invalid("`body` must not be empty".into()));
         }
@@ -129,32 +198,40 @@ impl WsSession {
                 body.len()
             )));
         }
-        let message = NewMessage {
-            id: None,
-            room: room.to_string(),
-            sender_id: Some(identity.user_id.clone()),
-            sender_name: identity.name.clone(),
-            sender_role: identity.role.as_str().to_owned(),
-            client_id: Some(client_id),
-            body,
-        };
+        Ok(())
+    }
+
+    /// Hands an entry to the sequencer once the socket may write to the
+    /// room; its outcome comes back as a `StoreOutcome`.
+    fn submit(
+        &mut self,
+        identity: Identity,
+        room: RoomName,
+        message: NewMessage,
+        reference: Option<String>,
+        ctx: &mut WebsocketContext<Self>,
+    ) {
         let checked_recently = self
             .writable
             .get(room.as_str())
             .is_some_and(|checked| checked.elapsed() < WRITE_ACCESS_TTL);
         if self.rooms.contains_key(room.as_str()) || checked_recently {
             // No future per send: the ack comes back as a `StoreOutcome`.
-            self.state
+            match self
+                .state
                 .sequencer
-                .submit(message, ctx.address().recipient(), reference)?;
-            self.pending_acks += 1;
-            return Ok(());
+                .submit(message, ctx.address().recipient(), reference.clone())
+            {
+                Ok(()) => self.pending_acks += 1,
+                Err(error) => self.send_error(ctx, reference.as_deref(), &error),
+            }
+            return;
         }
         // Not joined: one access check per room, the sends queued behind it
         // in order (a client may pipeline many before the answer).
         if let Some(queue) = self.awaiting_access.get_mut(room.as_str()) {
             queue.push((message, reference));
-            return Ok(());
+            return;
         }
         self.awaiting_access
             .insert(room.to_string(), vec![(message, reference)]);
@@ -185,7 +262,6 @@ impl WsSession {
                 }
             },
         ));
-        Ok(())
     }
 
     /// A read receipt for a seq the room has: stored (the cursor only
@@ -264,20 +340,24 @@ impl WsSession {
         ctx.spawn(
             off_context(async move {
                 authorize_read(&db, &identity, &room).await?;
-                let (rows, has_more) = reads.before(room.as_str(), before, limit).await?;
-                Ok::<_, AppError>((room, rows, has_more))
+                let (entries, has_more) = reads.before(room.as_str(), before, limit).await?;
+                Ok::<_, AppError>((room, entries, has_more))
             })
             .into_actor(self)
             .map(move |result, session, ctx| match result {
-                Ok((room, rows, has_more)) => ctx.text(
-                    ServerFrame::History {
-                        reference: reference.as_deref(),
-                        room: room.as_str(),
-                        messages: rows.iter().map(MessageView::from).collect(),
-                        has_more,
-                    }
-                    .encode(),
-                ),
+                Ok((room, entries, has_more)) => {
+                    let (messages, changes) = page_views(&entries);
+                    ctx.text(
+                        ServerFrame::History {
+                            reference: reference.as_deref(),
+                            room: room.as_str(),
+                            messages,
+                            changes,
+                            has_more,
+                        }
+                        .encode(),
+                    )
+                }
                 Err(error) => session.send_error(ctx, reference.as_deref(), &error),
             }),
         );

@@ -1,47 +1,61 @@
-//! Chat messages: the group-committed append that assigns each room's
-//! gap-free sequence, history, replay and read cursors.
+//! The group-committed append: one transaction per batch assigns each
+//! room's gap-free seqs under the room's write lock, answers resends with
+//! the stored row, and checks and applies the batch's changes (see
+//! [`super::changes`]).
 
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::models::{MessageRow, ReadCursorRow};
-use super::schema::{messages, read_cursors, rooms};
-use super::{Db, DbError};
-use crate::db_run;
+use super::changes::{named_messages, Ledger, LedgerWrites};
+use super::{Action, Appended, NewMessage, Outcome};
+use crate::db::models::{MessageRow, ReactionRow};
+use crate::db::schema::{message_reactions, messages};
+use crate::db::{Db, DbError};
+use crate::domain::chat::EntryKind;
 
-/// A message to be stored; `seq`, `sent_at` and (unless given) `id` are
-/// assigned at commit.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// Set by a writer that announced the id before storing (the support
-    /// agent streams `message.delta` frames under it); must be unique.
-    pub id: Option<String>,
-    pub room: String,
-    pub sender_id: Option<String>,
-    pub sender_name: String,
-    pub sender_role: String,
-    pub client_id: Option<String>,
-    pub body: String,
-}
-
-/// The outcome of one appended message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    pub row: MessageRow,
-    /// The same sender already stored this `client_id`: `row` is the stored one.
-    pub duplicate: bool,
-}
-
-impl Appended {
-    /// The answer to a resend: the row stored the first time.
-    fn duplicate_of(row: MessageRow) -> Appended {
-        Appended {
-            row,
-            duplicate: true,
+/// The stored row of an entry given its seq: a change keeps no text of its
+/// own (an edit's text goes to the message it changes), a reaction keeps
+/// its emoji.
+pub(super) fn entry_row(entry: &NewMessage, seq: i64, now: i64, id: String) -> MessageRow {
+    let (kind, body) = match &entry.action {
+        Action::Post { .. } => (EntryKind::Message, entry.body.clone()),
+        Action::Edit { .. } => (EntryKind::Edit, String::new()),
+        Action::Delete { .. } => (EntryKind::Delete, String::new()),
+        Action::React { on: true, .. } => (EntryKind::React, entry.body.clone()),
+        Action::React { on: false, .. } => (EntryKind::Unreact, entry.body.clone()),
+    };
+    let attachments = match &entry.action {
+        Action::Post { attachments, .. } if !attachments.is_empty() => {
+            Some(serde_json::to_string(attachments).expect("attachments serialise"))
         }
+        _ => None,
+    };
+    MessageRow {
+        id,
+        room: entry.room.clone(),
+        seq,
+        sender_id: entry.sender_id.clone(),
+        sender_name: entry.sender_name.clone(),
+        sender_role: entry.sender_role.clone(),
+        client_id: entry.client_id.clone(),
+        body,
+        sent_at: now,
+        kind,
+        target_seq: entry.action.target(),
+        attachments,
+        edited_at: None,
+        deleted_at: None,
+        reactions: 0,
     }
+}
+
+fn new_id(entry: &NewMessage) -> String {
+    entry
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
 /// Seqs for a batch, given each room's `last_seq` (read under the room's
@@ -49,7 +63,7 @@ impl Appended {
 /// `(room, sender, client_id)` keys. Pure: both backends share it.
 struct Assigned {
     /// One answer per input, in input order.
-    results: Vec<Appended>,
+    results: Vec<Outcome>,
     /// Rows to insert.
     new_rows: Vec<MessageRow>,
     /// Rooms whose `last_seq` moved, with the new value.
@@ -73,6 +87,7 @@ fn assign(
     batch: &[NewMessage],
     mut last_seq: HashMap<String, i64>,
     mut stored: HashMap<DedupKey, MessageRow>,
+    ledger: &mut Ledger,
     now: i64,
 ) -> Assigned {
     let mut results = Vec::with_capacity(batch.len());
@@ -82,7 +97,11 @@ fn assign(
     for message in batch {
         let key = dedup_key(message);
         if let Some(existing) = key.as_ref().and_then(|k| stored.get(k)) {
-            results.push(Appended::duplicate_of(existing.clone()));
+            results.push(Ok(Appended::duplicate_of(existing.clone())));
+            continue;
+        }
+        if let Err(refusal) = ledger.check(message, now) {
+            results.push(Err(refusal));
             continue;
         }
         let seq = last_seq
@@ -93,27 +112,16 @@ fn assign(
             moved.push(message.room.clone());
         }
         *seq += 1;
-        let row = MessageRow {
-            id: message
-                .id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-            room: message.room.clone(),
-            seq: *seq,
-            sender_id: message.sender_id.clone(),
-            sender_name: message.sender_name.clone(),
-            sender_role: message.sender_role.clone(),
-            client_id: message.client_id.clone(),
-            body: message.body.clone(),
-            sent_at: now,
-        };
+        let row = entry_row(message, *seq, now, new_id(message));
+        let context = ledger.apply(message, &row, now);
         if let Some(key) = key {
             stored.insert(key, row.clone());
         }
-        results.push(Appended {
+        results.push(Ok(Appended {
             row: row.clone(),
+            context,
             duplicate: false,
-        });
+        }));
         new_rows.push(row);
     }
     let moved = moved
@@ -139,9 +147,11 @@ mod sqlite_append {
     use diesel::result::{DatabaseErrorKind, Error};
     use diesel::RunQueryDsl;
 
-    use super::{dedup_key, Appended, DedupKey, NewMessage};
-    use crate::db::models::{MessageRow, NewRoom};
-    use crate::db::schema::{messages, rooms};
+    use super::super::changes::{named_messages, Ledger, LedgerWrites};
+    use super::super::{Appended, NewMessage, Outcome};
+    use super::{dedup_key, entry_row, new_id, DedupKey};
+    use crate::db::models::{MessageRow, NewRoom, ReactionRow};
+    use crate::db::schema::{message_reactions, messages, rooms};
 
     /// SQLite: the whole batch in one call on the blocking thread (not one
     /// thread hop per statement), each statement prepared once and cached.
@@ -152,12 +162,14 @@ mod sqlite_append {
     /// Per message one INSERT, which the unique `(room, sender_id,
     /// client_id)` index turns into nothing for a resend (then the stored
     /// row is read back); per room one read and one update of `last_seq`.
-    pub(super) fn append_sqlite(
+    /// A batch that changes or answers earlier messages reads those first.
+    pub(in crate::db::messages) fn append_sqlite(
         conn: &mut diesel::SqliteConnection,
         batch: &[NewMessage],
         now: i64,
-    ) -> QueryResult<Vec<Appended>> {
+    ) -> QueryResult<Vec<Outcome>> {
         conn.immediate_transaction(|conn| {
+            let mut ledger = read_named(conn, batch)?;
             // Each room's `last_seq` as read, and as it stands now.
             let mut seqs: HashMap<&str, (i64, i64)> = HashMap::new();
             let mut rooms_in_order: Vec<&str> = Vec::new();
@@ -191,32 +203,34 @@ mod sqlite_append {
                 }
                 let key = dedup_key(message);
                 if let Some(existing) = key.as_ref().and_then(|k| in_batch.get(k)) {
-                    results.push(Appended::duplicate_of(existing.clone()));
+                    results.push(Ok(Appended::duplicate_of(existing.clone())));
                     continue;
                 }
                 // A NULL sender never conflicts in the unique index: look.
                 if let (Some((_, None, client_id)), true) = (&key, message.sender_id.is_none()) {
                     if let Some(existing) = stored_duplicate(conn, room, None, client_id)? {
                         in_batch.insert(key.clone().expect("keyed"), existing.clone());
-                        results.push(Appended::duplicate_of(existing));
+                        results.push(Ok(Appended::duplicate_of(existing)));
                         continue;
                     }
                 }
+                if let Err(refusal) = ledger.check(message, now) {
+                    // A resend of a stored message is answered as stored,
+                    // whatever became of what it answers since.
+                    let stored = match &key {
+                        Some((_, sender_id, client_id)) => {
+                            stored_duplicate(conn, room, sender_id.as_deref(), client_id)?
+                        }
+                        None => None,
+                    };
+                    results.push(match stored {
+                        Some(existing) => Ok(Appended::duplicate_of(existing)),
+                        None => Err(refusal),
+                    });
+                    continue;
+                }
                 let current = &mut seqs.get_mut(room).expect("read above").1;
-                let row = MessageRow {
-                    id: message
-                        .id
-                        .clone()
-                        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-                    room: message.room.clone(),
-                    seq: *current + 1,
-                    sender_id: message.sender_id.clone(),
-                    sender_name: message.sender_name.clone(),
-                    sender_role: message.sender_role.clone(),
-                    client_id: message.client_id.clone(),
-                    body: message.body.clone(),
-                    sent_at: now,
-                };
+                let row = entry_row(message, *current + 1, now, new_id(message));
                 let inserted = diesel::insert_into(messages::table)
                     .values(&row)
                     .on_conflict((messages::room, messages::sender_id, messages::client_id))
@@ -227,17 +241,19 @@ mod sqlite_append {
                     let existing = stored_duplicate(conn, room, sender_id.as_deref(), client_id)?
                         .ok_or_else(conflict)?;
                     in_batch.insert(key.expect("keyed"), existing.clone());
-                    results.push(Appended::duplicate_of(existing));
+                    results.push(Ok(Appended::duplicate_of(existing)));
                     continue;
                 }
                 *current += 1;
+                let context = ledger.apply(message, &row, now);
                 if let Some(key) = key {
                     in_batch.insert(key, row.clone());
                 }
-                results.push(Appended {
+                results.push(Ok(Appended {
                     row,
+                    context,
                     duplicate: false,
-                });
+                }));
             }
             for room in rooms_in_order {
                 let (read, now_at) = seqs[room];
@@ -247,8 +263,72 @@ mod sqlite_append {
                         .execute(conn)?;
                 }
             }
+            write_changes(conn, ledger.writes())?;
             Ok(results)
         })
+    }
+
+    /// The messages the batch names and their reactions (nothing is read
+    /// for plain messages).
+    fn read_named(conn: &mut SqliteConnection, batch: &[NewMessage]) -> QueryResult<Ledger> {
+        let named = named_messages(batch);
+        if named.is_empty() {
+            return Ok(Ledger::default());
+        }
+        let mut rows = Vec::new();
+        let mut reactions = Vec::new();
+        for (room, seq) in &named {
+            rows.extend(
+                messages::table
+                    .filter(messages::room.eq(room))
+                    .filter(messages::seq.eq(seq))
+                    .select(MessageRow::as_select())
+                    .load(conn)?,
+            );
+            reactions.extend(
+                message_reactions::table
+                    .filter(message_reactions::room.eq(room))
+                    .filter(message_reactions::seq.eq(seq))
+                    .select(ReactionRow::as_select())
+                    .load(conn)?,
+            );
+        }
+        Ok(Ledger::new(rows, reactions))
+    }
+
+    fn write_changes(conn: &mut SqliteConnection, writes: LedgerWrites) -> QueryResult<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        for update in &writes.updates {
+            diesel::update(
+                messages::table
+                    .filter(messages::room.eq(&update.room))
+                    .filter(messages::seq.eq(update.seq)),
+            )
+            .set((
+                messages::body.eq(&update.body),
+                messages::attachments.eq(&update.attachments),
+                messages::edited_at.eq(update.edited_at),
+                messages::deleted_at.eq(update.deleted_at),
+                messages::reactions.eq(update.reactions),
+            ))
+            .execute(conn)?;
+        }
+        for (room, seq) in &writes.reaction_sets {
+            diesel::delete(
+                message_reactions::table
+                    .filter(message_reactions::room.eq(room))
+                    .filter(message_reactions::seq.eq(seq)),
+            )
+            .execute(conn)?;
+        }
+        if !writes.reactions.is_empty() {
+            diesel::insert_into(message_reactions::table)
+                .values(&writes.reactions)
+                .execute(conn)?;
+        }
+        Ok(())
     }
 
     fn stored_duplicate(
@@ -290,6 +370,11 @@ struct RoomSeq {
     last_seq: i64,
 }
 
+/// Every column of `messages`, for the raw queries below.
+const MESSAGE_COLUMNS: &str = "m.id, m.room, m.seq, m.sender_id, m.sender_name, m.sender_role, \
+     m.client_id, m.body, m.sent_at, m.kind, m.target_seq, m.attachments, m.edited_at, \
+     m.deleted_at, m.reactions";
+
 /// PostgreSQL: a fixed number of round trips per batch, whatever the
 /// number of rooms in it. Rooms are locked in id order (two nodes' batches
 /// never wait for each other in a cycle), seqs assigned under the locks.
@@ -297,7 +382,7 @@ async fn append_postgres(
     conn: &mut diesel_async::AsyncPgConnection,
     batch: Vec<NewMessage>,
     now: i64,
-) -> Result<Vec<Appended>, DbError> {
+) -> Result<Vec<Outcome>, DbError> {
     use diesel::sql_types::{Array, BigInt, Text};
     conn.transaction::<_, DbError, _>(async |conn| {
         let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
@@ -344,12 +429,11 @@ async fn append_postgres(
         let mut found: Vec<MessageRow> = Vec::new();
         if !keyed_rooms.is_empty() {
             found.extend(
-                diesel::sql_query(
-                    "SELECT m.id, m.room, m.seq, m.sender_id, m.sender_name, m.sender_role, \
-                     m.client_id, m.body, m.sent_at FROM messages m \
+                diesel::sql_query(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m \
                      JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(room, sender_id, client_id) \
-                     ON m.room = k.room AND m.sender_id = k.sender_id AND m.client_id = k.client_id",
-                )
+                     ON m.room = k.room AND m.sender_id = k.sender_id AND m.client_id = k.client_id"
+                ))
                 .bind::<Array<Text>, _>(&keyed_rooms)
                 .bind::<Array<Text>, _>(&keyed_senders)
                 .bind::<Array<Text>, _>(&keyed_clients)
@@ -359,12 +443,11 @@ async fn append_postgres(
         }
         if !system_rooms.is_empty() {
             found.extend(
-                diesel::sql_query(
-                    "SELECT m.id, m.room, m.seq, m.sender_id, m.sender_name, m.sender_role, \
-                     m.client_id, m.body, m.sent_at FROM messages m \
+                diesel::sql_query(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m \
                      JOIN unnest($1::text[], $2::text[]) AS k(room, client_id) \
-                     ON m.room = k.room AND m.sender_id IS NULL AND m.client_id = k.client_id",
-                )
+                     ON m.room = k.room AND m.sender_id IS NULL AND m.client_id = k.client_id"
+                ))
                 .bind::<Array<Text>, _>(&system_rooms)
                 .bind::<Array<Text>, _>(&system_clients)
                 .load::<MessageRow>(conn)
@@ -379,7 +462,8 @@ async fn append_postgres(
             })
             .collect();
 
-        let assigned = assign(&batch, last_seq, stored, now);
+        let mut ledger = read_named_postgres(conn, &batch).await?;
+        let assigned = assign(&batch, last_seq, stored, &mut ledger, now);
         if !assigned.moved.is_empty() {
             let (ids, seqs): (Vec<&str>, Vec<i64>) = assigned
                 .moved
@@ -402,15 +486,92 @@ async fn append_postgres(
                 .execute(conn)
                 .await?;
         }
+        write_changes_postgres(conn, ledger.writes()).await?;
         Ok(assigned.results)
     })
     .await
 }
 
+/// The messages the batch names and their reactions, read under the rooms'
+/// locks (nothing is read for plain messages).
+async fn read_named_postgres(
+    conn: &mut diesel_async::AsyncPgConnection,
+    batch: &[NewMessage],
+) -> Result<Ledger, DbError> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    let named = named_messages(batch);
+    if named.is_empty() {
+        return Ok(Ledger::default());
+    }
+    let (rooms, seqs): (Vec<&str>, Vec<i64>) = named.iter().map(|(r, s)| (r.as_str(), *s)).unzip();
+    let rows: Vec<MessageRow> = diesel::sql_query(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m \
+         JOIN unnest($1::text[], $2::bigint[]) AS k(room, seq) ON m.room = k.room AND m.seq = k.seq"
+    ))
+    .bind::<Array<Text>, _>(&rooms)
+    .bind::<Array<BigInt>, _>(&seqs)
+    .load(conn)
+    .await?;
+    let mut reactions: Vec<ReactionRow> = Vec::new();
+    for (room, seq) in &named {
+        reactions.extend(
+            message_reactions::table
+                .filter(message_reactions::room.eq(room))
+                .filter(message_reactions::seq.eq(seq))
+                .select(ReactionRow::as_select())
+                .load(conn)
+                .await?,
+        );
+    }
+    Ok(Ledger::new(rows, reactions))
+}
+
+async fn write_changes_postgres(
+    conn: &mut diesel_async::AsyncPgConnection,
+    writes: LedgerWrites,
+) -> Result<(), DbError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    for update in &writes.updates {
+        diesel::update(
+            messages::table
+                .filter(messages::room.eq(&update.room))
+                .filter(messages::seq.eq(update.seq)),
+        )
+        .set((
+            messages::body.eq(&update.body),
+            messages::attachments.eq(&update.attachments),
+            messages::edited_at.eq(update.edited_at),
+            messages::deleted_at.eq(update.deleted_at),
+            messages::reactions.eq(update.reactions),
+        ))
+        .execute(conn)
+        .await?;
+    }
+    for (room, seq) in &writes.reaction_sets {
+        diesel::delete(
+            message_reactions::table
+                .filter(message_reactions::room.eq(room))
+                .filter(message_reactions::seq.eq(seq)),
+        )
+        .execute(conn)
+        .await?;
+    }
+    if !writes.reactions.is_empty() {
+        diesel::insert_into(message_reactions::table)
+            .values(&writes.reactions)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Db {
-    /// Stores a batch of messages in one transaction (group commit).
-    /// Every message is answered in input order, duplicates included.
-    pub async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, DbError> {
+    /// Stores a batch of entries in one transaction (group commit). Every
+    /// entry is answered in input order: stored, a duplicate of a stored
+    /// message, or a change refused (the others are stored all the same).
+    pub async fn append_messages(&self, batch: Vec<NewMessage>) -> Result<Vec<Outcome>, DbError> {
         let now = crate::time::now_ms();
         match self {
             Db::Sqlite(pool, gate) => {
@@ -424,197 +585,6 @@ impl Db {
                 let mut pooled = pool.get().await?;
                 append_postgres(&mut pooled, batch, now).await
             }
-        }
-    }
-
-    /// The highest stored seq of a room (0 when it has none).
-    pub async fn room_last_seq(&self, room: &str) -> Result<i64, DbError> {
-        db_run!(self, |conn| {
-            let found: Option<i64> = rooms::table
-                .find(room)
-                .select(rooms::last_seq)
-                .first(conn)
-                .await
-                .optional()?;
-            Ok(found.unwrap_or(0))
-        })
-    }
-
-    /// Messages with `after < seq <= up_to`, oldest first, at most `limit`.
-    pub async fn messages_after(
-        &self,
-        room: &str,
-        after: i64,
-        up_to: i64,
-        limit: i64,
-    ) -> Result<Vec<MessageRow>, DbError> {
-        db_run!(self, |conn| {
-            Ok(messages::table
-                .filter(messages::room.eq(room))
-                .filter(messages::seq.gt(after))
-                .filter(messages::seq.le(up_to))
-                .order(messages::seq.asc())
-                .limit(limit)
-                .select(MessageRow::as_select())
-                .load(conn)
-                .await?)
-        })
-    }
-
-    /// Up to `limit` messages with seq below `before` (all when `None`),
-    /// newest first, and whether older ones remain.
-    pub async fn messages_before(
-        &self,
-        room: &str,
-        before: Option<i64>,
-        limit: i64,
-    ) -> Result<(Vec<MessageRow>, bool), DbError> {
-        let before = before.unwrap_or(i64::MAX);
-        let mut rows: Vec<MessageRow> = db_run!(self, |conn| {
-            messages::table
-                .filter(messages::room.eq(room))
-                .filter(messages::seq.lt(before))
-                .order(messages::seq.desc())
-                .limit(limit + 1)
-                .select(MessageRow::as_select())
-                .load(conn)
-                .await?
-        });
-        let has_more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        Ok((rows, has_more))
-    }
-
-    /// Moves a user's read cursor forward (never back).
-    pub async fn advance_read_cursor(
-        &self,
-        room: &str,
-        user_id: &str,
-        seq: i64,
-    ) -> Result<(), DbError> {
-        let now = crate::time::now_ms();
-        let row = ReadCursorRow {
-            room: room.to_owned(),
-            user_id: user_id.to_owned(),
-            seq,
-            updated_at: now,
-        };
-        db_run!(self, |conn| {
-            let inserted = diesel::insert_into(read_cursors::table)
-                .values(&row)
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-            if inserted == 0 {
-                diesel::update(read_cursors::table.find((room, user_id)))
-                    .filter(read_cursors::seq.lt(seq))
-                    .set((read_cursors::seq.eq(seq), read_cursors::updated_at.eq(now)))
-                    .execute(conn)
-                    .await?;
-            }
-            Ok(())
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! Properties of sequencing, dedup and resume, over any mix of rooms,
-    //! senders, repeated client ids and batch boundaries.
-
-    use std::collections::{BTreeMap, HashMap};
-
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    async fn fresh_db(dir: &std::path::Path) -> Db {
-        let url: secrecy::SecretString = format!("sqlite://{}", dir.join("p.db").display()).into();
-        Db::migrate(&url).await.unwrap();
-        Db::connect(&url, 2).await.unwrap()
-    }
-
-    /// (room, sender, client id): small ranges so repeats are common.
-    fn appends() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
-        prop::collection::vec((0u8..3, 0u8..2, 0u8..12), 1..60)
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-        #[test]
-        fn seqs_are_gap_free_and_client_ids_stored_once(
-            appends in appends(),
-            batch_sizes in prop::collection::vec(1usize..8, 1..20),
-        ) {
-            let dir = std::env::temp_dir().join(format!("mixroom-prop-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&dir).unwrap();
-            runtime().block_on(async {
-                let db = fresh_db(&dir).await;
-                let mut first_answer: HashMap<(u8, u8, u8), (i64, String)> = HashMap::new();
-                let mut sizes = batch_sizes.iter().cycle();
-                let mut rest = appends.as_slice();
-                while !rest.is_empty() {
-                    let take = (*sizes.next().unwrap()).min(rest.len());
-                    let (batch, tail) = rest.split_at(take);
-                    rest = tail;
-                    let messages: Vec<NewMessage> = batch
-                        .iter()
-                        .map(|&(room, sender, client)| NewMessage {
-                            id: None,
-                            room: format!("booking:r{room}"),
-                            sender_id: Some(format!("u{sender}")),
-                            sender_name: "U".into(),
-                            sender_role: "client".into(),
-                            client_id: Some(format!("c{client}")),
-                            body: "b".into(),
-                        })
-                        .collect();
-                    let answers = db.append_messages(messages).await.unwrap();
-                    for (key, answer) in batch.iter().zip(answers) {
-                        let seen = (answer.row.seq, answer.row.id.clone());
-                        match first_answer.get(key) {
-                            // A repeat gets the original ack back.
-                            Some(original) => {
-                                prop_assert!(answer.duplicate);
-                                prop_assert_eq!(original, &seen);
-                            }
-                            None => {
-                                prop_assert!(!answer.duplicate);
-                                first_answer.insert(*key, seen);
-                            }
-                        }
-                    }
-                }
-                let mut per_room: BTreeMap<u8, usize> = BTreeMap::new();
-                for (room, _, _) in first_answer.keys() {
-                    *per_room.entry(*room).or_default() += 1;
-                }
-                for (room, count) in per_room {
-                    let name = format!("booking:r{room}");
-                    let stored = db.messages_after(&name, 0, i64::MAX, 1000).await.unwrap();
-                    let seqs: Vec<i64> = stored.iter().map(|m| m.seq).collect();
-                    // Gap-free from 1, one row per distinct client id.
-                    prop_assert_eq!(seqs, (1..=count as i64).collect::<Vec<_>>());
-                    prop_assert_eq!(db.room_last_seq(&name).await.unwrap(), count as i64);
-                    // Resuming from any point yields exactly the rest, in order.
-                    for since in 0..=count as i64 {
-                        let replay = db.messages_after(&name, since, i64::MAX, 1000).await.unwrap();
-                        let replayed: Vec<i64> = replay.iter().map(|m| m.seq).collect();
-                        prop_assert_eq!(replayed, (since + 1..=count as i64).collect::<Vec<_>>());
-                    }
-                }
-                Ok(())
-            })?;
-            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
