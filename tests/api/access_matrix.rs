@@ -357,9 +357,14 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
                     json!({"type": "send", "room": room, "client_id": format!("c-{index}"), "body": "hi"}),
                     "ack",
                 ),
+                // The room's first message is there by now where one may write.
+                (
+                    json!({"type": "react", "room": room, "seq": 1, "emoji": "👍", "on": true}),
+                    "ack",
+                ),
             ];
             for (frame, reply_type) in checks {
-                let is_send = frame["type"] == "send";
+                let is_send = frame["type"] == "send" || frame["type"] == "react";
                 let reply = ws.request(frame.clone(), reply_type).await;
                 // Nobody writes into a user channel, not even its owner.
                 let may = may && !(is_send && room.starts_with("user:"));
@@ -380,6 +385,16 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
                 ] {
                     let reply = ws.request(frame.clone(), "never").await;
                     if reply["code"] != "forbidden" {
+                        wrong.push(format!("{frame} as {caller:?}: {reply}"));
+                    }
+                }
+                // Nor may an outsider change what others wrote.
+                for frame in [
+                    json!({"type": "edit", "room": room, "seq": 1, "body": "x"}),
+                    json!({"type": "delete", "room": room, "seq": 1}),
+                ] {
+                    let reply = ws.request(frame.clone(), "ack").await;
+                    if !["forbidden", "not_found"].contains(&reply["code"].as_str().unwrap_or("")) {
                         wrong.push(format!("{frame} as {caller:?}: {reply}"));
                     }
                 }

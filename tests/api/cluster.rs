@@ -145,6 +145,85 @@ async fn users_on_different_nodes_share_one_sequence() {
     }
 }
 
+/// Ava writes on node A and fixes her message from her phone on node B;
+/// Sam, on node A, sees the fix, Eli's reaction from node C and the
+/// deletion, each at its own seq, and they read the same in history.
+#[tokio::test]
+async fn changes_made_on_another_node_reach_everyone() {
+    let Some((backend, redis)) = services() else {
+        return;
+    };
+    let node_a = spawn_node(&backend, &redis);
+    let node_b = spawn_node(&backend, &redis);
+    let node_c = spawn_node(&backend, &redis);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    let eli = TestUser::engineer("Eli");
+    let room = node_a.open_booking(&ava, &[&sam, &eli]).await;
+    let mut ava_laptop = WsClient::connect_as(&node_a, &ava).await;
+    let mut sam_ws = WsClient::connect_as(&node_a, &sam).await;
+    sam_ws.join(&room, None).await;
+    ava_laptop.send_msg(&room, "ava-1", "Lets do 10am").await;
+    ava_laptop.send_msg(&room, "ava-2", "wrong room").await;
+
+    let mut ava_phone = WsClient::connect_as(&node_b, &ava).await;
+    let edited = ava_phone
+        .request(
+            json!({"type": "edit", "room": room, "seq": 1, "body": "Let's do 10am"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(edited["seq"], 3, "{edited}");
+    let mut eli_ws = WsClient::connect_as(&node_c, &eli).await;
+    let reacted = eli_ws
+        .request(
+            json!({"type": "react", "room": room, "seq": 1, "emoji": "👍", "on": true}),
+            "ack",
+        )
+        .await;
+    assert_eq!(reacted["seq"], 4, "{reacted}");
+    let deleted = ava_phone
+        .request(json!({"type": "delete", "room": room, "seq": 2}), "ack")
+        .await;
+    assert_eq!(deleted["seq"], 5, "{deleted}");
+
+    let mut changes = Vec::new();
+    while changes.len() < 3 {
+        let frame = sam_ws
+            .recv_matching("a change", |f| {
+                f["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("message."))
+            })
+            .await;
+        changes.push(frame);
+    }
+    let seen: Vec<(&str, i64)> = changes
+        .iter()
+        .map(|f| (f["type"].as_str().unwrap(), f["seq"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("message.edited", 3),
+            ("message.reacted", 4),
+            ("message.deleted", 5)
+        ]
+    );
+    assert_eq!(changes[0]["body"], "Let's do 10am");
+    assert_eq!(changes[1]["reactions"][0]["user_ids"], json!([eli.id]));
+
+    for node in [&node_a, &node_b, &node_c] {
+        let history = node.history_over_http(&sam, &room, None, None).await;
+        let messages = history["messages"].as_array().unwrap();
+        let first = messages.iter().find(|m| m["seq"] == 1).unwrap();
+        assert_eq!(first["body"], "Let's do 10am", "{history}");
+        assert_eq!(first["reactions"][0]["count"], 1, "{history}");
+        let second = messages.iter().find(|m| m["seq"] == 2).unwrap();
+        assert!(second["deleted_at"].is_string(), "{history}");
+    }
+}
+
 /// Presence crosses nodes, and a node that dies takes its users offline
 /// once their lease runs out.
 #[tokio::test]

@@ -31,6 +31,7 @@ both_backends!(
     preferences_are_respected,
     user_without_address_is_skipped,
     embedded_default_writes_outbox_files,
+    the_email_shows_messages_as_they_stand,
 );
 
 const FROM: &str = "Mixroom <notify@mixroom.test>";
@@ -1033,4 +1034,86 @@ async fn embedded_default_writes_outbox_files(backend: Backend) {
         .wait_for_metric("mixroom_emails_sent_total", 1.0, EMAIL_WAIT)
         .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Before Sam's email goes out, Ava fixes one message and takes another
+/// back: the email shows the fixed text, never the deleted one, and names
+/// the file she shared. A conversation whose every message was taken back
+/// is not emailed at all.
+async fn the_email_shows_messages_as_they_stand(backend: Backend) {
+    let fake = FakeResend::start();
+    let server = spawn(
+        &backend,
+        &email_env(&fake, &[("MIXROOM__EMAIL__OFFLINE_DELAY_SECS", "3")]),
+    );
+    let (ava, sam, room, mut ava_ws) = ava_writes_to_sam(&server).await;
+    ava_ws
+        .send_msg(&room, "a-1", "Session moved to Fridya")
+        .await;
+    ava_ws
+        .send_msg(&room, "a-2", "My home address is 1 Secret Lane")
+        .await;
+    ava_ws
+        .send_json(json!({
+            "type": "send", "room": room, "client_id": "a-3", "ref": "a-3",
+            "body": "Reference track",
+            "attachments": [{"url": "https://abcd.supabase.co/storage/v1/object/sign/ref.mp3?token=t",
+                             "name": "reference-track.mp3", "size": 4_000_000,
+                             "content_type": "audio/mpeg"}],
+        }))
+        .await;
+    ava_ws.wait_ack("a-3").await;
+    let edited = ava_ws
+        .request(
+            json!({"type": "edit", "room": room, "seq": 1, "body": "Session moved to Friday"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(edited["type"], "ack", "{edited}");
+    let deleted = ava_ws
+        .request(json!({"type": "delete", "room": room, "seq": 2}), "ack")
+        .await;
+    assert_eq!(deleted["type"], "ack", "{deleted}");
+
+    let emails = fake.wait_for_emails_to(&sam.email(), 1, EMAIL_WAIT).await;
+    let email = &emails[0];
+    assert_eq!(
+        email.subject, "You have 2 unread updates on Mixroom",
+        "{}",
+        email.text
+    );
+    assert!(
+        email.text.contains("Session moved to Friday"),
+        "{}",
+        email.text
+    );
+    assert!(!email.text.contains("Fridya"), "{}", email.text);
+    assert!(!email.text.contains("Secret Lane"), "{}", email.text);
+    assert!(!email.html.contains("Secret Lane"), "{}", email.html);
+    assert!(email.text.contains("reference-track.mp3"), "{}", email.text);
+    assert!(
+        !email.text.contains("supabase.co"),
+        "links stay in the app: {}",
+        email.text
+    );
+
+    // Taken back before the delay: nothing to tell Ava about.
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    sam_ws.join(&room, None).await;
+    sam_ws.send_msg(&room, "s-1", "Wrong booking, sorry").await;
+    sam_ws.send_msg(&room, "s-2", "Ignore that").await;
+    sam_ws.disconnect().await;
+    ava_ws.disconnect().await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    for seq in [6, 7] {
+        let gone = sam_ws
+            .request(json!({"type": "delete", "room": room, "seq": seq}), "ack")
+            .await;
+        assert_eq!(gone["type"], "ack", "{gone}");
+    }
+    sam_ws.disconnect().await;
+    fake.expect_no_more_emails(1, Instant::now() + Duration::from_secs(6))
+        .await;
+    assert!(fake.emails_to(&ava.email()).is_empty());
+    fake.assert_no_violations();
 }

@@ -16,6 +16,7 @@ both_backends!(
     files_are_shared_by_link_from_storage_only,
     a_reconnect_learns_every_change_it_missed,
     only_members_change_a_rooms_messages,
+    export_and_erasure_cover_changes,
 );
 
 const SUPABASE_FILE: &str =
@@ -495,4 +496,63 @@ async fn only_members_change_a_rooms_messages(backend: Backend) {
     let history = ava_ws.history(&room, None, None).await;
     assert_eq!(message_at(&history, 1)["body"], "Private plans");
     assert!(history.get("changes").is_none(), "{history}");
+}
+
+/// Sam's export holds his edits, reactions and shared files; when he
+/// erases his data, his edited words are blanked, his files and reactions
+/// gone, and Ava's message counts no reaction of his.
+async fn export_and_erasure_cover_changes(backend: Backend) {
+    let (server, ava, sam, room, mut ava_ws, mut sam_ws) = ava_and_sam(&backend, &[]).await;
+    ava_ws.send_msg(&room, "ava-1", "Mix notes attached?").await;
+    let mix =
+        json!({"url": SUPABASE_FILE, "name": "mix-v2.wav", "size": 9, "content_type": "audio/wav"});
+    sam_ws
+        .send_json(
+            json!({"type": "send", "room": room, "client_id": "sam-1", "ref": "sam-1",
+                          "body": "Here is mix v2", "attachments": [mix]}),
+        )
+        .await;
+    sam_ws.wait_ack("sam-1").await;
+    change(&mut sam_ws, edit(&room, 2, "Here is mix v2 (the loud one)")).await;
+    change(&mut sam_ws, react(&room, 1, "🔥", true)).await;
+    change(&mut ava_ws, react(&room, 1, "👍", true)).await;
+
+    let export = server.export(&sam).await;
+    let messages = export["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "changes are not messages: {export}");
+    assert_eq!(messages[0]["body"], "Here is mix v2 (the loud one)");
+    assert!(messages[0]["edited_at"].is_string());
+    assert_eq!(messages[0]["attachments"], json!([mix]));
+    let kinds: Vec<&str> = export["message_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["edit", "react"], "{export}");
+    assert_eq!(
+        export["reactions"],
+        json!([{"room": room, "seq": 1, "emoji": "🔥",
+                "at": export["reactions"][0]["at"]}])
+    );
+
+    let erased = server
+        .http_client()
+        .delete(server.http("/v1/me"))
+        .bearer_auth(&sam.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), 200);
+    let history = server.history_over_http(&ava, &room, None, None).await;
+    let sams = message_at(&history, 2);
+    assert_ne!(sams["body"], "Here is mix v2 (the loud one)", "{sams}");
+    assert!(!history.to_string().contains("loud one"), "{history}");
+    assert!(sams.get("attachments").is_none(), "{sams}");
+    assert_eq!(
+        message_at(&history, 1)["reactions"],
+        json!([{"emoji": "👍", "count": 1, "user_ids": [ava.id]}]),
+        "{history}"
+    );
+    assert!(!history.to_string().contains("🔥"), "{history}");
 }

@@ -19,6 +19,7 @@ both_backends!(
     anthropic_failures_leave_the_conversation_usable,
     booking_status_tool_sees_only_the_askers_bookings,
     daily_token_budget_stops_the_model_not_the_people,
+    the_agent_reads_the_conversation_as_it_stands,
 );
 
 const API_KEY: &str = "sk-ant-test-4f2b9c";
@@ -578,6 +579,63 @@ async fn anthropic_answers_stream_with_the_conversation(backend: Backend) {
             {"role": "user", "content": "And refunds?"},
         ])
     );
+}
+
+/// Ava puts her card number in a question, then edits it out and reacts to
+/// the answer: the next request to the model carries the edited text only,
+/// and neither the edit nor the reaction starts an answer of its own.
+async fn the_agent_reads_the_conversation_as_it_stands(backend: Backend) {
+    let fake = FakeAnthropic::start(vec![
+        text_answer(&["Sorry to hear that. ", "Which booking?"], 100, 8),
+        text_answer(&["Refunds follow ", "the studio's terms."], 150, 9),
+    ])
+    .await;
+    let server = spawn_with(&backend, &anthropic_env(&fake));
+    let ava = TestUser::client("Ava");
+    let room = open_conversation(&server, &ava).await;
+    let mut ws = WsClient::connect_as(&server, &ava).await;
+    ws.join(&room, None).await;
+
+    let first = ask(
+        &mut ws,
+        &room,
+        "q1",
+        "My card 4242 4242 4242 4242 was charged twice",
+    )
+    .await;
+    let question_seq = first.message["seq"].as_i64().unwrap() - 1;
+    let edited = ws
+        .request(
+            json!({"type": "edit", "room": room, "seq": question_seq,
+                   "body": "My card was charged twice"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(edited["type"], "ack", "{edited}");
+    let answer_seq = first.message["seq"].as_i64().unwrap();
+    let reacted = ws
+        .request(
+            json!({"type": "react", "room": room, "seq": answer_seq, "emoji": "🙏", "on": true}),
+            "ack",
+        )
+        .await;
+    assert_eq!(reacted["type"], "ack", "{reacted}");
+    ws.expect_silence(500, &["message.delta"]).await;
+    assert_eq!(fake.requests().len(), 1, "a change is not a question");
+
+    let second = ask(&mut ws, &room, "q2", "And refunds?").await;
+    assert_streamed_answer(&second, &room);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].body["messages"],
+        json!([
+            {"role": "user", "content": "My card was charged twice"},
+            {"role": "assistant", "content": "Sorry to hear that. Which booking?"},
+            {"role": "user", "content": "And refunds?"},
+        ])
+    );
+    assert!(!requests[1].body.to_string().contains("4242"));
 }
 
 /// Overloaded (529), a stream cut mid-answer and a provider that never

@@ -29,6 +29,9 @@ pub(super) struct Ledger {
     changed: BTreeSet<Key>,
     /// Messages whose reaction set changed.
     reacted: BTreeSet<Key>,
+    /// Whether the batch names messages at all: only then are its new
+    /// messages remembered (a batch of plain messages copies nothing).
+    remember_new: bool,
 }
 
 /// A changed message's new state, to be written over its stored row.
@@ -77,6 +80,7 @@ impl Ledger {
                 .into_iter()
                 .map(|m| ((m.room.clone(), m.seq), m))
                 .collect(),
+            remember_new: true,
             ..Ledger::default()
         };
         for reaction in reactions {
@@ -180,7 +184,7 @@ impl Ledger {
             return self.apply_edit(row, &entry.body, now);
         }
         let Some(seq) = row.target_seq else {
-            if row.is_message() {
+            if self.remember_new && row.is_message() {
                 self.messages
                     .insert((row.room.clone(), row.seq), row.clone());
             }
@@ -428,6 +432,7 @@ mod tests {
 
     #[test]
     fn one_of_each_emoji_per_user_and_replies_to_messages_of_the_same_batch() {
+        // A batch naming a message of its own reads nothing first.
         let mut ledger = Ledger::new(vec![], vec![]);
         let first = change(
             "ava",
