@@ -100,6 +100,7 @@ impl Bookings {
                 created_at: change.at,
                 read_at: None,
                 data: None,
+                transactional: false,
             };
             let (row, is_new) = self.db.create_notification(row).await?;
             if is_new {

@@ -147,6 +147,12 @@ pub(super) fn status_notification(
         created_at: change.at,
         read_at: None,
         data: None,
+        // Confirmed or paid: the confirmation is emailed at once.
+        transactional: previous != change.status
+            && matches!(
+                change.status,
+                BookingStatus::Confirmed | BookingStatus::Paid
+            ),
     }
 }
 

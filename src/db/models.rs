@@ -168,6 +168,8 @@ pub struct NotificationRow {
     pub read_at: Option<i64>,
     /// The backend's `data` object, as JSON text.
     pub data: Option<String>,
+    /// Emailed at once and alone, read or not (a booking confirmed or paid).
+    pub transactional: bool,
 }
 
 /// What Stripe's events said about one booking's payment (`src/payments.rs`).

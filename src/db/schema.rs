@@ -104,6 +104,7 @@ diesel::table! {
         created_at -> BigInt,
         read_at -> Nullable<BigInt>,
         data -> Nullable<Text>,
+        transactional -> Bool,
     }
 }
 
@@ -207,6 +208,7 @@ diesel::table! {
         outbox_id -> Nullable<Text>,
         updated_at -> BigInt,
         up_to_seq -> Nullable<BigInt>,
+        transactional -> Bool,
     }
 }
 

@@ -101,6 +101,10 @@ pub struct NewNotification {
     /// An object of the backend's for the app (ids to open, say), delivered
     /// as is in the frame and the inbox.
     data: Option<serde_json::Value>,
+    /// Email it at once and alone, even when read in the app (a receipt, a
+    /// confirmation); still subject to the recipient's switch for `kind`.
+    #[serde(default)]
+    transactional: bool,
 }
 
 impl NewNotification {
@@ -195,6 +199,7 @@ pub async fn create(
             created_at: now,
             read_at: None,
             data: data.clone(),
+            transactional: body.transactional,
         };
         let (row, created) = state.db.create_notification(row).await?;
         outcomes.push(json!({ "user_id": row.user_id, "id": row.id, "created": created }));

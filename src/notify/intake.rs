@@ -109,6 +109,7 @@ pub(super) fn new_item(
         outbox_id: None,
         updated_at: now,
         up_to_seq: None,
+        transactional: false,
     }
 }
 
@@ -163,10 +164,15 @@ pub(super) async fn chat_ranges(
 
 pub(super) fn notification_items(delays: Delays, rows: &[NotificationRow]) -> Vec<EmailItemRow> {
     rows.iter()
-        .filter(|n| n.read_at.is_none())
+        .filter(|n| n.read_at.is_none() || n.transactional)
         .map(|n| {
             // Every kind of notification is a kind of email (one type).
-            let due = delays.first_check(n.created_at);
+            // A transactional one is due at once.
+            let due = if n.transactional {
+                n.created_at
+            } else {
+                delays.first_check(n.created_at)
+            };
             let mut item = new_item(
                 &n.user_id,
                 n.kind,
@@ -175,6 +181,7 @@ pub(super) fn notification_items(delays: Delays, rows: &[NotificationRow]) -> Ve
                 due,
             );
             item.notification_id = Some(n.id.clone());
+            item.transactional = n.transactional;
             item
         })
         .collect()

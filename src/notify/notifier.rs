@@ -354,10 +354,8 @@ impl DispatchRound {
                 "unread items not emailed: the user has no email address"
             );
         }
-        if plan.email.is_some() {
-            self.metrics.emails_queued.inc();
-        }
-        Ok(plan.email.is_some())
+        self.metrics.emails_queued.inc_by(plan.emails.len() as u64);
+        Ok(!plan.emails.is_empty())
     }
 }
 

@@ -101,7 +101,11 @@ fn drop_reason(item: &PendingItem, preferences: &PreferencesRow) -> Option<ItemS
         ItemSource::Chat { messages, more, .. } if messages.is_empty() && *more == 0 => {
             Some(ItemState::Gone)
         }
-        ItemSource::Notification(row) if row.read_at.is_some() => Some(ItemState::Read),
+        // Reading a transactional notification in the app does not cancel
+        // its email (a confirmation is kept for the record).
+        ItemSource::Notification(row) if row.read_at.is_some() && !item.row.transactional => {
+            Some(ItemState::Read)
+        }
         _ if !preferences.allows(item.row.kind) => Some(ItemState::Disabled),
         _ => None,
     }
@@ -134,9 +138,12 @@ pub(super) fn decide(
         .unwrap_or_else(|| PreferencesRow::defaults(user_id));
     let mut plan = DispatchPlan::default();
     let mut keep: Vec<(PendingItem, Timing)> = Vec::new();
+    // Transactional items go at once, each in an email of its own.
+    let mut alone: Vec<PendingItem> = Vec::new();
     for item in snapshot.items {
         match drop_reason(&item, &preferences) {
             Some(reason) => plan.dropped.push((item.row.id.clone(), reason)),
+            None if item.row.transactional => alone.push(item),
             None => {
                 let delays = delays.for_item(item.row.kind, preferences.chat_delay_secs);
                 let timing = timing(now, online, unread_since(&item), delays);
@@ -144,15 +151,18 @@ pub(super) fn decide(
             }
         }
     }
-    if !keep.iter().any(|(_, t)| *t == Timing::Due) {
-        plan.rescheduled = keep
+    let digest_due = keep.iter().any(|(_, t)| *t == Timing::Due);
+    if !digest_due {
+        plan.rescheduled = std::mem::take(&mut keep)
             .into_iter()
             .filter_map(|(item, timing)| match timing {
                 Timing::Later(at) if at != item.row.due_at => Some((item.row.id, at)),
                 _ => None,
             })
             .collect();
-        return plan;
+        if alone.is_empty() {
+            return plan;
+        }
     }
     let address = snapshot
         .user
@@ -164,15 +174,26 @@ pub(super) fn decide(
     let Some(address) = address else {
         plan.dropped.extend(
             keep.into_iter()
-                .map(|(item, _)| (item.row.id, ItemState::NoAddress)),
+                .map(|(item, _)| item)
+                .chain(alone)
+                .map(|item| (item.row.id, ItemState::NoAddress)),
         );
         return plan;
     };
 
-    let items: Vec<PendingItem> = keep.into_iter().map(|(item, _)| item).collect();
-    plan.emailed = items.iter().map(|i| i.row.id.clone()).collect();
     let name = snapshot.user.as_ref().and_then(|u| u.name.as_deref());
-    plan.email = Some(composer.compose(user_id, name, address, &items, now));
+    for item in alone {
+        let email = composer.compose(user_id, name, address, std::slice::from_ref(&item), now);
+        plan.emails.push((email, vec![item.row.id]));
+    }
+    if digest_due {
+        let items: Vec<PendingItem> = keep.into_iter().map(|(item, _)| item).collect();
+        let emailed = items.iter().map(|i| i.row.id.clone()).collect();
+        plan.emails.push((
+            composer.compose(user_id, name, address, &items, now),
+            emailed,
+        ));
+    }
     plan
 }
 
@@ -180,7 +201,7 @@ pub(super) fn decide(
 mod tests {
     use super::*;
     use crate::config::Settings;
-    use crate::db::models::{MessageRow, UserRow};
+    use crate::db::models::{MessageRow, NotificationRow, UserRow};
     use crate::notify::intake::new_item;
 
     const DELAYS: Delays = Delays {
@@ -300,9 +321,10 @@ mod tests {
             ],
         };
         let plan = decide(DELAYS, &composer(), "sam", snapshot, 60_000, false);
-        assert_eq!(plan.emailed, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(plan.emails.len(), 1);
+        let (email, emailed) = plan.emails.into_iter().next().unwrap();
+        assert_eq!(emailed, vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(plan.dropped, vec![("c".to_owned(), ItemState::Read)]);
-        let email = plan.email.unwrap();
         assert_eq!(email.to_address, "sam@example.com");
         assert_eq!(email.item_count, 2);
         assert!(email.text.contains("take 1") && email.text.contains("take 2"));
@@ -319,7 +341,7 @@ mod tests {
             items: vec![chat_item("a", 1, 0, 0)],
         };
         let plan = decide(DELAYS, &composer(), "sam", snapshot, 10_000, false);
-        assert!(plan.email.is_none());
+        assert!(plan.emails.is_empty());
         assert_eq!(plan.rescheduled, vec![("a".to_owned(), 60_000)]);
     }
 
@@ -333,7 +355,7 @@ mod tests {
             items: vec![chat_item("a", 1, 0, 0)],
         };
         let plan = decide(DELAYS, &composer(), "sam", snapshot, 60_000, false);
-        assert!(plan.email.is_none());
+        assert!(plan.emails.is_empty());
         assert_eq!(plan.dropped, vec![("a".to_owned(), ItemState::Disabled)]);
 
         let snapshot = RecipientSnapshot {
@@ -342,7 +364,73 @@ mod tests {
             items: vec![chat_item("a", 1, 0, 0)],
         };
         let plan = decide(DELAYS, &composer(), "sam", snapshot, 60_000, false);
-        assert!(plan.email.is_none());
+        assert!(plan.emails.is_empty());
         assert_eq!(plan.dropped, vec![("a".to_owned(), ItemState::NoAddress)]);
+    }
+
+    fn confirmation(id: &str, read_at: Option<i64>) -> PendingItem {
+        let notification = NotificationRow {
+            id: format!("n-{id}"),
+            user_id: "sam".into(),
+            kind: EmailKind::Booking,
+            title: "Booking confirmed".into(),
+            body: "Vocals: status changed from requested to confirmed.".into(),
+            link: Some("/bookings/b1".into()),
+            source: Some(format!("status:{id}")),
+            created_at: 50_000,
+            read_at,
+            data: None,
+            transactional: true,
+        };
+        let mut row = new_item(
+            "sam",
+            EmailKind::Booking,
+            format!("notification:{}", notification.id),
+            50_000,
+            50_000,
+        );
+        row.id = id.into();
+        row.notification_id = Some(notification.id.clone());
+        row.transactional = true;
+        PendingItem {
+            row,
+            source: ItemSource::Notification(notification),
+        }
+    }
+
+    #[test]
+    fn a_confirmation_goes_at_once_alone_even_when_read() {
+        let snapshot = RecipientSnapshot {
+            user: sam(Some("sam@example.com")),
+            preferences: None,
+            items: vec![
+                chat_item("a", 1, 45_000, 0),
+                confirmation("c", Some(50_100)),
+            ],
+        };
+        // Online, a second after: the chat waits, the confirmation does not.
+        let plan = decide(DELAYS, &composer(), "sam", snapshot, 51_000, true);
+        assert_eq!(plan.emails.len(), 1, "{plan:?}");
+        let (email, emailed) = &plan.emails[0];
+        assert_eq!(emailed, &vec!["c".to_owned()]);
+        assert_eq!(email.item_count, 1);
+        assert!(
+            email.subject.contains("Booking confirmed"),
+            "{}",
+            email.subject
+        );
+        assert!(!email.text.contains("take 1"));
+        assert_eq!(plan.rescheduled.len(), 1, "the chat item waits: {plan:?}");
+        assert!(plan.dropped.is_empty());
+
+        // When the digest is due too, the confirmation still goes alone.
+        let snapshot = RecipientSnapshot {
+            user: sam(Some("sam@example.com")),
+            preferences: None,
+            items: vec![chat_item("a", 1, 0, 0), confirmation("c", None)],
+        };
+        let plan = decide(DELAYS, &composer(), "sam", snapshot, 120_000, false);
+        let carried: Vec<&Vec<String>> = plan.emails.iter().map(|(_, ids)| ids).collect();
+        assert_eq!(carried, [&vec!["c".to_owned()], &vec!["a".to_owned()]]);
     }
 }

@@ -243,6 +243,7 @@ pub async fn escalate(
             created_at: now,
             read_at: None,
             data: None,
+            transactional: false,
         };
         let (row, is_new) = state.db.create_notification(row).await?;
         if is_new {

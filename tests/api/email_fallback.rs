@@ -32,6 +32,7 @@ both_backends!(
     user_without_address_is_skipped,
     embedded_default_writes_outbox_files,
     the_email_shows_messages_as_they_stand,
+    confirmations_are_emailed_at_once_and_once,
 );
 
 const FROM: &str = "Mixroom <notify@mixroom.test>";
@@ -1115,5 +1116,96 @@ async fn the_email_shows_messages_as_they_stand(backend: Backend) {
     fake.expect_no_more_emails(1, Instant::now() + Duration::from_secs(6))
         .await;
     assert!(fake.emails_to(&ava.email()).is_empty());
+    fake.assert_no_violations();
+}
+
+/// The status of a booking, moved the way the backend moves it.
+async fn patch_status(server: &TestServer, booking_id: &str, status: &str) {
+    let response = server
+        .http_client()
+        .patch(server.http(&format!("/v1/internal/bookings/{booking_id}")))
+        .bearer_auth(INTERNAL_API_KEY)
+        .json(&json!({ "status": status }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "PATCH status {status}");
+}
+
+/// Ava's booking with Sam is confirmed, then paid: each of them gets each
+/// confirmation by email at once, though both are online and the chat
+/// delays are long, though Sam already read it in the app, and in an email
+/// of its own. Other changes wait for the usual delays; the same status
+/// sent again is no change and emails nothing.
+async fn confirmations_are_emailed_at_once_and_once(backend: Backend) {
+    let fake = FakeResend::start();
+    let env = email_env(
+        &fake,
+        &[
+            ("MIXROOM__EMAIL__OFFLINE_DELAY_SECS", "60"),
+            ("MIXROOM__EMAIL__UNREAD_DELAY_SECS", "120"),
+        ],
+    );
+    let server = spawn(&backend, &env);
+    let ava = TestUser::client("Ava");
+    let sam = TestUser::studio_owner("Sam");
+    server.put_user(&ava).await;
+    server.put_user(&sam).await;
+    let booking_id = Uuid::new_v4().to_string();
+    server
+        .put_booking(&booking_id, &ava, &[&sam], "requested")
+        .await;
+    let mut ava_ws = WsClient::connect_as(&server, &ava).await;
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    let room = format!("booking:{booking_id}");
+    ava_ws.join(&room, None).await;
+    ava_ws.send_msg(&room, "a-1", "Looking forward to it").await;
+
+    let started = Instant::now();
+    patch_status(&server, &booking_id, "confirmed").await;
+    sam_ws.recv_type("notification").await;
+    let read_all = server
+        .http_client()
+        .post(server.http("/v1/notifications/read-all"))
+        .bearer_auth(&sam.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_all.status(), 200);
+    for user in [&ava, &sam] {
+        let emails = fake.wait_for_emails_to(&user.email(), 1, EMAIL_WAIT).await;
+        let email = &emails[0];
+        assert_eq!(email.subject, "Booking confirmed", "{}", email.text);
+        assert!(
+            email
+                .text
+                .contains("status changed from requested to confirmed"),
+            "{}",
+            email.text
+        );
+        assert!(
+            !email.text.contains("Looking forward"),
+            "a confirmation is not a digest: {}",
+            email.text
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not held for the delays: {:?}",
+        started.elapsed()
+    );
+
+    // Not a confirmation: waits. The same status again: no change.
+    patch_status(&server, &booking_id, "in_session").await;
+    patch_status(&server, &booking_id, "in_session").await;
+    fake.expect_no_more_emails(2, Instant::now() + Duration::from_secs(3))
+        .await;
+    patch_status(&server, &booking_id, "paid").await;
+    for user in [&ava, &sam] {
+        let emails = fake.wait_for_emails_to(&user.email(), 2, EMAIL_WAIT).await;
+        assert_eq!(emails[1].subject, "Booking paid", "{}", emails[1].text);
+    }
+    fake.expect_no_more_emails(4, Instant::now() + Duration::from_secs(3))
+        .await;
     fake.assert_no_violations();
 }

@@ -60,9 +60,9 @@ pub enum ItemSource {
 /// What to do with a recipient's pending items, decided by the caller.
 #[derive(Debug, Clone, Default)]
 pub struct DispatchPlan {
-    /// The digest to store; `emailed` items point at it.
-    pub email: Option<OutboxRow>,
-    pub emailed: Vec<String>,
+    /// The emails to store (a digest, and each transactional item alone),
+    /// each with the items it carries.
+    pub emails: Vec<(OutboxRow, Vec<String>)>,
     /// Item id and its final state.
     pub dropped: Vec<(String, ItemState)>,
     /// Item id and when to look at it again.
@@ -381,21 +381,19 @@ impl Db {
                     items,
                 });
 
-                if let Some(email) = &plan.email {
+                for (email, emailed) in &plan.emails {
                     diesel::insert_into(email_outbox::table)
                         .values(email)
                         .execute(conn)
                         .await?;
-                    diesel::update(
-                        email_items::table.filter(email_items::id.eq_any(&plan.emailed)),
-                    )
-                    .set((
-                        email_items::state.eq(ItemState::Emailed),
-                        email_items::outbox_id.eq(&email.id),
-                        email_items::updated_at.eq(now),
-                    ))
-                    .execute(conn)
-                    .await?;
+                    diesel::update(email_items::table.filter(email_items::id.eq_any(emailed)))
+                        .set((
+                            email_items::state.eq(ItemState::Emailed),
+                            email_items::outbox_id.eq(&email.id),
+                            email_items::updated_at.eq(now),
+                        ))
+                        .execute(conn)
+                        .await?;
                 }
                 for (id, state) in &plan.dropped {
                     diesel::update(email_items::table.find(id))

@@ -38,6 +38,8 @@ pub struct EmailItemRow {
     /// `seq ..= up_to_seq`. NULL on items stored one per message before
     /// ranges existed (their range is their one message).
     pub up_to_seq: Option<i64>,
+    /// Emailed at once and alone, read or not (its notification is).
+    pub transactional: bool,
 }
 
 impl EmailItemRow {
@@ -212,8 +214,9 @@ impl Db {
         })
     }
 
-    /// Unread notifications created since `since`, in id order after
-    /// `after_id`, for the catch-up after a restart.
+    /// Unread notifications (and transactional ones, read or not) created
+    /// since `since`, in id order after `after_id`, for the catch-up after
+    /// a restart.
     pub async fn unread_notifications_since(
         &self,
         since: i64,
@@ -223,7 +226,11 @@ impl Db {
         db_run!(self, |conn| {
             let mut query = notifications::table
                 .filter(notifications::created_at.ge(since))
-                .filter(notifications::read_at.is_null())
+                .filter(
+                    notifications::read_at
+                        .is_null()
+                        .or(notifications::transactional.eq(true)),
+                )
                 .into_boxed();
             if let Some(after_id) = after_id {
                 query = query.filter(notifications::id.gt(after_id));
