@@ -209,6 +209,7 @@ async fn measure(args: &StoreArgs, url: &SecretString) -> anyhow::Result<String>
                             outbox_id: None,
                             updated_at: row.sent_at,
                             up_to_seq: Some(row.seq),
+                            transactional: false,
                         }
                     });
             }
