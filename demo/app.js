@@ -107,7 +107,61 @@
     return `${part()}-${part().slice(0, 4)}-4${part().slice(0, 3)}-${part().slice(0, 4)}-${part()}${part().slice(0, 4)}`;
   }
 
+  // src/changes.ts
+  var QUOTE_CHARS = 120;
+  function excerptOf(body) {
+    const chars = Array.from(body);
+    return chars.length <= QUOTE_CHARS ? body : chars.slice(0, QUOTE_CHARS).join("");
+  }
+  function applyChange(message, change) {
+    if (change.message_seq !== message.seq || change.room !== message.room) return message;
+    switch (change.type) {
+      case "message.edited": {
+        if (message.deleted_at !== void 0) return message;
+        const editedAt = change.edited_at ?? change.at;
+        if (message.body === change.body && message.edited_at === editedAt) return message;
+        return { ...message, body: change.body, edited_at: editedAt };
+      }
+      case "message.deleted": {
+        if (message.deleted_at !== void 0) return message;
+        const { attachments: _attachments, reactions: _reactions, ...rest } = message;
+        return { ...rest, body: "", deleted_at: change.at };
+      }
+      case "message.reacted": {
+        if (message.deleted_at !== void 0) return message;
+        if (sameReactions(message.reactions ?? [], change.reactions)) return message;
+        const { reactions: _reactions, ...rest } = message;
+        if (change.reactions.length === 0) return rest;
+        return {
+          ...rest,
+          reactions: change.reactions.map((r) => ({ emoji: r.emoji, count: r.count, user_ids: [...r.user_ids] }))
+        };
+      }
+      default:
+        return message;
+    }
+  }
+  function applyChangeToQuote(message, change) {
+    const quote = message.reply_to;
+    if (!quote || quote.seq !== change.message_seq || change.room !== message.room) return message;
+    let updated;
+    if (change.type === "message.edited") {
+      const excerpt = excerptOf(change.body);
+      if (!quote.deleted && quote.excerpt !== excerpt) updated = { ...quote, excerpt };
+    } else if (change.type === "message.deleted") {
+      if (!quote.deleted || quote.excerpt !== "") updated = { ...quote, excerpt: "", deleted: true };
+    }
+    return updated ? { ...message, reply_to: updated } : message;
+  }
+  function sameReactions(a, b) {
+    return a.length === b.length && a.every((r, i) => {
+      const other = b[i];
+      return other !== void 0 && r.emoji === other.emoji && r.count === other.count && r.user_ids.length === other.user_ids.length && r.user_ids.every((id, j) => id === other.user_ids[j]);
+    });
+  }
+
   // src/room.ts
+  var MAX_EMPTY_PAGES = 5;
   var DEFAULT_PAGE = 50;
   var HISTORY_MAX = 100;
   var EMPTY = Object.freeze([]);
@@ -124,6 +178,10 @@
       __publicField(this, "error");
       __publicField(this, "closed", false);
       __publicField(this, "byseq", /* @__PURE__ */ new Map());
+      /** Changes seen live, by the seq of the message they change. */
+      __publicField(this, "patches", /* @__PURE__ */ new Map());
+      /** The lowest seq covered by the history pages loaded (messages and changes alike). */
+      __publicField(this, "floor");
       /** The latest page arrived (or the room was empty). */
       __publicField(this, "loaded", false);
       __publicField(this, "loadingInitial", false);
@@ -184,17 +242,43 @@
     send(body, options = {}) {
       if (this.closed) throw new MixroomError("closed", `the view of ${this.name} is closed`);
       const clientId = options.clientId ?? newClientId();
-      this.client.send(this.name, body, { clientId }).catch(() => void 0);
+      this.client.send(this.name, body, { ...options, clientId }).catch(() => void 0);
       return clientId;
     }
-    /** Sends a `failed` message again, with the same `client_id`. */
+    /** Sends a `failed` message again, with the same `client_id` (and its reply and attachments). */
     retry(clientId) {
       const entry = this.pendingSends.get(clientId);
       if (!entry || entry.state !== "failed" || this.closed) return;
       entry.state = "queued";
       entry.error = void 0;
-      this.client.send(this.name, entry.body, { clientId }).catch(() => void 0);
+      this.client.send(this.name, entry.body, {
+        clientId,
+        ...entry.replyTo !== void 0 ? { replyTo: entry.replyTo } : {},
+        ...entry.attachments !== void 0 ? { attachments: entry.attachments } : {}
+      }).catch(() => void 0);
       this.changed("pending");
+    }
+    /**
+     * New text for the user's message `seq` (`client.edit`): resolves with
+     * the ack; the message in `messages` changes when its `message.edited`
+     * arrives (not before: the server may refuse).
+     */
+    edit(seq, body) {
+      if (this.closed) return Promise.reject(this.closedError());
+      return this.client.edit(this.name, seq, body);
+    }
+    /** Deletes message `seq` (`client.deleteMessage`); it becomes a tombstone when its `message.deleted` arrives. */
+    deleteMessage(seq) {
+      if (this.closed) return Promise.reject(this.closedError());
+      return this.client.deleteMessage(this.name, seq);
+    }
+    /** Puts `emoji` on message `seq`, or takes the user's back with `on = false` (`client.react`). */
+    react(seq, emoji, on = true) {
+      if (this.closed) return Promise.reject(this.closedError());
+      return this.client.react(this.name, seq, emoji, on);
+    }
+    closedError() {
+      return new MixroomError("closed", `the view of ${this.name} is closed`);
     }
     /** Forgets a `failed` message. */
     dismiss(clientId) {
@@ -209,19 +293,20 @@
      */
     async loadOlder() {
       if (this.closed || !this.loaded || this.loadingOlder || !this.hasOlder) return this.hasOlder && !this.closed;
-      const oldest = this.oldestSeq();
-      if (oldest === void 0 || oldest <= 1) {
-        this.hasOlder = false;
-        this.changed("other");
-        return false;
-      }
       this.loadingOlder = true;
       this.changed("other");
       try {
-        const page = await this.client.history(this.name, { before: oldest, limit: this.pageSize });
-        if (this.closed) return false;
-        this.addMessages(page.messages);
-        this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
+        for (let page = 0; page <= MAX_EMPTY_PAGES; page++) {
+          const oldest = this.lowestSeq();
+          if (oldest === void 0 || oldest <= 1) {
+            this.hasOlder = false;
+            return false;
+          }
+          const history2 = await this.client.history(this.name, { before: oldest, limit: this.pageSize });
+          if (this.closed) return false;
+          const added = this.addPage(history2);
+          if (added > 0 || !this.hasOlder) break;
+        }
         return this.hasOlder;
       } finally {
         this.loadingOlder = false;
@@ -310,9 +395,12 @@
           this.members = this.link.members();
           this.changed("members");
         })),
+        client.on("message.edited", mine((change) => this.onChange(change))),
+        client.on("message.deleted", mine((change) => this.onChange(change))),
+        client.on("message.reacted", mine((change) => this.onChange(change))),
         client.on("ack", ({ client_id, seq }) => {
-          const entry = this.pendingSends.get(client_id);
-          if (!entry || this.closed) return;
+          const entry = client_id === void 0 ? void 0 : this.pendingSends.get(client_id);
+          if (!entry || client_id === void 0 || this.closed) return;
           if (this.byseq.get(seq)?.client_id === client_id) {
             this.pendingSends.delete(client_id);
           } else {
@@ -322,8 +410,8 @@
           this.changed("pending");
         }),
         client.on("outbox", mine(() => this.syncPending())),
-        client.on("send.failed", mine(({ clientId, body, error }) => {
-          const entry = this.pendingSends.get(clientId) ?? this.newEntry(clientId, body);
+        client.on("send.failed", mine(({ clientId, body, replyTo, attachments, error }) => {
+          const entry = this.pendingSends.get(clientId) ?? this.newEntry(clientId, body, replyTo, attachments);
           entry.state = "failed";
           entry.error = error;
           this.pendingSends.set(clientId, entry);
@@ -336,6 +424,8 @@
         })),
         client.on("room.reset", mine(() => {
           this.byseq.clear();
+          this.patches.clear();
+          this.floor = void 0;
           this.loaded = false;
           this.hasOlder = true;
           this.changed("messages");
@@ -367,11 +457,11 @@
       this.client.history(this.name, { before: upTo + 1, limit: this.pageSize }).then(
         (page) => {
           if (this.closed) return;
-          this.addMessages(page.messages);
+          const added = this.addPage(page);
           this.loaded = true;
-          this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
           if (this.status === "loading") this.status = "ready";
           this.changed("other");
+          if (added === 0 && this.hasOlder) this.loadOlder().catch(() => void 0);
         },
         (error) => {
           if (this.closed) return;
@@ -389,18 +479,77 @@
         this.loadingInitial = false;
       });
     }
+    /**
+     * A history page: its messages as they stand; its changes (which the
+     * messages already show) only move the paging floor. Returns how many
+     * messages were new.
+     */
+    addPage(page) {
+      const added = this.addMessages(page.messages);
+      for (const entry of [...page.messages, ...page.changes ?? []]) {
+        if (this.floor === void 0 || entry.seq < this.floor) this.floor = entry.seq;
+      }
+      this.hasOlder = page.has_more && (this.lowestSeq() ?? 1) > 1;
+      return added;
+    }
+    /** A change to a message: applied to it and to the quotes of replies to it. */
+    onChange(change) {
+      const patch = this.patches.get(change.message_seq) ?? {};
+      const kind = change.type === "message.edited" ? "edited" : change.type === "message.deleted" ? "deleted" : "reacted";
+      const known = patch[kind];
+      if (known !== void 0 && known.seq >= change.seq) return;
+      patch[kind] = change;
+      this.patches.set(change.message_seq, patch);
+      let touched = false;
+      const target = this.byseq.get(change.message_seq);
+      if (target) {
+        const updated = applyChange(target, change);
+        if (updated !== target) {
+          this.byseq.set(target.seq, freezeMessage(updated));
+          touched = true;
+        }
+      }
+      if (change.type !== "message.reacted") {
+        for (const message of this.byseq.values()) {
+          if (message.reply_to?.seq !== change.message_seq || message.seq > change.seq) continue;
+          const updated = applyChangeToQuote(message, change);
+          if (updated !== message) {
+            this.byseq.set(message.seq, freezeMessage(updated));
+            touched = true;
+          }
+        }
+      }
+      if (touched) this.changed("messages");
+    }
+    /**
+     * `message` with the changes seen live that a history page may have
+     * been read before: to itself, and to the message it quotes when the
+     * change came after it. Changes are states, so re-applying one the
+     * message already shows changes nothing.
+     */
+    patched(message) {
+      let result = message;
+      for (const change of changesOf(this.patches.get(message.seq))) result = applyChange(result, change);
+      const quoted = message.reply_to?.seq;
+      if (quoted !== void 0) {
+        for (const change of changesOf(this.patches.get(quoted))) {
+          if (change.seq > message.seq) result = applyChangeToQuote(result, change);
+        }
+      }
+      return result;
+    }
     addMessages(messages) {
-      let added = false;
+      let added = 0;
       const me = this.client.userId;
       for (const message of messages) {
         if (this.byseq.has(message.seq)) continue;
-        this.byseq.set(message.seq, freezeMessage(message));
-        added = true;
+        this.byseq.set(message.seq, freezeMessage(this.patched(message)));
+        added += 1;
         if (message.client_id !== null && message.sender.user_id === me && this.pendingSends.delete(message.client_id)) {
           this.changed("pending");
         }
       }
-      if (!added) return;
+      if (added === 0) return 0;
       for (const [clientId, entry] of this.pendingSends) {
         if (entry.seq !== void 0 && this.byseq.has(entry.seq)) {
           this.pendingSends.delete(clientId);
@@ -408,6 +557,7 @@
         }
       }
       this.changed("messages");
+      return added;
     }
     /** Mirrors the client's queue for this room into `pending`. */
     syncPending() {
@@ -417,7 +567,7 @@
         inQueue.add(message.clientId);
         const entry = this.pendingSends.get(message.clientId);
         if (!entry) {
-          const created = this.newEntry(message.clientId, message.body);
+          const created = this.newEntry(message.clientId, message.body, message.replyTo, message.attachments);
           created.state = message.state;
           this.pendingSends.set(message.clientId, created);
         } else if (entry.state !== "acked") {
@@ -432,8 +582,15 @@
       }
       this.changed("pending");
     }
-    newEntry(clientId, body) {
-      return { clientId, body, state: "queued", order: ++this.pendingCounter };
+    newEntry(clientId, body, replyTo, attachments) {
+      return {
+        clientId,
+        body,
+        ...replyTo !== void 0 ? { replyTo } : {},
+        ...attachments !== void 0 ? { attachments } : {},
+        state: "queued",
+        order: ++this.pendingCounter
+      };
     }
     scheduleTypingExpiry() {
       if (this.typingTimer) clearTimeout(this.typingTimer);
@@ -471,6 +628,8 @@
             (entry) => Object.freeze({
               clientId: entry.clientId,
               body: entry.body,
+              ...entry.replyTo !== void 0 ? { replyTo: entry.replyTo } : {},
+              ...entry.attachments !== void 0 ? { attachments: Object.freeze(entry.attachments.map((a) => Object.freeze({ ...a }))) } : {},
               state: entry.state,
               ...entry.seq !== void 0 ? { seq: entry.seq } : {},
               ...entry.error !== void 0 ? { error: entry.error } : {}
@@ -496,7 +655,7 @@
       if (!shallowEqual(reads, parts.reads)) parts.reads = Object.freeze(reads);
       let unread = older;
       for (const message of parts.messages) {
-        if (message.seq > cursor && message.sender.user_id !== me) unread += 1;
+        if (message.seq > cursor && message.sender.user_id !== me && message.deleted_at === void 0) unread += 1;
       }
       return Object.freeze({
         room: this.name,
@@ -534,7 +693,7 @@
       } else {
         const descending = [...this.byseq.values()].filter((m) => m.seq <= upTo).sort((a, b) => b.seq - a.seq);
         for (const message of descending) {
-          if (message.sender.user_id === me) continue;
+          if (message.sender.user_id === me || message.deleted_at !== void 0) continue;
           counted += 1;
           if (counted === server.count) {
             derived = message.seq - 1;
@@ -555,6 +714,12 @@
       for (const seq of this.byseq.keys()) if (oldest === void 0 || seq < oldest) oldest = seq;
       return oldest;
     }
+    /** The lowest seq loaded: of a message, or of a change a history page listed. */
+    lowestSeq() {
+      const oldest = this.oldestSeq();
+      if (this.floor === void 0) return oldest;
+      return oldest === void 0 ? this.floor : Math.min(oldest, this.floor);
+    }
     newestSeq() {
       let newest = 0;
       for (const seq of this.byseq.keys()) if (seq > newest) newest = seq;
@@ -563,7 +728,21 @@
   };
   function freezeMessage(message) {
     const { type: _type, ...rest } = message;
-    return Object.freeze({ ...rest, sender: Object.freeze({ ...rest.sender }) });
+    const frozen = { ...rest, sender: Object.freeze({ ...rest.sender }) };
+    if (rest.reply_to) {
+      frozen.reply_to = Object.freeze({ ...rest.reply_to, sender: Object.freeze({ ...rest.reply_to.sender }) });
+    }
+    if (rest.attachments) frozen.attachments = Object.freeze(rest.attachments.map((a) => Object.freeze({ ...a })));
+    if (rest.reactions) {
+      frozen.reactions = Object.freeze(
+        rest.reactions.map((r) => Object.freeze({ ...r, user_ids: Object.freeze([...r.user_ids]) }))
+      );
+    }
+    return Object.freeze(frozen);
+  }
+  function changesOf(patch) {
+    if (!patch) return [];
+    return [patch.edited, patch.deleted, patch.reacted].filter((change) => change !== void 0).sort((a, b) => a.seq - b.seq);
   }
   function shallowEqual(a, b) {
     const keys = Object.keys(a);
@@ -808,14 +987,30 @@
         room.pageUntil = void 0;
         room.pageRef = void 0;
       }
-      for (const [room, queue] of this.queues) {
+      const lost = [];
+      for (const queue of this.queues.values()) {
         for (const message of queue) {
+          if (message.frame.type === "delete" && message.sentOn !== void 0) {
+            lost.push({ message, seq: message.frame.seq });
+          }
           message.sentOn = void 0;
           if (message.ackTimer) clearTimeout(message.ackTimer);
           message.ackTimer = void 0;
         }
-        this.emit("outbox", { room });
       }
+      const rooms = new Set(this.queues.keys());
+      for (const { message, seq } of lost) {
+        this.removeOutgoing(message);
+        clearOutgoingTimers(message);
+        this.failOutgoing(
+          message,
+          new MixroomError(
+            "connection_lost",
+            `the connection was lost before the server answered the deletion of message ${seq} in ${message.room}; it may have been deleted (the room's replay after the re-join tells)`
+          )
+        );
+      }
+      for (const room of rooms) this.emit("outbox", { room });
       for (const [ref, request] of this.requests) {
         clearTimeout(request.timer);
         request.reject(new MixroomError("connection_lost", "the connection was lost"));
@@ -908,7 +1103,10 @@
         case "joined":
           return this.onJoined(frame);
         case "message":
-          return this.onMessage(frame);
+        case "message.edited":
+        case "message.deleted":
+        case "message.reacted":
+          return this.onEntry(frame);
         case "ack":
           return this.onAck(frame);
         case "history":
@@ -1007,7 +1205,8 @@
       }
       this.emit("left", frame);
     }
-    onMessage(frame) {
+    /** A message or a change to one: each takes a seq of the room's sequence. */
+    onEntry(frame) {
       const room = this.rooms.get(frame.room);
       if (!room || !room.joinedOnSocket) return;
       if (room.lastSeq === void 0) room.lastSeq = frame.seq - 1;
@@ -1027,7 +1226,20 @@
     }
     deliver(room, frame) {
       room.lastSeq = frame.seq;
-      this.emit("message", frame);
+      switch (frame.type) {
+        case "message":
+          this.emit("message", frame);
+          break;
+        case "message.edited":
+          this.emit("message.edited", frame);
+          break;
+        case "message.deleted":
+          this.emit("message.deleted", frame);
+          break;
+        case "message.reacted":
+          this.emit("message.reacted", frame);
+          break;
+      }
       if (room.pageUntil !== void 0 && frame.seq >= room.pageUntil) this.nextPage(room);
     }
     /** Asks for the next page of a replay (a `join` with `since` again). */
@@ -1074,9 +1286,13 @@
         room.gapRef = void 0;
         const last = room.lastSeq ?? 0;
         let filled = false;
-        for (const message of frame.messages) {
-          if (message.seq > last && !room.ahead.has(message.seq)) {
-            room.ahead.set(message.seq, { ...message, type: "message" });
+        const entries = [
+          ...frame.messages.map((message) => ({ ...message, type: "message" })),
+          ...frame.changes ?? []
+        ];
+        for (const entry of entries) {
+          if (entry.seq > last && !room.ahead.has(entry.seq)) {
+            room.ahead.set(entry.seq, entry);
             filled = true;
           }
         }
@@ -1102,11 +1318,11 @@
         this.pumpRoom(message.room);
       }
     }
-    /** The unacked message an `ack`/`error` is about: by its `ref`, else by `client_id`. */
+    /** The unacked entry an `ack`/`error` is about: by its `ref`, else (a send's) by `client_id`. */
     findOutgoing(ref, clientId) {
       for (const queue of this.queues.values()) {
         for (const message of queue) {
-          if (ref !== void 0 ? ref === sendRef(message.clientId) : message.clientId === clientId) {
+          if (ref !== void 0 ? ref === message.ref : clientId !== void 0 && message.frame.type === "send" && message.frame.client_id === clientId) {
             return message;
           }
         }
@@ -1135,8 +1351,8 @@
       this.emit("error", frame);
       const ref = frame.ref;
       if (ref === void 0) return;
-      const outgoing = ref.startsWith("send:") ? this.findOutgoing(ref) : void 0;
-      if (outgoing) return this.onSendError(outgoing, frame);
+      const outgoing = this.findOutgoing(ref);
+      if (outgoing) return this.onOutgoingError(outgoing, frame);
       const paging = [...this.rooms.values()].find((room) => room.pageRef === ref);
       if (paging) {
         paging.pageRef = void 0;
@@ -1171,7 +1387,7 @@
         }
       }
     }
-    onSendError(message, frame) {
+    onOutgoingError(message, frame) {
       clearOutgoingTimers(message);
       message.sentOn = void 0;
       if (RETRYABLE_CODES.has(frame.code)) {
@@ -1183,11 +1399,26 @@
         return;
       }
       this.removeOutgoing(message);
-      const error = MixroomError.fromFrame(frame);
-      message.reject(error);
-      this.emit("send.failed", { room: message.room, clientId: message.clientId, body: message.body, error });
+      this.failOutgoing(message, MixroomError.fromFrame(frame));
       this.emit("outbox", { room: message.room });
       this.pumpRoom(message.room);
+    }
+    /** Rejects an entry taken off its queue, with its `send.failed` or `change.failed` event. */
+    failOutgoing(message, error) {
+      message.reject(error);
+      const frame = message.frame;
+      if (frame.type === "send") {
+        this.emit("send.failed", {
+          room: message.room,
+          clientId: frame.client_id,
+          body: frame.body,
+          ...frame.reply_to !== void 0 ? { replyTo: frame.reply_to } : {},
+          ...frame.attachments !== void 0 ? { attachments: frame.attachments } : {},
+          error
+        });
+      } else {
+        this.emit("change.failed", { room: message.room, change: this.pendingChange(message), error });
+      }
     }
     onJoinError(room, frame) {
       room.joinRef = void 0;
@@ -1454,10 +1685,64 @@
      * stores it once. Each room has its own queue: its messages go out one at
      * a time, in the order queued, while other rooms' queues go on
      * regardless. Rejects only when the server refuses it for good
-     * (`invalid`, `forbidden`, `too_large`, ...).
+     * (`invalid`, `forbidden`, `too_large`, `not_found` for a `replyTo` that
+     * is not there, ...). `replyTo` answers a message of the room by its seq;
+     * `attachments` share files by reference.
      */
     send(roomName, body, options = {}) {
-      const clientId = options.clientId ?? newClientId();
+      const frame = { type: "send", room: roomName, client_id: options.clientId ?? newClientId(), body };
+      if (options.replyTo !== void 0) frame.reply_to = options.replyTo;
+      if (options.attachments !== void 0) frame.attachments = options.attachments.map((a) => ({ ...a }));
+      return this.enqueue(frame, sendRef(frame.client_id));
+    }
+    /**
+     * New text for the user's own message `seq` (within the server's edit
+     * window, 15 minutes by default). Resolves with the ack (its `seq` is the
+     * edit's own place in the room's sequence); everyone in the room gets
+     * `message.edited`. Rejects with the server's refusal: `forbidden` (not
+     * the author, or past the window), `not_found` (no such message, or
+     * deleted), `invalid`, `too_large`.
+     *
+     * Changes across reconnects: edits, deletions and reactions wait in the
+     * room's queue with its messages, so they go out in the order made and a
+     * change made offline is sent once connected. `rate_limited`/`internal`
+     * are retried like sends. An edit or a reaction that was written but not
+     * answered when the connection dropped is sent again on the next one: it
+     * sets a state (this text; this emoji on or off), so a second copy
+     * changes nothing — at most the room gets one more change entry. A
+     * deletion is not sent again (see `deleteMessage()`).
+     */
+    edit(roomName, seq, body) {
+      return this.enqueue({ type: "edit", room: roomName, seq, body }, this.nextRef("edit"));
+    }
+    /**
+     * Deletes message `seq` (the user's own; any, for an admin): it stays as
+     * a tombstone. Resolves with the ack; everyone gets `message.deleted`.
+     * Rejects with `forbidden` or `not_found` (no such message, or deleted
+     * already). Queued like `edit()`, with one difference: the server
+     * answers a repeated deletion `not_found`, so a deletion written to a
+     * connection that then dropped before its answer is not resent — it
+     * rejects with `connection_lost` (the message may or may not be deleted;
+     * the room's replay after the re-join brings the `message.deleted` if it
+     * was). It is never resent on an ack timeout either: it waits for the
+     * answer or the drop.
+     */
+    deleteMessage(roomName, seq) {
+      return this.enqueue({ type: "delete", room: roomName, seq }, this.nextRef("delete"));
+    }
+    /**
+     * Puts `emoji` (one emoji) on message `seq`, or with `on = false` takes
+     * the user's own back. Resolves with the ack; everyone gets
+     * `message.reacted` with the message's reactions after it. Putting the
+     * same emoji on twice counts once. Rejects with `invalid` (not one emoji,
+     * or too many on the message), `not_found`, `forbidden`. Queued and
+     * resent like `edit()`.
+     */
+    react(roomName, seq, emoji, on = true) {
+      return this.enqueue({ type: "react", room: roomName, seq, emoji, on }, this.nextRef("react"));
+    }
+    enqueue(frame, ref) {
+      const roomName = frame.room;
       return new Promise((resolve, reject) => {
         let queue = this.queues.get(roomName);
         if (!queue) {
@@ -1466,8 +1751,8 @@
         }
         queue.push({
           room: roomName,
-          clientId,
-          body,
+          frame,
+          ref,
           order: ++this.outgoingCounter,
           resolve,
           reject,
@@ -1481,13 +1766,41 @@
     }
     /** Messages queued or sent but not acked yet (of one room, or all), oldest first. */
     pendingMessages(roomName) {
-      const messages = roomName === void 0 ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order) : [...this.queues.get(roomName) ?? []];
-      return messages.map((message) => ({
-        room: message.room,
-        clientId: message.clientId,
-        body: message.body,
-        state: this.outgoingState(message)
-      }));
+      const pending = [];
+      for (const message of this.outgoing(roomName)) {
+        const frame = message.frame;
+        if (frame.type !== "send") continue;
+        pending.push({
+          room: message.room,
+          clientId: frame.client_id,
+          body: frame.body,
+          ...frame.reply_to !== void 0 ? { replyTo: frame.reply_to } : {},
+          ...frame.attachments !== void 0 ? { attachments: frame.attachments.map((a) => ({ ...a })) } : {},
+          state: this.outgoingState(message)
+        });
+      }
+      return pending;
+    }
+    /** Edits, deletions and reactions queued or sent but not acked yet (of one room, or all), oldest first. */
+    pendingChanges(roomName) {
+      return this.outgoing(roomName).filter((message) => message.frame.type !== "send").map((message) => this.pendingChange(message));
+    }
+    outgoing(roomName) {
+      return roomName === void 0 ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order) : [...this.queues.get(roomName) ?? []];
+    }
+    pendingChange(message) {
+      const frame = message.frame;
+      const base = { room: message.room, ref: message.ref, state: this.outgoingState(message) };
+      switch (frame.type) {
+        case "edit":
+          return { ...base, kind: "edit", seq: frame.seq, body: frame.body };
+        case "react":
+          return { ...base, kind: "react", seq: frame.seq, emoji: frame.emoji, on: frame.on };
+        case "delete":
+          return { ...base, kind: "delete", seq: frame.seq };
+        default:
+          throw new Error("a send is not a change");
+      }
     }
     outgoingState(message) {
       if (message.retryTimer !== void 0) return "retrying";
@@ -1498,27 +1811,22 @@
       for (const room of [...this.queues.keys()]) this.pumpRoom(room);
     }
     /**
-     * Sends the room's oldest unacked message unless it is already in flight
+     * Sends the room's oldest unacked entry unless it is already in flight
      * on this socket or waiting out a retry delay. One at a time per room
-     * keeps a user's messages in the order typed, even when one of them has
-     * to wait out `rate_limited`; other rooms are not held up by it.
+     * keeps a user's messages and changes in the order made, even when one
+     * of them has to wait out `rate_limited`; other rooms are not held up by
+     * it.
      */
     pumpRoom(roomName) {
       if (this.currentState !== "open") return;
       const message = this.queues.get(roomName)?.[0];
       if (!message || message.sentOn === this.generation || message.retryTimer) return;
       message.sentOn = this.generation;
-      this.write({
-        type: "send",
-        room: message.room,
-        client_id: message.clientId,
-        body: message.body,
-        ref: sendRef(message.clientId)
-      });
+      this.write({ ...message.frame, ref: message.ref });
       const generation = this.generation;
       message.ackTimer = setTimeout(() => {
         message.ackTimer = void 0;
-        if (generation === this.generation && message.sentOn === generation) {
+        if (generation === this.generation && message.sentOn === generation && message.frame.type !== "delete") {
           message.sentOn = void 0;
           this.pumpRoom(message.room);
         }
