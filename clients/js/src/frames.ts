@@ -360,9 +360,10 @@ export interface HistoryFrame {
   /** Newest first, each as it stands now. */
   messages: ChatMessage[];
   /**
-   * The edits, deletions and reactions among the page's seqs, oldest first
-   * (absent when none). The messages already show their effect; they
-   * count for seq bookkeeping only (a page's `limit` counts them too).
+   * The edits, deletions and reactions among the page's seqs (absent when
+   * none; do not rely on their order). The messages already show their
+   * effect: they count for seq bookkeeping only (a page's `limit` counts
+   * them too).
    */
   changes?: MessageChangeFrame[];
   has_more: boolean;
