@@ -1970,6 +1970,64 @@
   function newId() {
     return crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
   }
+  var QUICK_REACTIONS = ["👍", "🎧", "🔥"];
+  var CHAT_STYLE = `
+.messages li { position: relative; }
+.messages .quote { border-left: 3px solid var(--accent); padding: 2px 8px; margin: 2px 0 4px; font-size: 12px; color: var(--muted); }
+.messages .quote.deleted { font-style: italic; }
+.messages li.deleted .body { font-style: italic; color: var(--muted); }
+.messages .files { display: flex; flex-direction: column; gap: 2px; margin: 2px 0; }
+.messages .files a { color: #b6a5ff; font-size: 13px; }
+.messages .reactions { display: flex; gap: 4px; flex-wrap: wrap; margin: 4px 0 2px; }
+.messages .chip { padding: 1px 8px; border-radius: 99px; font-size: 13px; background: var(--line); }
+.messages .chip.mine { background: rgba(124,92,255,.35); }
+.messages .actions { display: flex; gap: 2px; margin-top: 2px; opacity: .45; }
+.messages li:hover .actions, .messages .actions:focus-within { opacity: 1; }
+.messages .actions button { padding: 0 6px; font-size: 12px; background: transparent; color: var(--muted); }
+.messages .actions button:hover { color: var(--text); }
+.composer-bar { display: flex; justify-content: space-between; align-items: center; gap: 8px; font-size: 12px; color: var(--muted); border-left: 3px solid var(--accent); padding: 2px 8px; margin-top: 6px; }
+.composer-bar span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.composer-bar button { padding: 0 6px; background: transparent; }
+.attach-row { display: flex; gap: 8px; margin-top: 6px; }
+.attach-row input { flex: 1; font-size: 13px; }
+.chat-error { color: var(--bad); font-size: 12px; min-height: 0; }
+`;
+  function mediaTypeOf(name) {
+    const types = {
+      wav: "audio/wav",
+      mp3: "audio/mpeg",
+      flac: "audio/flac",
+      aif: "audio/aiff",
+      aiff: "audio/aiff",
+      m4a: "audio/mp4",
+      pdf: "application/pdf",
+      zip: "application/zip",
+      png: "image/png",
+      jpg: "image/jpeg",
+      jpeg: "image/jpeg",
+      txt: "text/plain"
+    };
+    return types[name.split(".").pop()?.toLowerCase() ?? ""] ?? "application/octet-stream";
+  }
+  function attachmentFor(url) {
+    let name = "file";
+    try {
+      name = decodeURIComponent(new URL(url).pathname.split("/").filter(Boolean).pop() ?? "file") || "file";
+    } catch {
+    }
+    return { url, name, size: 0, content_type: mediaTypeOf(name) };
+  }
+  function sizeOf(bytes) {
+    if (bytes <= 0) return "";
+    const units = ["B", "KB", "MB", "GB"];
+    let value = bytes;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit++;
+    }
+    return ` (${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]})`;
+  }
   var BookingChat = class {
     constructor(client, session) {
       __publicField(this, "client", client);
@@ -1978,14 +2036,29 @@
       __publicField(this, "typingLine", element("typing"));
       __publicField(this, "membersLine", element("members"));
       __publicField(this, "badge", element("status-badge"));
-      /** Rendered messages by seq, and not-yet-stored ones by client_id. */
+      __publicField(this, "input", element("message-input"));
+      /** "Replying to …" / "Editing …" above the composer. */
+      __publicField(this, "bar", document.createElement("div"));
+      __publicField(this, "attachRow", document.createElement("div"));
+      __publicField(this, "attachInput", document.createElement("input"));
+      __publicField(this, "errorLine", document.createElement("div"));
+      /** Stored messages as they stand, and their list items, by seq. */
+      __publicField(this, "messages", /* @__PURE__ */ new Map());
       __publicField(this, "bySeq", /* @__PURE__ */ new Map());
+      /** Not-yet-stored messages by client_id. */
       __publicField(this, "pending", /* @__PURE__ */ new Map());
+      /**
+       * Changes seen live: a history page read before one of them arrived
+       * shows the message as it was, so they are applied again when it comes.
+       */
+      __publicField(this, "liveChanges", []);
       __publicField(this, "members", /* @__PURE__ */ new Map());
       /** Others' read positions, for "Seen by". */
       __publicField(this, "readUpTo", /* @__PURE__ */ new Map());
       __publicField(this, "typingTimers", /* @__PURE__ */ new Map());
       __publicField(this, "newestSeq", 0);
+      /** What the composer does next besides sending: answer a message, or edit one. */
+      __publicField(this, "mode");
       element("booking-title").textContent = session.booking.title;
       this.setStatus(session.booking.status, false);
       for (const person of session.people) {
@@ -1998,11 +2071,20 @@
     }
     async start() {
       const client = this.client;
+      this.buildComposer();
       client.on("message", (message) => {
         if (message.room !== this.room) return;
         this.render(message);
         this.markReadIfVisible();
       });
+      const onChange = (change) => {
+        if (change.room !== this.room) return;
+        this.liveChanges.push(change);
+        this.applyChange(change);
+      };
+      client.on("message.edited", onChange);
+      client.on("message.deleted", onChange);
+      client.on("message.reacted", onChange);
       client.on("typing", ({ room, user_id }) => {
         if (room === this.room && user_id !== client.userId) this.showTyping(user_id);
       });
@@ -2033,54 +2115,151 @@
         for (const message of [...page.messages].reverse()) this.render(message);
       }
       this.markReadIfVisible();
-      const input = element("message-input");
-      input.addEventListener("input", () => client.typing(this.room));
+      this.input.addEventListener("input", () => client.typing(this.room));
+      this.input.addEventListener("keydown", (event) => {
+        if (event.key === "Escape") this.setMode(void 0);
+      });
       element("composer").addEventListener("submit", (event) => {
         event.preventDefault();
-        const body = input.value.trim();
+        const body = this.input.value.trim();
         if (!body) return;
-        input.value = "";
-        this.send(body);
+        this.submit(body);
       });
     }
-    send(body) {
+    /** The reply/edit bar, the attach row and the error line around the composer. */
+    buildComposer() {
+      const style = document.createElement("style");
+      style.textContent = CHAT_STYLE;
+      document.head.append(style);
+      const composer = element("composer");
+      this.bar.className = "composer-bar";
+      this.bar.dataset.testid = "composer-bar";
+      this.bar.hidden = true;
+      const attach = document.createElement("button");
+      attach.type = "button";
+      attach.textContent = "📎";
+      attach.title = "Attach a link to a file";
+      attach.dataset.testid = "attach";
+      attach.addEventListener("click", () => {
+        this.attachRow.hidden = !this.attachRow.hidden;
+        if (!this.attachRow.hidden) this.attachInput.focus();
+      });
+      composer.insertBefore(attach, composer.querySelector("button[type=submit]"));
+      this.attachRow.className = "attach-row";
+      this.attachRow.hidden = true;
+      this.attachInput.dataset.testid = "attach-url";
+      this.attachInput.type = "url";
+      this.attachInput.placeholder = "https://<project>.supabase.co/storage/v1/object/sign/…/take3.wav?token=…";
+      this.attachInput.autocomplete = "off";
+      const clear = document.createElement("button");
+      clear.type = "button";
+      clear.textContent = "×";
+      clear.setAttribute("aria-label", "No attachment");
+      clear.addEventListener("click", () => {
+        this.attachInput.value = "";
+        this.attachRow.hidden = true;
+      });
+      this.attachRow.append(this.attachInput, clear);
+      this.errorLine.className = "chat-error";
+      this.errorLine.dataset.testid = "chat-error";
+      this.errorLine.setAttribute("aria-live", "polite");
+      composer.before(this.bar, this.attachRow);
+      composer.after(this.errorLine);
+    }
+    setMode(mode) {
+      const wasEditing = this.mode?.kind === "edit";
+      this.mode = mode;
+      const message = mode ? this.messages.get(mode.seq) : void 0;
+      if (!mode || !message) {
+        this.mode = void 0;
+        this.bar.hidden = true;
+        if (wasEditing) this.input.value = "";
+        return;
+      }
+      const label = document.createElement("span");
+      const cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.textContent = "×";
+      cancel.setAttribute("aria-label", "Cancel");
+      cancel.dataset.testid = "composer-cancel";
+      cancel.addEventListener("click", () => this.setMode(void 0));
+      if (mode.kind === "reply") {
+        label.textContent = `Replying to ${this.nameOf(message)}: ${message.body}`;
+        if (wasEditing) this.input.value = "";
+      } else {
+        label.textContent = "Editing your message (Esc to cancel)";
+        this.input.value = message.body;
+      }
+      this.bar.replaceChildren(label, cancel);
+      this.bar.hidden = false;
+      this.input.focus();
+    }
+    /** Sends, answers or edits, as the composer's mode says. */
+    submit(body) {
+      const mode = this.mode;
+      this.input.value = "";
+      this.setMode(void 0);
+      this.showError(void 0);
+      if (mode?.kind === "edit") {
+        this.act(this.client.edit(this.room, mode.seq, body));
+        return;
+      }
+      const url = this.attachInput.value.trim();
+      this.attachInput.value = "";
+      this.attachRow.hidden = true;
+      this.send(body, mode?.seq, url ? [attachmentFor(url)] : void 0);
+    }
+    send(body, replyTo, attachments) {
       const clientId = newId();
-      const item = this.item(body, true);
+      const item = this.item(true);
       item.classList.add("pending");
       item.dataset.clientId = clientId;
+      item.querySelector(".body").textContent = body;
       item.querySelector(".meta").textContent = "sending…";
       this.pending.set(clientId, item);
       this.list.append(item);
       this.scrollDown();
-      this.client.send(this.room, body, { clientId }).catch((error) => {
+      const options = {
+        clientId,
+        ...replyTo !== void 0 ? { replyTo } : {},
+        ...attachments ? { attachments } : {}
+      };
+      this.client.send(this.room, body, options).catch((error) => {
         item.querySelector(".meta").textContent = error instanceof MixroomError ? `not sent: ${error.message}` : "not sent";
       });
     }
-    item(body, mine) {
+    /** An edit, deletion or reaction: the change shows when the server's frame comes; a refusal shows below the composer. */
+    act(change) {
+      change.catch((error) => this.showError(error instanceof Error ? error.message : String(error)));
+    }
+    showError(text) {
+      this.errorLine.textContent = text ?? "";
+    }
+    item(mine) {
       const item = document.createElement("li");
       if (mine) item.classList.add("mine");
       const text = document.createElement("div");
       text.className = "body";
-      text.textContent = body;
       const meta = document.createElement("div");
       meta.className = "meta";
       item.append(text, meta);
       return item;
     }
     /** Draws a stored message in seq order (history and live may overlap). */
-    render(message) {
-      if (this.bySeq.has(message.seq)) return;
+    render(incoming) {
+      if (this.bySeq.has(incoming.seq)) return;
+      const message = this.withLiveChanges(incoming);
       const mine = message.sender.user_id === this.client.userId;
       const pending = message.client_id ? this.pending.get(message.client_id) : void 0;
-      const item = pending ?? this.item(message.body, mine);
+      const item = pending ?? this.item(mine);
       if (pending && message.client_id) this.pending.delete(message.client_id);
       item.classList.remove("pending");
       item.dataset.seq = String(message.seq);
       item.dataset.testid = "message";
       if (message.sender.role === "system") item.classList.add("system");
-      const meta = item.querySelector(".meta");
-      meta.textContent = message.sender.role === "system" ? timeOf(message.sent_at) : `${mine ? "You" : message.sender.name} · ${timeOf(message.sent_at)}`;
+      this.messages.set(message.seq, message);
       this.bySeq.set(message.seq, item);
+      this.draw(item, message);
       this.newestSeq = Math.max(this.newestSeq, message.seq);
       const later = [...this.bySeq.entries()].filter(([seq]) => seq > message.seq).sort(([a], [b]) => a - b)[0];
       if (later) this.list.insertBefore(item, later[1]);
@@ -2088,6 +2267,120 @@
       if (!mine) this.hideTyping(message.sender.user_id ?? "");
       this.renderReceipts();
       this.scrollDown();
+    }
+    /** A message from a history page, with the changes seen live that the page may predate. */
+    withLiveChanges(message) {
+      let result = message;
+      for (const change of this.liveChanges) {
+        result = applyChange(result, change);
+        if (change.seq > message.seq) result = applyChangeToQuote(result, change);
+      }
+      return result;
+    }
+    /** An edit, deletion or reaction: the message it names and the quotes of replies to it. */
+    applyChange(change) {
+      for (const [seq, message] of this.messages) {
+        let updated = applyChange(message, change);
+        if (seq < change.seq) updated = applyChangeToQuote(updated, change);
+        if (updated === message) continue;
+        this.messages.set(seq, updated);
+        const item = this.bySeq.get(seq);
+        if (item) this.draw(item, updated);
+      }
+      if (this.mode && this.messages.get(this.mode.seq)?.deleted_at !== void 0) this.setMode(void 0);
+      this.renderReceipts();
+    }
+    nameOf(message) {
+      return message.sender.user_id === this.client.userId ? "you" : message.sender.name;
+    }
+    /** The item's content from the message as it stands. */
+    draw(item, message) {
+      const mine = message.sender.user_id === this.client.userId;
+      const system = message.sender.role === "system";
+      const deleted = message.deleted_at !== void 0;
+      item.classList.toggle("deleted", deleted);
+      const parts = [];
+      const quote = message.reply_to;
+      if (quote) {
+        const shown = document.createElement("div");
+        shown.className = quote.deleted ? "quote deleted" : "quote";
+        shown.dataset.testid = "quote";
+        const who = quote.sender.user_id === this.client.userId ? "You" : quote.sender.name || "Someone";
+        shown.textContent = quote.deleted ? `↩ ${who}: message deleted` : `↩ ${who}: ${quote.excerpt}`;
+        parts.push(shown);
+      }
+      const body = document.createElement("div");
+      body.className = "body";
+      body.dataset.testid = "body";
+      body.textContent = deleted ? "Message deleted" : message.body;
+      parts.push(body);
+      if (message.attachments?.length) {
+        const files = document.createElement("div");
+        files.className = "files";
+        for (const file of message.attachments) {
+          const link = document.createElement("a");
+          link.href = file.url;
+          link.target = "_blank";
+          link.rel = "noopener noreferrer";
+          link.dataset.testid = "attachment";
+          link.textContent = `📎 ${file.name}${sizeOf(file.size)}`;
+          files.append(link);
+        }
+        parts.push(files);
+      }
+      if (message.reactions?.length) {
+        const chips = document.createElement("div");
+        chips.className = "reactions";
+        for (const reaction of message.reactions) {
+          const own = this.client.userId !== void 0 && reaction.user_ids.includes(this.client.userId);
+          const chip = document.createElement("button");
+          chip.type = "button";
+          chip.className = own ? "chip mine" : "chip";
+          chip.dataset.testid = "reaction";
+          chip.dataset.emoji = reaction.emoji;
+          chip.title = reaction.user_ids.map((id) => this.members.get(id)?.name ?? "someone").join(", ");
+          chip.textContent = `${reaction.emoji} ${reaction.count}`;
+          chip.addEventListener("click", () => this.act(this.client.react(this.room, message.seq, reaction.emoji, !own)));
+          chips.append(chip);
+        }
+        parts.push(chips);
+      }
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      const when = timeOf(message.sent_at);
+      meta.textContent = (system ? when : `${mine ? "You" : message.sender.name} · ${when}`) + (message.edited_at !== void 0 && !deleted ? " · edited" : "");
+      parts.push(meta);
+      if (!system && !deleted) parts.push(this.actions(message, mine));
+      item.replaceChildren(...parts);
+    }
+    /** Reply, quick reactions, and for one's own message edit and delete. */
+    actions(message, mine) {
+      const row = document.createElement("div");
+      row.className = "actions";
+      const button = (label, testid, title, onClick) => {
+        const action = document.createElement("button");
+        action.type = "button";
+        action.textContent = label;
+        action.title = title;
+        action.dataset.testid = testid;
+        action.addEventListener("click", onClick);
+        row.append(action);
+      };
+      button("Reply", "reply", "Reply", () => this.setMode({ kind: "reply", seq: message.seq }));
+      for (const emoji of QUICK_REACTIONS) {
+        const own = message.reactions?.some((r) => r.emoji === emoji && this.client.userId !== void 0 && r.user_ids.includes(this.client.userId));
+        button(
+          emoji,
+          `react-${emoji}`,
+          own ? `Take back ${emoji}` : `React ${emoji}`,
+          () => this.act(this.client.react(this.room, message.seq, emoji, !own))
+        );
+      }
+      if (mine) {
+        button("Edit", "edit", "Edit (within 15 minutes)", () => this.setMode({ kind: "edit", seq: message.seq }));
+        button("Delete", "delete", "Delete", () => this.act(this.client.deleteMessage(this.room, message.seq)));
+      }
+      return row;
     }
     markReadIfVisible() {
       if (document.visibilityState === "visible" && this.newestSeq > 0) {
