@@ -164,7 +164,7 @@ export interface ClientEvents {
   token_error: { error: unknown };
   /** The client stopped: no usable token (state `unauthorized`). */
   unauthorized: { reason: UnauthorizedReason; error?: unknown };
-  /** The queue of unacked messages of `room` changed (see `pendingMessages(room)`). */
+  /** The queue of unacked messages and changes of `room` changed (see `pendingMessages(room)`, `pendingChanges(room)`). */
   outbox: { room: string };
   /** The server refused a message for good; `send()` rejected with `error`. */
   "send.failed": {
