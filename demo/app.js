@@ -2109,12 +2109,6 @@
         if (booking_id === this.session.booking.id) this.setStatus(status, true);
       });
       document.addEventListener("visibilitychange", () => this.markReadIfVisible());
-      const joined = await client.join(this.room);
-      if (joined.last_seq > 0) {
-        const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
-        for (const message of [...page.messages].reverse()) this.render(message);
-      }
-      this.markReadIfVisible();
       this.input.addEventListener("input", () => client.typing(this.room));
       this.input.addEventListener("keydown", (event) => {
         if (event.key === "Escape") this.setMode(void 0);
@@ -2125,6 +2119,12 @@
         if (!body) return;
         this.submit(body);
       });
+      const joined = await client.join(this.room);
+      if (joined.last_seq > 0) {
+        const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
+        for (const message of [...page.messages].reverse()) this.render(message);
+      }
+      this.markReadIfVisible();
     }
     /** The reply/edit bar, the attach row and the error line around the composer. */
     buildComposer() {

@@ -220,14 +220,9 @@ class BookingChat {
     });
     document.addEventListener("visibilitychange", () => this.markReadIfVisible());
 
-    // Join for live messages, then draw the latest page of history once.
-    const joined = await client.join(this.room);
-    if (joined.last_seq > 0) {
-      const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
-      for (const message of [...page.messages].reverse()) this.render(message);
-    }
-    this.markReadIfVisible();
-
+    // The composer works at once (the client queues what is sent before
+    // the room is joined). Were its handler added only after the history
+    // below, a quick Send would submit the form natively: a page reload.
     this.input.addEventListener("input", () => client.typing(this.room));
     this.input.addEventListener("keydown", (event) => {
       if (event.key === "Escape") this.setMode(undefined);
@@ -238,6 +233,14 @@ class BookingChat {
       if (!body) return;
       this.submit(body);
     });
+
+    // Join for live messages, then draw the latest page of history once.
+    const joined = await client.join(this.room);
+    if (joined.last_seq > 0) {
+      const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
+      for (const message of [...page.messages].reverse()) this.render(message);
+    }
+    this.markReadIfVisible();
   }
 
   /** The reply/edit bar, the attach row and the error line around the composer. */
