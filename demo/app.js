@@ -107,7 +107,61 @@
     return `${part()}-${part().slice(0, 4)}-4${part().slice(0, 3)}-${part().slice(0, 4)}-${part()}${part().slice(0, 4)}`;
   }
 
+  // src/changes.ts
+  var QUOTE_CHARS = 120;
+  function excerptOf(body) {
+    const chars = Array.from(body);
+    return chars.length <= QUOTE_CHARS ? body : chars.slice(0, QUOTE_CHARS).join("");
+  }
+  function applyChange(message, change) {
+    if (change.message_seq !== message.seq || change.room !== message.room) return message;
+    switch (change.type) {
+      case "message.edited": {
+        if (message.deleted_at !== void 0) return message;
+        const editedAt = change.edited_at ?? change.at;
+        if (message.body === change.body && message.edited_at === editedAt) return message;
+        return { ...message, body: change.body, edited_at: editedAt };
+      }
+      case "message.deleted": {
+        if (message.deleted_at !== void 0) return message;
+        const { attachments: _attachments, reactions: _reactions, ...rest } = message;
+        return { ...rest, body: "", deleted_at: change.at };
+      }
+      case "message.reacted": {
+        if (message.deleted_at !== void 0) return message;
+        if (sameReactions(message.reactions ?? [], change.reactions)) return message;
+        const { reactions: _reactions, ...rest } = message;
+        if (change.reactions.length === 0) return rest;
+        return {
+          ...rest,
+          reactions: change.reactions.map((r) => ({ emoji: r.emoji, count: r.count, user_ids: [...r.user_ids] }))
+        };
+      }
+      default:
+        return message;
+    }
+  }
+  function applyChangeToQuote(message, change) {
+    const quote = message.reply_to;
+    if (!quote || quote.seq !== change.message_seq || change.room !== message.room) return message;
+    let updated;
+    if (change.type === "message.edited") {
+      const excerpt = excerptOf(change.body);
+      if (!quote.deleted && quote.excerpt !== excerpt) updated = { ...quote, excerpt };
+    } else if (change.type === "message.deleted") {
+      if (!quote.deleted || quote.excerpt !== "") updated = { ...quote, excerpt: "", deleted: true };
+    }
+    return updated ? { ...message, reply_to: updated } : message;
+  }
+  function sameReactions(a, b) {
+    return a.length === b.length && a.every((r, i) => {
+      const other = b[i];
+      return other !== void 0 && r.emoji === other.emoji && r.count === other.count && r.user_ids.length === other.user_ids.length && r.user_ids.every((id, j) => id === other.user_ids[j]);
+    });
+  }
+
   // src/room.ts
+  var MAX_EMPTY_PAGES = 5;
   var DEFAULT_PAGE = 50;
   var HISTORY_MAX = 100;
   var EMPTY = Object.freeze([]);
@@ -124,6 +178,10 @@
       __publicField(this, "error");
       __publicField(this, "closed", false);
       __publicField(this, "byseq", /* @__PURE__ */ new Map());
+      /** Changes seen live, by the seq of the message they change. */
+      __publicField(this, "patches", /* @__PURE__ */ new Map());
+      /** The lowest seq covered by the history pages loaded (messages and changes alike). */
+      __publicField(this, "floor");
       /** The latest page arrived (or the room was empty). */
       __publicField(this, "loaded", false);
       __publicField(this, "loadingInitial", false);
@@ -184,17 +242,43 @@
     send(body, options = {}) {
       if (this.closed) throw new MixroomError("closed", `the view of ${this.name} is closed`);
       const clientId = options.clientId ?? newClientId();
-      this.client.send(this.name, body, { clientId }).catch(() => void 0);
+      this.client.send(this.name, body, { ...options, clientId }).catch(() => void 0);
       return clientId;
     }
-    /** Sends a `failed` message again, with the same `client_id`. */
+    /** Sends a `failed` message again, with the same `client_id` (and its reply and attachments). */
     retry(clientId) {
       const entry = this.pendingSends.get(clientId);
       if (!entry || entry.state !== "failed" || this.closed) return;
       entry.state = "queued";
       entry.error = void 0;
-      this.client.send(this.name, entry.body, { clientId }).catch(() => void 0);
+      this.client.send(this.name, entry.body, {
+        clientId,
+        ...entry.replyTo !== void 0 ? { replyTo: entry.replyTo } : {},
+        ...entry.attachments !== void 0 ? { attachments: entry.attachments } : {}
+      }).catch(() => void 0);
       this.changed("pending");
+    }
+    /**
+     * New text for the user's message `seq` (`client.edit`): resolves with
+     * the ack; the message in `messages` changes when its `message.edited`
+     * arrives (not before: the server may refuse).
+     */
+    edit(seq, body) {
+      if (this.closed) return Promise.reject(this.closedError());
+      return this.client.edit(this.name, seq, body);
+    }
+    /** Deletes message `seq` (`client.deleteMessage`); it becomes a tombstone when its `message.deleted` arrives. */
+    deleteMessage(seq) {
+      if (this.closed) return Promise.reject(this.closedError());
+      return this.client.deleteMessage(this.name, seq);
+    }
+    /** Puts `emoji` on message `seq`, or takes the user's back with `on = false` (`client.react`). */
+    react(seq, emoji, on = true) {
+      if (this.closed) return Promise.reject(this.closedError());
+      return this.client.react(this.name, seq, emoji, on);
+    }
+    closedError() {
+      return new MixroomError("closed", `the view of ${this.name} is closed`);
     }
     /** Forgets a `failed` message. */
     dismiss(clientId) {
@@ -209,19 +293,20 @@
      */
     async loadOlder() {
       if (this.closed || !this.loaded || this.loadingOlder || !this.hasOlder) return this.hasOlder && !this.closed;
-      const oldest = this.oldestSeq();
-      if (oldest === void 0 || oldest <= 1) {
-        this.hasOlder = false;
-        this.changed("other");
-        return false;
-      }
       this.loadingOlder = true;
       this.changed("other");
       try {
-        const page = await this.client.history(this.name, { before: oldest, limit: this.pageSize });
-        if (this.closed) return false;
-        this.addMessages(page.messages);
-        this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
+        for (let page = 0; page <= MAX_EMPTY_PAGES; page++) {
+          const oldest = this.lowestSeq();
+          if (oldest === void 0 || oldest <= 1) {
+            this.hasOlder = false;
+            return false;
+          }
+          const history2 = await this.client.history(this.name, { before: oldest, limit: this.pageSize });
+          if (this.closed) return false;
+          const added = this.addPage(history2);
+          if (added > 0 || !this.hasOlder) break;
+        }
         return this.hasOlder;
       } finally {
         this.loadingOlder = false;
@@ -310,9 +395,12 @@
           this.members = this.link.members();
           this.changed("members");
         })),
+        client.on("message.edited", mine((change) => this.onChange(change))),
+        client.on("message.deleted", mine((change) => this.onChange(change))),
+        client.on("message.reacted", mine((change) => this.onChange(change))),
         client.on("ack", ({ client_id, seq }) => {
-          const entry = this.pendingSends.get(client_id);
-          if (!entry || this.closed) return;
+          const entry = client_id === void 0 ? void 0 : this.pendingSends.get(client_id);
+          if (!entry || client_id === void 0 || this.closed) return;
           if (this.byseq.get(seq)?.client_id === client_id) {
             this.pendingSends.delete(client_id);
           } else {
@@ -322,8 +410,8 @@
           this.changed("pending");
         }),
         client.on("outbox", mine(() => this.syncPending())),
-        client.on("send.failed", mine(({ clientId, body, error }) => {
-          const entry = this.pendingSends.get(clientId) ?? this.newEntry(clientId, body);
+        client.on("send.failed", mine(({ clientId, body, replyTo, attachments, error }) => {
+          const entry = this.pendingSends.get(clientId) ?? this.newEntry(clientId, body, replyTo, attachments);
           entry.state = "failed";
           entry.error = error;
           this.pendingSends.set(clientId, entry);
@@ -336,6 +424,8 @@
         })),
         client.on("room.reset", mine(() => {
           this.byseq.clear();
+          this.patches.clear();
+          this.floor = void 0;
           this.loaded = false;
           this.hasOlder = true;
           this.changed("messages");
@@ -367,11 +457,11 @@
       this.client.history(this.name, { before: upTo + 1, limit: this.pageSize }).then(
         (page) => {
           if (this.closed) return;
-          this.addMessages(page.messages);
+          const added = this.addPage(page);
           this.loaded = true;
-          this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
           if (this.status === "loading") this.status = "ready";
           this.changed("other");
+          if (added === 0 && this.hasOlder) this.loadOlder().catch(() => void 0);
         },
         (error) => {
           if (this.closed) return;
@@ -389,18 +479,77 @@
         this.loadingInitial = false;
       });
     }
+    /**
+     * A history page: its messages as they stand; its changes (which the
+     * messages already show) only move the paging floor. Returns how many
+     * messages were new.
+     */
+    addPage(page) {
+      const added = this.addMessages(page.messages);
+      for (const entry of [...page.messages, ...page.changes ?? []]) {
+        if (this.floor === void 0 || entry.seq < this.floor) this.floor = entry.seq;
+      }
+      this.hasOlder = page.has_more && (this.lowestSeq() ?? 1) > 1;
+      return added;
+    }
+    /** A change to a message: applied to it and to the quotes of replies to it. */
+    onChange(change) {
+      const patch = this.patches.get(change.message_seq) ?? {};
+      const kind = change.type === "message.edited" ? "edited" : change.type === "message.deleted" ? "deleted" : "reacted";
+      const known = patch[kind];
+      if (known !== void 0 && known.seq >= change.seq) return;
+      patch[kind] = change;
+      this.patches.set(change.message_seq, patch);
+      let touched = false;
+      const target = this.byseq.get(change.message_seq);
+      if (target) {
+        const updated = applyChange(target, change);
+        if (updated !== target) {
+          this.byseq.set(target.seq, freezeMessage(updated));
+          touched = true;
+        }
+      }
+      if (change.type !== "message.reacted") {
+        for (const message of this.byseq.values()) {
+          if (message.reply_to?.seq !== change.message_seq || message.seq > change.seq) continue;
+          const updated = applyChangeToQuote(message, change);
+          if (updated !== message) {
+            this.byseq.set(message.seq, freezeMessage(updated));
+            touched = true;
+          }
+        }
+      }
+      if (touched) this.changed("messages");
+    }
+    /**
+     * `message` with the changes seen live that a history page may have
+     * been read before: to itself, and to the message it quotes when the
+     * change came after it. Changes are states, so re-applying one the
+     * message already shows changes nothing.
+     */
+    patched(message) {
+      let result = message;
+      for (const change of changesOf(this.patches.get(message.seq))) result = applyChange(result, change);
+      const quoted = message.reply_to?.seq;
+      if (quoted !== void 0) {
+        for (const change of changesOf(this.patches.get(quoted))) {
+          if (change.seq > message.seq) result = applyChangeToQuote(result, change);
+        }
+      }
+      return result;
+    }
     addMessages(messages) {
-      let added = false;
+      let added = 0;
       const me = this.client.userId;
       for (const message of messages) {
         if (this.byseq.has(message.seq)) continue;
-        this.byseq.set(message.seq, freezeMessage(message));
-        added = true;
+        this.byseq.set(message.seq, freezeMessage(this.patched(message)));
+        added += 1;
         if (message.client_id !== null && message.sender.user_id === me && this.pendingSends.delete(message.client_id)) {
           this.changed("pending");
         }
       }
-      if (!added) return;
+      if (added === 0) return 0;
       for (const [clientId, entry] of this.pendingSends) {
         if (entry.seq !== void 0 && this.byseq.has(entry.seq)) {
           this.pendingSends.delete(clientId);
@@ -408,6 +557,7 @@
         }
       }
       this.changed("messages");
+      return added;
     }
     /** Mirrors the client's queue for this room into `pending`. */
     syncPending() {
@@ -417,7 +567,7 @@
         inQueue.add(message.clientId);
         const entry = this.pendingSends.get(message.clientId);
         if (!entry) {
-          const created = this.newEntry(message.clientId, message.body);
+          const created = this.newEntry(message.clientId, message.body, message.replyTo, message.attachments);
           created.state = message.state;
           this.pendingSends.set(message.clientId, created);
         } else if (entry.state !== "acked") {
@@ -432,8 +582,15 @@
       }
       this.changed("pending");
     }
-    newEntry(clientId, body) {
-      return { clientId, body, state: "queued", order: ++this.pendingCounter };
+    newEntry(clientId, body, replyTo, attachments) {
+      return {
+        clientId,
+        body,
+        ...replyTo !== void 0 ? { replyTo } : {},
+        ...attachments !== void 0 ? { attachments } : {},
+        state: "queued",
+        order: ++this.pendingCounter
+      };
     }
     scheduleTypingExpiry() {
       if (this.typingTimer) clearTimeout(this.typingTimer);
@@ -471,6 +628,8 @@
             (entry) => Object.freeze({
               clientId: entry.clientId,
               body: entry.body,
+              ...entry.replyTo !== void 0 ? { replyTo: entry.replyTo } : {},
+              ...entry.attachments !== void 0 ? { attachments: Object.freeze(entry.attachments.map((a) => Object.freeze({ ...a }))) } : {},
               state: entry.state,
               ...entry.seq !== void 0 ? { seq: entry.seq } : {},
               ...entry.error !== void 0 ? { error: entry.error } : {}
@@ -496,7 +655,7 @@
       if (!shallowEqual(reads, parts.reads)) parts.reads = Object.freeze(reads);
       let unread = older;
       for (const message of parts.messages) {
-        if (message.seq > cursor && message.sender.user_id !== me) unread += 1;
+        if (message.seq > cursor && message.sender.user_id !== me && message.deleted_at === void 0) unread += 1;
       }
       return Object.freeze({
         room: this.name,
@@ -534,7 +693,7 @@
       } else {
         const descending = [...this.byseq.values()].filter((m) => m.seq <= upTo).sort((a, b) => b.seq - a.seq);
         for (const message of descending) {
-          if (message.sender.user_id === me) continue;
+          if (message.sender.user_id === me || message.deleted_at !== void 0) continue;
           counted += 1;
           if (counted === server.count) {
             derived = message.seq - 1;
@@ -555,6 +714,12 @@
       for (const seq of this.byseq.keys()) if (oldest === void 0 || seq < oldest) oldest = seq;
       return oldest;
     }
+    /** The lowest seq loaded: of a message, or of a change a history page listed. */
+    lowestSeq() {
+      const oldest = this.oldestSeq();
+      if (this.floor === void 0) return oldest;
+      return oldest === void 0 ? this.floor : Math.min(oldest, this.floor);
+    }
     newestSeq() {
       let newest = 0;
       for (const seq of this.byseq.keys()) if (seq > newest) newest = seq;
@@ -563,7 +728,21 @@
   };
   function freezeMessage(message) {
     const { type: _type, ...rest } = message;
-    return Object.freeze({ ...rest, sender: Object.freeze({ ...rest.sender }) });
+    const frozen = { ...rest, sender: Object.freeze({ ...rest.sender }) };
+    if (rest.reply_to) {
+      frozen.reply_to = Object.freeze({ ...rest.reply_to, sender: Object.freeze({ ...rest.reply_to.sender }) });
+    }
+    if (rest.attachments) frozen.attachments = Object.freeze(rest.attachments.map((a) => Object.freeze({ ...a })));
+    if (rest.reactions) {
+      frozen.reactions = Object.freeze(
+        rest.reactions.map((r) => Object.freeze({ ...r, user_ids: Object.freeze([...r.user_ids]) }))
+      );
+    }
+    return Object.freeze(frozen);
+  }
+  function changesOf(patch) {
+    if (!patch) return [];
+    return [patch.edited, patch.deleted, patch.reacted].filter((change) => change !== void 0).sort((a, b) => a.seq - b.seq);
   }
   function shallowEqual(a, b) {
     const keys = Object.keys(a);
@@ -808,14 +987,30 @@
         room.pageUntil = void 0;
         room.pageRef = void 0;
       }
-      for (const [room, queue] of this.queues) {
+      const lost = [];
+      for (const queue of this.queues.values()) {
         for (const message of queue) {
+          if (message.frame.type === "delete" && message.sentOn !== void 0) {
+            lost.push({ message, seq: message.frame.seq });
+          }
           message.sentOn = void 0;
           if (message.ackTimer) clearTimeout(message.ackTimer);
           message.ackTimer = void 0;
         }
-        this.emit("outbox", { room });
       }
+      const rooms = new Set(this.queues.keys());
+      for (const { message, seq } of lost) {
+        this.removeOutgoing(message);
+        clearOutgoingTimers(message);
+        this.failOutgoing(
+          message,
+          new MixroomError(
+            "connection_lost",
+            `the connection was lost before the server answered the deletion of message ${seq} in ${message.room}; it may have been deleted (the room's replay after the re-join tells)`
+          )
+        );
+      }
+      for (const room of rooms) this.emit("outbox", { room });
       for (const [ref, request] of this.requests) {
         clearTimeout(request.timer);
         request.reject(new MixroomError("connection_lost", "the connection was lost"));
@@ -908,7 +1103,10 @@
         case "joined":
           return this.onJoined(frame);
         case "message":
-          return this.onMessage(frame);
+        case "message.edited":
+        case "message.deleted":
+        case "message.reacted":
+          return this.onEntry(frame);
         case "ack":
           return this.onAck(frame);
         case "history":
@@ -1007,7 +1205,8 @@
       }
       this.emit("left", frame);
     }
-    onMessage(frame) {
+    /** A message or a change to one: each takes a seq of the room's sequence. */
+    onEntry(frame) {
       const room = this.rooms.get(frame.room);
       if (!room || !room.joinedOnSocket) return;
       if (room.lastSeq === void 0) room.lastSeq = frame.seq - 1;
@@ -1027,7 +1226,20 @@
     }
     deliver(room, frame) {
       room.lastSeq = frame.seq;
-      this.emit("message", frame);
+      switch (frame.type) {
+        case "message":
+          this.emit("message", frame);
+          break;
+        case "message.edited":
+          this.emit("message.edited", frame);
+          break;
+        case "message.deleted":
+          this.emit("message.deleted", frame);
+          break;
+        case "message.reacted":
+          this.emit("message.reacted", frame);
+          break;
+      }
       if (room.pageUntil !== void 0 && frame.seq >= room.pageUntil) this.nextPage(room);
     }
     /** Asks for the next page of a replay (a `join` with `since` again). */
@@ -1074,9 +1286,13 @@
         room.gapRef = void 0;
         const last = room.lastSeq ?? 0;
         let filled = false;
-        for (const message of frame.messages) {
-          if (message.seq > last && !room.ahead.has(message.seq)) {
-            room.ahead.set(message.seq, { ...message, type: "message" });
+        const entries = [
+          ...frame.messages.map((message) => ({ ...message, type: "message" })),
+          ...frame.changes ?? []
+        ];
+        for (const entry of entries) {
+          if (entry.seq > last && !room.ahead.has(entry.seq)) {
+            room.ahead.set(entry.seq, entry);
             filled = true;
           }
         }
@@ -1102,11 +1318,11 @@
         this.pumpRoom(message.room);
       }
     }
-    /** The unacked message an `ack`/`error` is about: by its `ref`, else by `client_id`. */
+    /** The unacked entry an `ack`/`error` is about: by its `ref`, else (a send's) by `client_id`. */
     findOutgoing(ref, clientId) {
       for (const queue of this.queues.values()) {
         for (const message of queue) {
-          if (ref !== void 0 ? ref === sendRef(message.clientId) : message.clientId === clientId) {
+          if (ref !== void 0 ? ref === message.ref : clientId !== void 0 && message.frame.type === "send" && message.frame.client_id === clientId) {
             return message;
           }
         }
@@ -1135,8 +1351,8 @@
       this.emit("error", frame);
       const ref = frame.ref;
       if (ref === void 0) return;
-      const outgoing = ref.startsWith("send:") ? this.findOutgoing(ref) : void 0;
-      if (outgoing) return this.onSendError(outgoing, frame);
+      const outgoing = this.findOutgoing(ref);
+      if (outgoing) return this.onOutgoingError(outgoing, frame);
       const paging = [...this.rooms.values()].find((room) => room.pageRef === ref);
       if (paging) {
         paging.pageRef = void 0;
@@ -1171,7 +1387,7 @@
         }
       }
     }
-    onSendError(message, frame) {
+    onOutgoingError(message, frame) {
       clearOutgoingTimers(message);
       message.sentOn = void 0;
       if (RETRYABLE_CODES.has(frame.code)) {
@@ -1183,11 +1399,26 @@
         return;
       }
       this.removeOutgoing(message);
-      const error = MixroomError.fromFrame(frame);
-      message.reject(error);
-      this.emit("send.failed", { room: message.room, clientId: message.clientId, body: message.body, error });
+      this.failOutgoing(message, MixroomError.fromFrame(frame));
       this.emit("outbox", { room: message.room });
       this.pumpRoom(message.room);
+    }
+    /** Rejects an entry taken off its queue, with its `send.failed` or `change.failed` event. */
+    failOutgoing(message, error) {
+      message.reject(error);
+      const frame = message.frame;
+      if (frame.type === "send") {
+        this.emit("send.failed", {
+          room: message.room,
+          clientId: frame.client_id,
+          body: frame.body,
+          ...frame.reply_to !== void 0 ? { replyTo: frame.reply_to } : {},
+          ...frame.attachments !== void 0 ? { attachments: frame.attachments } : {},
+          error
+        });
+      } else {
+        this.emit("change.failed", { room: message.room, change: this.pendingChange(message), error });
+      }
     }
     onJoinError(room, frame) {
       room.joinRef = void 0;
@@ -1454,10 +1685,64 @@
      * stores it once. Each room has its own queue: its messages go out one at
      * a time, in the order queued, while other rooms' queues go on
      * regardless. Rejects only when the server refuses it for good
-     * (`invalid`, `forbidden`, `too_large`, ...).
+     * (`invalid`, `forbidden`, `too_large`, `not_found` for a `replyTo` that
+     * is not there, ...). `replyTo` answers a message of the room by its seq;
+     * `attachments` share files by reference.
      */
     send(roomName, body, options = {}) {
-      const clientId = options.clientId ?? newClientId();
+      const frame = { type: "send", room: roomName, client_id: options.clientId ?? newClientId(), body };
+      if (options.replyTo !== void 0) frame.reply_to = options.replyTo;
+      if (options.attachments !== void 0) frame.attachments = options.attachments.map((a) => ({ ...a }));
+      return this.enqueue(frame, sendRef(frame.client_id));
+    }
+    /**
+     * New text for the user's own message `seq` (within the server's edit
+     * window, 15 minutes by default). Resolves with the ack (its `seq` is the
+     * edit's own place in the room's sequence); everyone in the room gets
+     * `message.edited`. Rejects with the server's refusal: `forbidden` (not
+     * the author, or past the window), `not_found` (no such message, or
+     * deleted), `invalid`, `too_large`.
+     *
+     * Changes across reconnects: edits, deletions and reactions wait in the
+     * room's queue with its messages, so they go out in the order made and a
+     * change made offline is sent once connected. `rate_limited`/`internal`
+     * are retried like sends. An edit or a reaction that was written but not
+     * answered when the connection dropped is sent again on the next one: it
+     * sets a state (this text; this emoji on or off), so a second copy
+     * changes nothing — at most the room gets one more change entry. A
+     * deletion is not sent again (see `deleteMessage()`).
+     */
+    edit(roomName, seq, body) {
+      return this.enqueue({ type: "edit", room: roomName, seq, body }, this.nextRef("edit"));
+    }
+    /**
+     * Deletes message `seq` (the user's own; any, for an admin): it stays as
+     * a tombstone. Resolves with the ack; everyone gets `message.deleted`.
+     * Rejects with `forbidden` or `not_found` (no such message, or deleted
+     * already). Queued like `edit()`, with one difference: the server
+     * answers a repeated deletion `not_found`, so a deletion written to a
+     * connection that then dropped before its answer is not resent — it
+     * rejects with `connection_lost` (the message may or may not be deleted;
+     * the room's replay after the re-join brings the `message.deleted` if it
+     * was). It is never resent on an ack timeout either: it waits for the
+     * answer or the drop.
+     */
+    deleteMessage(roomName, seq) {
+      return this.enqueue({ type: "delete", room: roomName, seq }, this.nextRef("delete"));
+    }
+    /**
+     * Puts `emoji` (one emoji) on message `seq`, or with `on = false` takes
+     * the user's own back. Resolves with the ack; everyone gets
+     * `message.reacted` with the message's reactions after it. Putting the
+     * same emoji on twice counts once. Rejects with `invalid` (not one emoji,
+     * or too many on the message), `not_found`, `forbidden`. Queued and
+     * resent like `edit()`.
+     */
+    react(roomName, seq, emoji, on = true) {
+      return this.enqueue({ type: "react", room: roomName, seq, emoji, on }, this.nextRef("react"));
+    }
+    enqueue(frame, ref) {
+      const roomName = frame.room;
       return new Promise((resolve, reject) => {
         let queue = this.queues.get(roomName);
         if (!queue) {
@@ -1466,8 +1751,8 @@
         }
         queue.push({
           room: roomName,
-          clientId,
-          body,
+          frame,
+          ref,
           order: ++this.outgoingCounter,
           resolve,
           reject,
@@ -1481,13 +1766,41 @@
     }
     /** Messages queued or sent but not acked yet (of one room, or all), oldest first. */
     pendingMessages(roomName) {
-      const messages = roomName === void 0 ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order) : [...this.queues.get(roomName) ?? []];
-      return messages.map((message) => ({
-        room: message.room,
-        clientId: message.clientId,
-        body: message.body,
-        state: this.outgoingState(message)
-      }));
+      const pending = [];
+      for (const message of this.outgoing(roomName)) {
+        const frame = message.frame;
+        if (frame.type !== "send") continue;
+        pending.push({
+          room: message.room,
+          clientId: frame.client_id,
+          body: frame.body,
+          ...frame.reply_to !== void 0 ? { replyTo: frame.reply_to } : {},
+          ...frame.attachments !== void 0 ? { attachments: frame.attachments.map((a) => ({ ...a })) } : {},
+          state: this.outgoingState(message)
+        });
+      }
+      return pending;
+    }
+    /** Edits, deletions and reactions queued or sent but not acked yet (of one room, or all), oldest first. */
+    pendingChanges(roomName) {
+      return this.outgoing(roomName).filter((message) => message.frame.type !== "send").map((message) => this.pendingChange(message));
+    }
+    outgoing(roomName) {
+      return roomName === void 0 ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order) : [...this.queues.get(roomName) ?? []];
+    }
+    pendingChange(message) {
+      const frame = message.frame;
+      const base = { room: message.room, ref: message.ref, state: this.outgoingState(message) };
+      switch (frame.type) {
+        case "edit":
+          return { ...base, kind: "edit", seq: frame.seq, body: frame.body };
+        case "react":
+          return { ...base, kind: "react", seq: frame.seq, emoji: frame.emoji, on: frame.on };
+        case "delete":
+          return { ...base, kind: "delete", seq: frame.seq };
+        default:
+          throw new Error("a send is not a change");
+      }
     }
     outgoingState(message) {
       if (message.retryTimer !== void 0) return "retrying";
@@ -1498,27 +1811,22 @@
       for (const room of [...this.queues.keys()]) this.pumpRoom(room);
     }
     /**
-     * Sends the room's oldest unacked message unless it is already in flight
+     * Sends the room's oldest unacked entry unless it is already in flight
      * on this socket or waiting out a retry delay. One at a time per room
-     * keeps a user's messages in the order typed, even when one of them has
-     * to wait out `rate_limited`; other rooms are not held up by it.
+     * keeps a user's messages and changes in the order made, even when one
+     * of them has to wait out `rate_limited`; other rooms are not held up by
+     * it.
      */
     pumpRoom(roomName) {
       if (this.currentState !== "open") return;
       const message = this.queues.get(roomName)?.[0];
       if (!message || message.sentOn === this.generation || message.retryTimer) return;
       message.sentOn = this.generation;
-      this.write({
-        type: "send",
-        room: message.room,
-        client_id: message.clientId,
-        body: message.body,
-        ref: sendRef(message.clientId)
-      });
+      this.write({ ...message.frame, ref: message.ref });
       const generation = this.generation;
       message.ackTimer = setTimeout(() => {
         message.ackTimer = void 0;
-        if (generation === this.generation && message.sentOn === generation) {
+        if (generation === this.generation && message.sentOn === generation && message.frame.type !== "delete") {
           message.sentOn = void 0;
           this.pumpRoom(message.room);
         }
@@ -1662,6 +1970,64 @@
   function newId() {
     return crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(16).slice(2)}`;
   }
+  var QUICK_REACTIONS = ["👍", "🎧", "🔥"];
+  var CHAT_STYLE = `
+.messages li { position: relative; }
+.messages .quote { border-left: 3px solid var(--accent); padding: 2px 8px; margin: 2px 0 4px; font-size: 12px; color: var(--muted); }
+.messages .quote.deleted { font-style: italic; }
+.messages li.deleted .body { font-style: italic; color: var(--muted); }
+.messages .files { display: flex; flex-direction: column; gap: 2px; margin: 2px 0; }
+.messages .files a { color: #b6a5ff; font-size: 13px; }
+.messages .reactions { display: flex; gap: 4px; flex-wrap: wrap; margin: 4px 0 2px; }
+.messages .chip { padding: 1px 8px; border-radius: 99px; font-size: 13px; background: var(--line); }
+.messages .chip.mine { background: rgba(124,92,255,.35); }
+.messages .actions { display: flex; gap: 2px; margin-top: 2px; opacity: .45; }
+.messages li:hover .actions, .messages .actions:focus-within { opacity: 1; }
+.messages .actions button { padding: 0 6px; font-size: 12px; background: transparent; color: var(--muted); }
+.messages .actions button:hover { color: var(--text); }
+.composer-bar { display: flex; justify-content: space-between; align-items: center; gap: 8px; font-size: 12px; color: var(--muted); border-left: 3px solid var(--accent); padding: 2px 8px; margin-top: 6px; }
+.composer-bar span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.composer-bar button { padding: 0 6px; background: transparent; }
+.attach-row { display: flex; gap: 8px; margin-top: 6px; }
+.attach-row input { flex: 1; font-size: 13px; }
+.chat-error { color: var(--bad); font-size: 12px; min-height: 0; }
+`;
+  function mediaTypeOf(name) {
+    const types = {
+      wav: "audio/wav",
+      mp3: "audio/mpeg",
+      flac: "audio/flac",
+      aif: "audio/aiff",
+      aiff: "audio/aiff",
+      m4a: "audio/mp4",
+      pdf: "application/pdf",
+      zip: "application/zip",
+      png: "image/png",
+      jpg: "image/jpeg",
+      jpeg: "image/jpeg",
+      txt: "text/plain"
+    };
+    return types[name.split(".").pop()?.toLowerCase() ?? ""] ?? "application/octet-stream";
+  }
+  function attachmentFor(url) {
+    let name = "file";
+    try {
+      name = decodeURIComponent(new URL(url).pathname.split("/").filter(Boolean).pop() ?? "file") || "file";
+    } catch {
+    }
+    return { url, name, size: 0, content_type: mediaTypeOf(name) };
+  }
+  function sizeOf(bytes) {
+    if (bytes <= 0) return "";
+    const units = ["B", "KB", "MB", "GB"];
+    let value = bytes;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit++;
+    }
+    return ` (${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]})`;
+  }
   var BookingChat = class {
     constructor(client, session) {
       __publicField(this, "client", client);
@@ -1670,14 +2036,29 @@
       __publicField(this, "typingLine", element("typing"));
       __publicField(this, "membersLine", element("members"));
       __publicField(this, "badge", element("status-badge"));
-      /** Rendered messages by seq, and not-yet-stored ones by client_id. */
+      __publicField(this, "input", element("message-input"));
+      /** "Replying to …" / "Editing …" above the composer. */
+      __publicField(this, "bar", document.createElement("div"));
+      __publicField(this, "attachRow", document.createElement("div"));
+      __publicField(this, "attachInput", document.createElement("input"));
+      __publicField(this, "errorLine", document.createElement("div"));
+      /** Stored messages as they stand, and their list items, by seq. */
+      __publicField(this, "messages", /* @__PURE__ */ new Map());
       __publicField(this, "bySeq", /* @__PURE__ */ new Map());
+      /** Not-yet-stored messages by client_id. */
       __publicField(this, "pending", /* @__PURE__ */ new Map());
+      /**
+       * Changes seen live: a history page read before one of them arrived
+       * shows the message as it was, so they are applied again when it comes.
+       */
+      __publicField(this, "liveChanges", []);
       __publicField(this, "members", /* @__PURE__ */ new Map());
       /** Others' read positions, for "Seen by". */
       __publicField(this, "readUpTo", /* @__PURE__ */ new Map());
       __publicField(this, "typingTimers", /* @__PURE__ */ new Map());
       __publicField(this, "newestSeq", 0);
+      /** What the composer does next besides sending: answer a message, or edit one. */
+      __publicField(this, "mode");
       element("booking-title").textContent = session.booking.title;
       this.setStatus(session.booking.status, false);
       for (const person of session.people) {
@@ -1690,11 +2071,20 @@
     }
     async start() {
       const client = this.client;
+      this.buildComposer();
       client.on("message", (message) => {
         if (message.room !== this.room) return;
         this.render(message);
         this.markReadIfVisible();
       });
+      const onChange = (change) => {
+        if (change.room !== this.room) return;
+        this.liveChanges.push(change);
+        this.applyChange(change);
+      };
+      client.on("message.edited", onChange);
+      client.on("message.deleted", onChange);
+      client.on("message.reacted", onChange);
       client.on("typing", ({ room, user_id }) => {
         if (room === this.room && user_id !== client.userId) this.showTyping(user_id);
       });
@@ -1719,60 +2109,157 @@
         if (booking_id === this.session.booking.id) this.setStatus(status, true);
       });
       document.addEventListener("visibilitychange", () => this.markReadIfVisible());
+      this.input.addEventListener("input", () => client.typing(this.room));
+      this.input.addEventListener("keydown", (event) => {
+        if (event.key === "Escape") this.setMode(void 0);
+      });
+      element("composer").addEventListener("submit", (event) => {
+        event.preventDefault();
+        const body = this.input.value.trim();
+        if (!body) return;
+        this.submit(body);
+      });
       const joined = await client.join(this.room);
       if (joined.last_seq > 0) {
         const page = await client.history(this.room, { before: joined.last_seq + 1, limit: 50 });
         for (const message of [...page.messages].reverse()) this.render(message);
       }
       this.markReadIfVisible();
-      const input = element("message-input");
-      input.addEventListener("input", () => client.typing(this.room));
-      element("composer").addEventListener("submit", (event) => {
-        event.preventDefault();
-        const body = input.value.trim();
-        if (!body) return;
-        input.value = "";
-        this.send(body);
-      });
     }
-    send(body) {
+    /** The reply/edit bar, the attach row and the error line around the composer. */
+    buildComposer() {
+      const style = document.createElement("style");
+      style.textContent = CHAT_STYLE;
+      document.head.append(style);
+      const composer = element("composer");
+      this.bar.className = "composer-bar";
+      this.bar.dataset.testid = "composer-bar";
+      this.bar.hidden = true;
+      const attach = document.createElement("button");
+      attach.type = "button";
+      attach.textContent = "📎";
+      attach.title = "Attach a link to a file";
+      attach.dataset.testid = "attach";
+      attach.addEventListener("click", () => {
+        this.attachRow.hidden = !this.attachRow.hidden;
+        if (!this.attachRow.hidden) this.attachInput.focus();
+      });
+      composer.insertBefore(attach, composer.querySelector("button[type=submit]"));
+      this.attachRow.className = "attach-row";
+      this.attachRow.hidden = true;
+      this.attachInput.dataset.testid = "attach-url";
+      this.attachInput.type = "url";
+      this.attachInput.placeholder = "https://<project>.supabase.co/storage/v1/object/sign/…/take3.wav?token=…";
+      this.attachInput.autocomplete = "off";
+      const clear = document.createElement("button");
+      clear.type = "button";
+      clear.textContent = "×";
+      clear.setAttribute("aria-label", "No attachment");
+      clear.addEventListener("click", () => {
+        this.attachInput.value = "";
+        this.attachRow.hidden = true;
+      });
+      this.attachRow.append(this.attachInput, clear);
+      this.errorLine.className = "chat-error";
+      this.errorLine.dataset.testid = "chat-error";
+      this.errorLine.setAttribute("aria-live", "polite");
+      composer.before(this.bar, this.attachRow);
+      composer.after(this.errorLine);
+    }
+    setMode(mode) {
+      const wasEditing = this.mode?.kind === "edit";
+      this.mode = mode;
+      const message = mode ? this.messages.get(mode.seq) : void 0;
+      if (!mode || !message) {
+        this.mode = void 0;
+        this.bar.hidden = true;
+        if (wasEditing) this.input.value = "";
+        return;
+      }
+      const label = document.createElement("span");
+      const cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.textContent = "×";
+      cancel.setAttribute("aria-label", "Cancel");
+      cancel.dataset.testid = "composer-cancel";
+      cancel.addEventListener("click", () => this.setMode(void 0));
+      if (mode.kind === "reply") {
+        label.textContent = `Replying to ${this.nameOf(message)}: ${message.body}`;
+        if (wasEditing) this.input.value = "";
+      } else {
+        label.textContent = "Editing your message (Esc to cancel)";
+        this.input.value = message.body;
+      }
+      this.bar.replaceChildren(label, cancel);
+      this.bar.hidden = false;
+      this.input.focus();
+    }
+    /** Sends, answers or edits, as the composer's mode says. */
+    submit(body) {
+      const mode = this.mode;
+      this.input.value = "";
+      this.setMode(void 0);
+      this.showError(void 0);
+      if (mode?.kind === "edit") {
+        this.act(this.client.edit(this.room, mode.seq, body));
+        return;
+      }
+      const url = this.attachInput.value.trim();
+      this.attachInput.value = "";
+      this.attachRow.hidden = true;
+      this.send(body, mode?.seq, url ? [attachmentFor(url)] : void 0);
+    }
+    send(body, replyTo, attachments) {
       const clientId = newId();
-      const item = this.item(body, true);
+      const item = this.item(true);
       item.classList.add("pending");
       item.dataset.clientId = clientId;
+      item.querySelector(".body").textContent = body;
       item.querySelector(".meta").textContent = "sending…";
       this.pending.set(clientId, item);
       this.list.append(item);
       this.scrollDown();
-      this.client.send(this.room, body, { clientId }).catch((error) => {
+      const options = {
+        clientId,
+        ...replyTo !== void 0 ? { replyTo } : {},
+        ...attachments ? { attachments } : {}
+      };
+      this.client.send(this.room, body, options).catch((error) => {
         item.querySelector(".meta").textContent = error instanceof MixroomError ? `not sent: ${error.message}` : "not sent";
       });
     }
-    item(body, mine) {
+    /** An edit, deletion or reaction: the change shows when the server's frame comes; a refusal shows below the composer. */
+    act(change) {
+      change.catch((error) => this.showError(error instanceof Error ? error.message : String(error)));
+    }
+    showError(text) {
+      this.errorLine.textContent = text ?? "";
+    }
+    item(mine) {
       const item = document.createElement("li");
       if (mine) item.classList.add("mine");
       const text = document.createElement("div");
       text.className = "body";
-      text.textContent = body;
       const meta = document.createElement("div");
       meta.className = "meta";
       item.append(text, meta);
       return item;
     }
     /** Draws a stored message in seq order (history and live may overlap). */
-    render(message) {
-      if (this.bySeq.has(message.seq)) return;
+    render(incoming) {
+      if (this.bySeq.has(incoming.seq)) return;
+      const message = this.withLiveChanges(incoming);
       const mine = message.sender.user_id === this.client.userId;
       const pending = message.client_id ? this.pending.get(message.client_id) : void 0;
-      const item = pending ?? this.item(message.body, mine);
+      const item = pending ?? this.item(mine);
       if (pending && message.client_id) this.pending.delete(message.client_id);
       item.classList.remove("pending");
       item.dataset.seq = String(message.seq);
       item.dataset.testid = "message";
       if (message.sender.role === "system") item.classList.add("system");
-      const meta = item.querySelector(".meta");
-      meta.textContent = message.sender.role === "system" ? timeOf(message.sent_at) : `${mine ? "You" : message.sender.name} · ${timeOf(message.sent_at)}`;
+      this.messages.set(message.seq, message);
       this.bySeq.set(message.seq, item);
+      this.draw(item, message);
       this.newestSeq = Math.max(this.newestSeq, message.seq);
       const later = [...this.bySeq.entries()].filter(([seq]) => seq > message.seq).sort(([a], [b]) => a - b)[0];
       if (later) this.list.insertBefore(item, later[1]);
@@ -1780,6 +2267,120 @@
       if (!mine) this.hideTyping(message.sender.user_id ?? "");
       this.renderReceipts();
       this.scrollDown();
+    }
+    /** A message from a history page, with the changes seen live that the page may predate. */
+    withLiveChanges(message) {
+      let result = message;
+      for (const change of this.liveChanges) {
+        result = applyChange(result, change);
+        if (change.seq > message.seq) result = applyChangeToQuote(result, change);
+      }
+      return result;
+    }
+    /** An edit, deletion or reaction: the message it names and the quotes of replies to it. */
+    applyChange(change) {
+      for (const [seq, message] of this.messages) {
+        let updated = applyChange(message, change);
+        if (seq < change.seq) updated = applyChangeToQuote(updated, change);
+        if (updated === message) continue;
+        this.messages.set(seq, updated);
+        const item = this.bySeq.get(seq);
+        if (item) this.draw(item, updated);
+      }
+      if (this.mode && this.messages.get(this.mode.seq)?.deleted_at !== void 0) this.setMode(void 0);
+      this.renderReceipts();
+    }
+    nameOf(message) {
+      return message.sender.user_id === this.client.userId ? "you" : message.sender.name;
+    }
+    /** The item's content from the message as it stands. */
+    draw(item, message) {
+      const mine = message.sender.user_id === this.client.userId;
+      const system = message.sender.role === "system";
+      const deleted = message.deleted_at !== void 0;
+      item.classList.toggle("deleted", deleted);
+      const parts = [];
+      const quote = message.reply_to;
+      if (quote) {
+        const shown = document.createElement("div");
+        shown.className = quote.deleted ? "quote deleted" : "quote";
+        shown.dataset.testid = "quote";
+        const who = quote.sender.user_id === this.client.userId ? "You" : quote.sender.name || "Someone";
+        shown.textContent = quote.deleted ? `↩ ${who}: message deleted` : `↩ ${who}: ${quote.excerpt}`;
+        parts.push(shown);
+      }
+      const body = document.createElement("div");
+      body.className = "body";
+      body.dataset.testid = "body";
+      body.textContent = deleted ? "Message deleted" : message.body;
+      parts.push(body);
+      if (message.attachments?.length) {
+        const files = document.createElement("div");
+        files.className = "files";
+        for (const file of message.attachments) {
+          const link = document.createElement("a");
+          link.href = file.url;
+          link.target = "_blank";
+          link.rel = "noopener noreferrer";
+          link.dataset.testid = "attachment";
+          link.textContent = `📎 ${file.name}${sizeOf(file.size)}`;
+          files.append(link);
+        }
+        parts.push(files);
+      }
+      if (message.reactions?.length) {
+        const chips = document.createElement("div");
+        chips.className = "reactions";
+        for (const reaction of message.reactions) {
+          const own = this.client.userId !== void 0 && reaction.user_ids.includes(this.client.userId);
+          const chip = document.createElement("button");
+          chip.type = "button";
+          chip.className = own ? "chip mine" : "chip";
+          chip.dataset.testid = "reaction";
+          chip.dataset.emoji = reaction.emoji;
+          chip.title = reaction.user_ids.map((id) => this.members.get(id)?.name ?? "someone").join(", ");
+          chip.textContent = `${reaction.emoji} ${reaction.count}`;
+          chip.addEventListener("click", () => this.act(this.client.react(this.room, message.seq, reaction.emoji, !own)));
+          chips.append(chip);
+        }
+        parts.push(chips);
+      }
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      const when = timeOf(message.sent_at);
+      meta.textContent = (system ? when : `${mine ? "You" : message.sender.name} · ${when}`) + (message.edited_at !== void 0 && !deleted ? " · edited" : "");
+      parts.push(meta);
+      if (!system && !deleted) parts.push(this.actions(message, mine));
+      item.replaceChildren(...parts);
+    }
+    /** Reply, quick reactions, and for one's own message edit and delete. */
+    actions(message, mine) {
+      const row = document.createElement("div");
+      row.className = "actions";
+      const button = (label, testid, title, onClick) => {
+        const action = document.createElement("button");
+        action.type = "button";
+        action.textContent = label;
+        action.title = title;
+        action.dataset.testid = testid;
+        action.addEventListener("click", onClick);
+        row.append(action);
+      };
+      button("Reply", "reply", "Reply", () => this.setMode({ kind: "reply", seq: message.seq }));
+      for (const emoji of QUICK_REACTIONS) {
+        const own = message.reactions?.some((r) => r.emoji === emoji && this.client.userId !== void 0 && r.user_ids.includes(this.client.userId));
+        button(
+          emoji,
+          `react-${emoji}`,
+          own ? `Take back ${emoji}` : `React ${emoji}`,
+          () => this.act(this.client.react(this.room, message.seq, emoji, !own))
+        );
+      }
+      if (mine) {
+        button("Edit", "edit", "Edit (within 15 minutes)", () => this.setMode({ kind: "edit", seq: message.seq }));
+        button("Delete", "delete", "Delete", () => this.act(this.client.deleteMessage(this.room, message.seq)));
+      }
+      return row;
     }
     markReadIfVisible() {
       if (document.visibilityState === "visible" && this.newestSeq > 0) {

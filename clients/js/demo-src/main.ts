@@ -1,15 +1,20 @@
 /**
  * The demo page served by the server at `/` (when `server.demo = true`):
- * a booking chat with typing and read receipts, a live booking status
+ * a booking chat with typing and read receipts, replies, reactions, edits,
+ * deletions and file links, a live booking status
  * badge, a notifications bell and the support widget — all through
  * `MixroomClient`. Bundled into `demo/app.js` by `npm run build:demo`.
  */
 import {
+  applyChange,
+  applyChangeToQuote,
   MixroomClient,
   MixroomError,
+  type Attachment,
   type ChatMessage,
   type ConnectionState,
   type Member,
+  type MessageChangeFrame,
   type NotificationItem,
 } from "../src/index.js";
 
@@ -65,19 +70,98 @@ function newId(): string {
 // Booking chat
 // ---------------------------------------------------------------------------
 
+/** Quick reactions offered under each message. */
+const QUICK_REACTIONS = ["👍", "🎧", "🔥"];
+
+/**
+ * The chat's extra styles: the server's `demo/style.css` is compiled into
+ * its binary, while this bundle is rebuilt with the client, so what the
+ * message actions need comes with the bundle.
+ */
+const CHAT_STYLE = `
+.messages li { position: relative; }
+.messages .quote { border-left: 3px solid var(--accent); padding: 2px 8px; margin: 2px 0 4px; font-size: 12px; color: var(--muted); }
+.messages .quote.deleted { font-style: italic; }
+.messages li.deleted .body { font-style: italic; color: var(--muted); }
+.messages .files { display: flex; flex-direction: column; gap: 2px; margin: 2px 0; }
+.messages .files a { color: #b6a5ff; font-size: 13px; }
+.messages .reactions { display: flex; gap: 4px; flex-wrap: wrap; margin: 4px 0 2px; }
+.messages .chip { padding: 1px 8px; border-radius: 99px; font-size: 13px; background: var(--line); }
+.messages .chip.mine { background: rgba(124,92,255,.35); }
+.messages .actions { display: flex; gap: 2px; margin-top: 2px; opacity: .45; }
+.messages li:hover .actions, .messages .actions:focus-within { opacity: 1; }
+.messages .actions button { padding: 0 6px; font-size: 12px; background: transparent; color: var(--muted); }
+.messages .actions button:hover { color: var(--text); }
+.composer-bar { display: flex; justify-content: space-between; align-items: center; gap: 8px; font-size: 12px; color: var(--muted); border-left: 3px solid var(--accent); padding: 2px 8px; margin-top: 6px; }
+.composer-bar span { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.composer-bar button { padding: 0 6px; background: transparent; }
+.attach-row { display: flex; gap: 8px; margin-top: 6px; }
+.attach-row input { flex: 1; font-size: 13px; }
+.chat-error { color: var(--bad); font-size: 12px; min-height: 0; }
+`;
+
+/** A guess at a linked file's media type, from its name. */
+function mediaTypeOf(name: string): string {
+  const types: Record<string, string> = {
+    wav: "audio/wav", mp3: "audio/mpeg", flac: "audio/flac", aif: "audio/aiff", aiff: "audio/aiff",
+    m4a: "audio/mp4", pdf: "application/pdf", zip: "application/zip", png: "image/png",
+    jpg: "image/jpeg", jpeg: "image/jpeg", txt: "text/plain",
+  };
+  return types[name.split(".").pop()?.toLowerCase() ?? ""] ?? "application/octet-stream";
+}
+
+/** An attachment for a link to a file in Supabase Storage (its name from the path). */
+function attachmentFor(url: string): Attachment {
+  let name = "file";
+  try {
+    name = decodeURIComponent(new URL(url).pathname.split("/").filter(Boolean).pop() ?? "file") || "file";
+  } catch {
+    // Not a URL: the server says so.
+  }
+  // A link does not tell the file's size; an app that uploads it knows.
+  return { url, name, size: 0, content_type: mediaTypeOf(name) };
+}
+
+function sizeOf(bytes: number): string {
+  if (bytes <= 0) return "";
+  const units = ["B", "KB", "MB", "GB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return ` (${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]})`;
+}
+
 class BookingChat {
   private readonly list = element<HTMLOListElement>("messages");
   private readonly typingLine = element("typing");
   private readonly membersLine = element("members");
   private readonly badge = element("status-badge");
-  /** Rendered messages by seq, and not-yet-stored ones by client_id. */
+  private readonly input = element<HTMLInputElement>("message-input");
+  /** "Replying to …" / "Editing …" above the composer. */
+  private readonly bar = document.createElement("div");
+  private readonly attachRow = document.createElement("div");
+  private readonly attachInput = document.createElement("input");
+  private readonly errorLine = document.createElement("div");
+  /** Stored messages as they stand, and their list items, by seq. */
+  private readonly messages = new Map<number, ChatMessage>();
   private readonly bySeq = new Map<number, HTMLLIElement>();
+  /** Not-yet-stored messages by client_id. */
   private readonly pending = new Map<string, HTMLLIElement>();
+  /**
+   * Changes seen live: a history page read before one of them arrived
+   * shows the message as it was, so they are applied again when it comes.
+   */
+  private readonly liveChanges: MessageChangeFrame[] = [];
   private readonly members = new Map<string, Member>();
   /** Others' read positions, for "Seen by". */
   private readonly readUpTo = new Map<string, number>();
   private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private newestSeq = 0;
+  /** What the composer does next besides sending: answer a message, or edit one. */
+  private mode: { kind: "reply" | "edit"; seq: number } | undefined;
 
   constructor(
     private readonly client: MixroomClient,
@@ -97,11 +181,20 @@ class BookingChat {
 
   async start(): Promise<void> {
     const client = this.client;
+    this.buildComposer();
     client.on("message", (message) => {
       if (message.room !== this.room) return;
       this.render(message);
       this.markReadIfVisible();
     });
+    const onChange = (change: MessageChangeFrame): void => {
+      if (change.room !== this.room) return;
+      this.liveChanges.push(change);
+      this.applyChange(change);
+    };
+    client.on("message.edited", onChange);
+    client.on("message.deleted", onChange);
+    client.on("message.reacted", onChange);
     client.on("typing", ({ room, user_id }) => {
       if (room === this.room && user_id !== client.userId) this.showTyping(user_id);
     });
@@ -127,6 +220,20 @@ class BookingChat {
     });
     document.addEventListener("visibilitychange", () => this.markReadIfVisible());
 
+    // The composer works at once (the client queues what is sent before
+    // the room is joined). Were its handler added only after the history
+    // below, a quick Send would submit the form natively: a page reload.
+    this.input.addEventListener("input", () => client.typing(this.room));
+    this.input.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") this.setMode(undefined);
+    });
+    element<HTMLFormElement>("composer").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const body = this.input.value.trim();
+      if (!body) return;
+      this.submit(body);
+    });
+
     // Join for live messages, then draw the latest page of history once.
     const joined = await client.join(this.room);
     if (joined.last_seq > 0) {
@@ -134,40 +241,134 @@ class BookingChat {
       for (const message of [...page.messages].reverse()) this.render(message);
     }
     this.markReadIfVisible();
-
-    const input = element<HTMLInputElement>("message-input");
-    input.addEventListener("input", () => client.typing(this.room));
-    element<HTMLFormElement>("composer").addEventListener("submit", (event) => {
-      event.preventDefault();
-      const body = input.value.trim();
-      if (!body) return;
-      input.value = "";
-      this.send(body);
-    });
   }
 
-  private send(body: string): void {
+  /** The reply/edit bar, the attach row and the error line around the composer. */
+  private buildComposer(): void {
+    const style = document.createElement("style");
+    style.textContent = CHAT_STYLE;
+    document.head.append(style);
+    const composer = element<HTMLFormElement>("composer");
+
+    this.bar.className = "composer-bar";
+    this.bar.dataset.testid = "composer-bar";
+    this.bar.hidden = true;
+
+    const attach = document.createElement("button");
+    attach.type = "button";
+    attach.textContent = "📎";
+    attach.title = "Attach a link to a file";
+    attach.dataset.testid = "attach";
+    attach.addEventListener("click", () => {
+      this.attachRow.hidden = !this.attachRow.hidden;
+      if (!this.attachRow.hidden) this.attachInput.focus();
+    });
+    composer.insertBefore(attach, composer.querySelector("button[type=submit]"));
+
+    this.attachRow.className = "attach-row";
+    this.attachRow.hidden = true;
+    this.attachInput.dataset.testid = "attach-url";
+    this.attachInput.type = "url";
+    this.attachInput.placeholder = "https://<project>.supabase.co/storage/v1/object/sign/…/take3.wav?token=…";
+    this.attachInput.autocomplete = "off";
+    const clear = document.createElement("button");
+    clear.type = "button";
+    clear.textContent = "×";
+    clear.setAttribute("aria-label", "No attachment");
+    clear.addEventListener("click", () => {
+      this.attachInput.value = "";
+      this.attachRow.hidden = true;
+    });
+    this.attachRow.append(this.attachInput, clear);
+
+    this.errorLine.className = "chat-error";
+    this.errorLine.dataset.testid = "chat-error";
+    this.errorLine.setAttribute("aria-live", "polite");
+    composer.before(this.bar, this.attachRow);
+    composer.after(this.errorLine);
+  }
+
+  private setMode(mode: BookingChat["mode"]): void {
+    const wasEditing = this.mode?.kind === "edit";
+    this.mode = mode;
+    const message = mode ? this.messages.get(mode.seq) : undefined;
+    if (!mode || !message) {
+      this.mode = undefined;
+      this.bar.hidden = true;
+      if (wasEditing) this.input.value = "";
+      return;
+    }
+    const label = document.createElement("span");
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "×";
+    cancel.setAttribute("aria-label", "Cancel");
+    cancel.dataset.testid = "composer-cancel";
+    cancel.addEventListener("click", () => this.setMode(undefined));
+    if (mode.kind === "reply") {
+      label.textContent = `Replying to ${this.nameOf(message)}: ${message.body}`;
+      if (wasEditing) this.input.value = "";
+    } else {
+      label.textContent = "Editing your message (Esc to cancel)";
+      this.input.value = message.body;
+    }
+    this.bar.replaceChildren(label, cancel);
+    this.bar.hidden = false;
+    this.input.focus();
+  }
+
+  /** Sends, answers or edits, as the composer's mode says. */
+  private submit(body: string): void {
+    const mode = this.mode;
+    this.input.value = "";
+    this.setMode(undefined);
+    this.showError(undefined);
+    if (mode?.kind === "edit") {
+      this.act(this.client.edit(this.room, mode.seq, body));
+      return;
+    }
+    const url = this.attachInput.value.trim();
+    this.attachInput.value = "";
+    this.attachRow.hidden = true;
+    this.send(body, mode?.seq, url ? [attachmentFor(url)] : undefined);
+  }
+
+  private send(body: string, replyTo: number | undefined, attachments: Attachment[] | undefined): void {
     const clientId = newId();
-    const item = this.item(body, true);
+    const item = this.item(true);
     item.classList.add("pending");
     item.dataset.clientId = clientId;
+    item.querySelector(".body")!.textContent = body;
     item.querySelector(".meta")!.textContent = "sending…";
     this.pending.set(clientId, item);
     this.list.append(item);
     this.scrollDown();
     // The client resends with this client_id until acked: never twice stored.
-    this.client.send(this.room, body, { clientId }).catch((error: unknown) => {
+    const options = {
+      clientId,
+      ...(replyTo !== undefined ? { replyTo } : {}),
+      ...(attachments ? { attachments } : {}),
+    };
+    this.client.send(this.room, body, options).catch((error: unknown) => {
       item.querySelector(".meta")!.textContent =
         error instanceof MixroomError ? `not sent: ${error.message}` : "not sent";
     });
   }
 
-  private item(body: string, mine: boolean): HTMLLIElement {
+  /** An edit, deletion or reaction: the change shows when the server's frame comes; a refusal shows below the composer. */
+  private act(change: Promise<unknown>): void {
+    change.catch((error: unknown) => this.showError(error instanceof Error ? error.message : String(error)));
+  }
+
+  private showError(text: string | undefined): void {
+    this.errorLine.textContent = text ?? "";
+  }
+
+  private item(mine: boolean): HTMLLIElement {
     const item = document.createElement("li");
     if (mine) item.classList.add("mine");
     const text = document.createElement("div");
     text.className = "body";
-    text.textContent = body;
     const meta = document.createElement("div");
     meta.className = "meta";
     item.append(text, meta);
@@ -175,20 +376,20 @@ class BookingChat {
   }
 
   /** Draws a stored message in seq order (history and live may overlap). */
-  private render(message: ChatMessage): void {
-    if (this.bySeq.has(message.seq)) return;
+  private render(incoming: ChatMessage): void {
+    if (this.bySeq.has(incoming.seq)) return;
+    const message = this.withLiveChanges(incoming);
     const mine = message.sender.user_id === this.client.userId;
     const pending = message.client_id ? this.pending.get(message.client_id) : undefined;
-    const item = pending ?? this.item(message.body, mine);
+    const item = pending ?? this.item(mine);
     if (pending && message.client_id) this.pending.delete(message.client_id);
     item.classList.remove("pending");
     item.dataset.seq = String(message.seq);
     item.dataset.testid = "message";
     if (message.sender.role === "system") item.classList.add("system");
-    const meta = item.querySelector(".meta")!;
-    meta.textContent =
-      message.sender.role === "system" ? timeOf(message.sent_at) : `${mine ? "You" : message.sender.name} · ${timeOf(message.sent_at)}`;
+    this.messages.set(message.seq, message);
     this.bySeq.set(message.seq, item);
+    this.draw(item, message);
     this.newestSeq = Math.max(this.newestSeq, message.seq);
     // Insert before the first rendered message with a larger seq.
     const later = [...this.bySeq.entries()].filter(([seq]) => seq > message.seq).sort(([a], [b]) => a - b)[0];
@@ -197,6 +398,130 @@ class BookingChat {
     if (!mine) this.hideTyping(message.sender.user_id ?? "");
     this.renderReceipts();
     this.scrollDown();
+  }
+
+  /** A message from a history page, with the changes seen live that the page may predate. */
+  private withLiveChanges(message: ChatMessage): ChatMessage {
+    let result = message;
+    for (const change of this.liveChanges) {
+      result = applyChange(result, change);
+      if (change.seq > message.seq) result = applyChangeToQuote(result, change);
+    }
+    return result;
+  }
+
+  /** An edit, deletion or reaction: the message it names and the quotes of replies to it. */
+  private applyChange(change: MessageChangeFrame): void {
+    for (const [seq, message] of this.messages) {
+      let updated = applyChange(message, change);
+      if (seq < change.seq) updated = applyChangeToQuote(updated, change);
+      if (updated === message) continue;
+      this.messages.set(seq, updated);
+      const item = this.bySeq.get(seq);
+      if (item) this.draw(item, updated);
+    }
+    if (this.mode && this.messages.get(this.mode.seq)?.deleted_at !== undefined) this.setMode(undefined);
+    this.renderReceipts();
+  }
+
+  private nameOf(message: ChatMessage): string {
+    return message.sender.user_id === this.client.userId ? "you" : message.sender.name;
+  }
+
+  /** The item's content from the message as it stands. */
+  private draw(item: HTMLLIElement, message: ChatMessage): void {
+    const mine = message.sender.user_id === this.client.userId;
+    const system = message.sender.role === "system";
+    const deleted = message.deleted_at !== undefined;
+    item.classList.toggle("deleted", deleted);
+    const parts: HTMLElement[] = [];
+
+    const quote = message.reply_to;
+    if (quote) {
+      const shown = document.createElement("div");
+      shown.className = quote.deleted ? "quote deleted" : "quote";
+      shown.dataset.testid = "quote";
+      const who = quote.sender.user_id === this.client.userId ? "You" : quote.sender.name || "Someone";
+      shown.textContent = quote.deleted ? `↩ ${who}: message deleted` : `↩ ${who}: ${quote.excerpt}`;
+      parts.push(shown);
+    }
+
+    const body = document.createElement("div");
+    body.className = "body";
+    body.dataset.testid = "body";
+    body.textContent = deleted ? "Message deleted" : message.body;
+    parts.push(body);
+
+    if (message.attachments?.length) {
+      const files = document.createElement("div");
+      files.className = "files";
+      for (const file of message.attachments) {
+        const link = document.createElement("a");
+        link.href = file.url;
+        link.target = "_blank";
+        link.rel = "noopener noreferrer";
+        link.dataset.testid = "attachment";
+        link.textContent = `📎 ${file.name}${sizeOf(file.size)}`;
+        files.append(link);
+      }
+      parts.push(files);
+    }
+
+    if (message.reactions?.length) {
+      const chips = document.createElement("div");
+      chips.className = "reactions";
+      for (const reaction of message.reactions) {
+        const own = this.client.userId !== undefined && reaction.user_ids.includes(this.client.userId);
+        const chip = document.createElement("button");
+        chip.type = "button";
+        chip.className = own ? "chip mine" : "chip";
+        chip.dataset.testid = "reaction";
+        chip.dataset.emoji = reaction.emoji;
+        chip.title = reaction.user_ids.map((id) => this.members.get(id)?.name ?? "someone").join(", ");
+        chip.textContent = `${reaction.emoji} ${reaction.count}`;
+        chip.addEventListener("click", () => this.act(this.client.react(this.room, message.seq, reaction.emoji, !own)));
+        chips.append(chip);
+      }
+      parts.push(chips);
+    }
+
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const when = timeOf(message.sent_at);
+    meta.textContent =
+      (system ? when : `${mine ? "You" : message.sender.name} · ${when}`) +
+      (message.edited_at !== undefined && !deleted ? " · edited" : "");
+    parts.push(meta);
+
+    if (!system && !deleted) parts.push(this.actions(message, mine));
+    item.replaceChildren(...parts);
+  }
+
+  /** Reply, quick reactions, and for one's own message edit and delete. */
+  private actions(message: ChatMessage, mine: boolean): HTMLElement {
+    const row = document.createElement("div");
+    row.className = "actions";
+    const button = (label: string, testid: string, title: string, onClick: () => void): void => {
+      const action = document.createElement("button");
+      action.type = "button";
+      action.textContent = label;
+      action.title = title;
+      action.dataset.testid = testid;
+      action.addEventListener("click", onClick);
+      row.append(action);
+    };
+    button("Reply", "reply", "Reply", () => this.setMode({ kind: "reply", seq: message.seq }));
+    for (const emoji of QUICK_REACTIONS) {
+      const own = message.reactions?.some((r) => r.emoji === emoji && this.client.userId !== undefined && r.user_ids.includes(this.client.userId));
+      button(emoji, `react-${emoji}`, own ? `Take back ${emoji}` : `React ${emoji}`, () =>
+        this.act(this.client.react(this.room, message.seq, emoji, !own)),
+      );
+    }
+    if (mine) {
+      button("Edit", "edit", "Edit (within 15 minutes)", () => this.setMode({ kind: "edit", seq: message.seq }));
+      button("Delete", "delete", "Delete", () => this.act(this.client.deleteMessage(this.room, message.seq)));
+    }
+    return row;
   }
 
   private markReadIfVisible(): void {

@@ -2,9 +2,10 @@
  * The demo page in a real browser (Debian's Chromium driven by
  * playwright-core; no browser download): Ava and Sam, each in a browser
  * context of their own, chat through the page the server serves at `/`,
- * see each other typing and reading, watch the booking badge and the
- * notifications bell change live, and Ava asks the support widget a
- * question whose answer streams in.
+ * see each other typing and reading, answer, react to, edit, delete and
+ * share files by link, watch the booking badge and the notifications bell
+ * change live, and Ava asks the support widget a question whose answer
+ * streams in.
  */
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -17,6 +18,13 @@ import { REPO_ROOT, TestServer } from "../test/server.js";
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 /** Screenshots of the end state, for people reading a CI run. */
 const ARTIFACTS = join(REPO_ROOT, "clients/js/e2e/artifacts");
+/**
+ * The server compiles `demo/app.js` into its binary, so a binary built
+ * before the latest `npm run build:demo` serves an older page. The browser
+ * gets the committed file instead (which `npm run check:demo` keeps equal
+ * to the sources); with a fresh binary the two are the same.
+ */
+const APP_JS = join(REPO_ROOT, "demo/app.js");
 
 let server: TestServer;
 let browser: Browser;
@@ -61,9 +69,17 @@ function screenshotsOnFailure(pages: Record<string, Page>): void {
   });
 }
 
-async function openAs(user: "ava" | "sam"): Promise<Page> {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+async function newContext(options: Parameters<Browser["newContext"]>[0] = {}): Promise<BrowserContext> {
+  const context = await browser.newContext(options);
   contexts.push(context);
+  await context.route("**/demo/app.js", (route) =>
+    route.fulfill({ path: APP_JS, contentType: "text/javascript; charset=utf-8", headers: { "cache-control": "no-cache" } }),
+  );
+  return context;
+}
+
+async function openAs(user: "ava" | "sam"): Promise<Page> {
+  const context = await newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.on("pageerror", (error) => pageErrors.push(`${user}: ${error.message}`));
   page.on("console", (message) => {
@@ -105,6 +121,64 @@ test("Ava and Sam chat through the demo page; the support widget streams its ans
   await sam.getByTestId("message-input").fill("Sure, 10 works. See you at Studio Nova!");
   await sam.getByTestId("message-input").press("Enter");
   await ava.locator('[data-testid="message"]', { hasText: "See you at Studio Nova!" }).waitFor();
+
+  // Sam answers Ava's first message: his reply quotes it, at both.
+  const first = (page: Page) => page.locator('[data-testid="message"][data-seq="1"]');
+  await first(sam).getByTestId("reply").click();
+  await expect.poll(() => sam.getByTestId("composer-bar").textContent()).toContain("Replying to Ava");
+  await sam.getByTestId("message-input").fill("Actually, could we make it 11?");
+  await sam.getByTestId("message-input").press("Enter");
+  const replyAt = (page: Page) => page.locator('[data-testid="message"]', { hasText: "Actually, could we make it 11?" });
+  await expect.poll(() => replyAt(ava).getByTestId("quote").textContent()).toBe("↩ You: Hi Sam, can we start at 10?");
+  await expect.poll(() => sam.getByTestId("composer-bar").isHidden()).toBe(true);
+
+  // Ava edits her first message: Sam sees the new text, marked edited, and
+  // his reply's quote follows it.
+  await first(ava).getByTestId("edit").click();
+  await expect.poll(() => ava.getByTestId("message-input").inputValue()).toBe("Hi Sam, can we start at 10?");
+  await ava.getByTestId("message-input").fill("Hi Sam, can we start at 11?");
+  await ava.getByTestId("message-input").press("Enter");
+  await expect.poll(() => first(sam).getByTestId("body").textContent()).toBe("Hi Sam, can we start at 11?");
+  await expect.poll(() => first(sam).locator(".meta").textContent()).toContain("edited");
+  await expect.poll(() => replyAt(sam).getByTestId("quote").textContent()).toBe("↩ Ava: Hi Sam, can we start at 11?");
+  await expect.poll(() => replyAt(ava).getByTestId("quote").textContent()).toBe("↩ You: Hi Sam, can we start at 11?");
+
+  // Sam thumbs it up: Ava sees the reaction; Ava adds hers, the count is 2.
+  await first(sam).getByTestId("react-👍").click();
+  const thumbs = (page: Page) => first(page).locator('[data-testid="reaction"][data-emoji="👍"]');
+  await expect.poll(() => thumbs(ava).textContent()).toBe("👍 1");
+  await thumbs(ava).click();
+  await expect.poll(() => thumbs(sam).textContent()).toBe("👍 2");
+
+  // Ava shares her stems by a Supabase Storage link.
+  const stemsUrl = "https://abcd1234.supabase.co/storage/v1/object/sign/stems/take3.wav?token=demo";
+  await ava.getByTestId("attach").click();
+  await ava.getByTestId("attach-url").fill(stemsUrl);
+  await ava.getByTestId("message-input").fill("Stems for Thursday");
+  await ava.getByTestId("send").click();
+  const stems = sam.locator('[data-testid="message"]', { hasText: "Stems for Thursday" }).getByTestId("attachment");
+  await expect.poll(() => stems.getAttribute("href")).toBe(stemsUrl);
+  expect(await stems.textContent()).toContain("take3.wav");
+
+  // A link anywhere else is refused, and the page says why.
+  await ava.getByTestId("attach").click();
+  await ava.getByTestId("attach-url").fill("https://files.example.com/take3.wav");
+  await ava.getByTestId("message-input").fill("Mirror link");
+  await ava.getByTestId("send").click();
+  await expect
+    .poll(() => ava.getByTestId("messages").locator("li.pending", { hasText: "Mirror link" }).locator(".meta").textContent())
+    .toContain("is not an origin attachments may come from");
+
+  // Ava takes a message back: Sam sees it deleted.
+  await ava.getByTestId("message-input").fill("Wrong booking, sorry");
+  await ava.getByTestId("send").click();
+  const wrong = sam.locator('[data-testid="message"]', { hasText: "Wrong booking, sorry" });
+  await wrong.waitFor();
+  const wrongSeq = await wrong.getAttribute("data-seq");
+  await ava.locator(`[data-testid="message"][data-seq="${wrongSeq}"]`).getByTestId("delete").click();
+  const tombstone = sam.locator(`[data-testid="message"][data-seq="${wrongSeq}"]`);
+  await expect.poll(() => tombstone.getByTestId("body").textContent()).toBe("Message deleted");
+  expect(await tombstone.getAttribute("class")).toContain("deleted");
 
   // The backend marks the booking paid: both badges change; the bell counts it.
   await sam.locator("details.backend summary").click();
@@ -162,8 +236,7 @@ test("Ava and Sam chat through the demo page; the support widget streams its ans
 });
 
 test("a server without the support route: the widget says so, the chat keeps working", async () => {
-  const context = await browser.newContext();
-  contexts.push(context);
+  const context = await newContext();
   const page = await context.newPage();
   screenshotsOnFailure({ eli: page });
   // Stand-in for a server built before the support agent existed.

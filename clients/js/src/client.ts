@@ -12,6 +12,10 @@
  *   `client_id` until the server acks it, so a message is stored exactly
  *   once however often the connection drops, and a room held up by a rate
  *   limit or a refusal never holds up another room;
+ * - queues edits, deletions and reactions in the same per-room queue (so
+ *   they go out in the order made, after the messages before them), and
+ *   counts the changes' seqs like messages' (see "Changes across
+ *   reconnects" at `edit()`);
  * - stops for good (`unauthorized`) when no usable token can be had,
  *   instead of reconnecting forever;
  * - emits a typed event for every frame of the contract;
@@ -27,9 +31,12 @@ import { MixroomError } from "./errors.js";
 import {
   CloseCode,
   type AckFrame,
+  type Attachment,
   type BookingUpdatedFrame,
   type ChatMessage,
   type ClientFrame,
+  type DeleteFrame,
+  type EditFrame,
   type ErrorFrame,
   type HistoryFrame,
   type JoinedFrame,
@@ -37,12 +44,20 @@ import {
   type LeftFrame,
   type Member,
   type MessageAbortedFrame,
+  type MessageChangeFrame,
+  type MessageDeletedFrame,
   type MessageDeltaFrame,
+  type MessageEditedFrame,
   type MessageFrame,
+  type MessageReactedFrame,
   type NotificationFrame,
   type PongFrame,
   type PresenceFrame,
+  type ReactFrame,
   type ReadFrame,
+  type RoomEntryFrame,
+  type SendAck,
+  type SendFrame,
   type ServerFrame,
   type TokenRefreshedFrame,
   type TypingFrame,
@@ -122,6 +137,12 @@ export interface ClientEvents {
   message: MessageFrame;
   "message.delta": MessageDeltaFrame;
   "message.aborted": MessageAbortedFrame;
+  /** An edit of a message of a joined room: once each, in seq order with the messages. */
+  "message.edited": MessageEditedFrame;
+  /** A deletion (the message is a tombstone now): once each, in seq order. */
+  "message.deleted": MessageDeletedFrame;
+  /** A reaction put on or taken back: once each, in seq order. */
+  "message.reacted": MessageReactedFrame;
   history: HistoryFrame;
   typing: TypingFrame;
   read: ReadFrame;
@@ -143,10 +164,25 @@ export interface ClientEvents {
   token_error: { error: unknown };
   /** The client stopped: no usable token (state `unauthorized`). */
   unauthorized: { reason: UnauthorizedReason; error?: unknown };
-  /** The queue of unacked messages of `room` changed (see `pendingMessages(room)`). */
+  /** The queue of unacked messages and changes of `room` changed (see `pendingMessages(room)`, `pendingChanges(room)`). */
   outbox: { room: string };
   /** The server refused a message for good; `send()` rejected with `error`. */
-  "send.failed": { room: string; clientId: string; body: string; error: MixroomError };
+  "send.failed": {
+    room: string;
+    clientId: string;
+    body: string;
+    replyTo?: number;
+    attachments?: Attachment[];
+    error: MixroomError;
+  };
+  /**
+   * An edit, deletion or reaction failed for good: refused by the server
+   * (`forbidden`, `not_found`, `invalid`, …), or — a deletion only — the
+   * connection was lost before its answer (`connection_lost`: it may or may
+   * not have been stored; the room's replay after the re-join tells). Its
+   * promise rejected with `error`.
+   */
+  "change.failed": { room: string; change: PendingChange; error: MixroomError };
   /**
    * The server refused to join `room`, or removed this user from it: the
    * client no longer joins it (a `join()` rejects with the same error).
@@ -195,6 +231,10 @@ export interface MixroomClientOptions {
 export interface SendOptions {
   /** The idempotency key; a fresh UUID by default. Reuse it to retry a send yourself. */
   clientId?: string;
+  /** The seq of the message this one answers (same room, not deleted; else `not_found`). */
+  replyTo?: number;
+  /** Files shared by reference (at most 10; `https` URLs on the server's allowed origins). */
+  attachments?: Attachment[];
 }
 
 export interface JoinOptions {
@@ -214,6 +254,27 @@ export interface PendingMessage {
   room: string;
   clientId: string;
   body: string;
+  replyTo?: number;
+  attachments?: Attachment[];
+  state: OutgoingState;
+}
+
+/** What a change does: `edit`, `delete` or `react`. */
+export type ChangeKind = "edit" | "delete" | "react";
+
+/** An edit, deletion or reaction waiting for its ack. */
+export interface PendingChange {
+  room: string;
+  kind: ChangeKind;
+  /** The seq of the message it changes. */
+  seq: number;
+  /** The `ref` it is sent with (its ack and error carry it). */
+  ref: string;
+  /** An edit's new text. */
+  body?: string;
+  /** A reaction's emoji, and whether it is put on or taken back. */
+  emoji?: string;
+  on?: boolean;
   state: OutgoingState;
 }
 
@@ -290,8 +351,8 @@ interface RoomState {
   lastJoined: JoinedFrame | undefined;
   /** The ref of the `join` in flight on the current socket. */
   joinRef: string | undefined;
-  /** Messages that arrived ahead of a hole, by seq. */
-  ahead: Map<number, MessageFrame>;
+  /** Entries (messages and changes) that arrived ahead of a hole, by seq. */
+  ahead: Map<number, RoomEntryFrame>;
   /** The ref of the `history` request filling a hole. */
   gapRef: string | undefined;
   /** A paged replay: the seq this page ends at, when more follows it. */
@@ -311,10 +372,13 @@ interface RoomState {
   members: Map<string, Member>;
 }
 
+/** A queued `send`, `edit`, `delete` or `react`. */
 interface Outgoing {
   room: string;
-  clientId: string;
-  body: string;
+  /** The frame, without its `ref`. */
+  frame: SendFrame | EditFrame | DeleteFrame | ReactFrame;
+  /** `send:<client_id>` for a send, a fresh ref for a change; the same on every resend. */
+  ref: string;
   /** Queue order over all rooms, for `pendingMessages()`. */
   order: number;
   resolve: (ack: AckFrame) => void;
@@ -583,14 +647,34 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       room.pageUntil = undefined;
       room.pageRef = undefined;
     }
-    for (const [room, queue] of this.queues) {
+    const lost: Array<{ message: Outgoing; seq: number }> = [];
+    for (const queue of this.queues.values()) {
       for (const message of queue) {
+        // A deletion written to this socket and not answered may have been
+        // stored, and the server answers a repeated one `not_found`: it is
+        // not resent (see `deleteMessage()`). Everything else is.
+        if (message.frame.type === "delete" && message.sentOn !== undefined) {
+          lost.push({ message, seq: message.frame.seq });
+        }
         message.sentOn = undefined;
         if (message.ackTimer) clearTimeout(message.ackTimer);
         message.ackTimer = undefined;
       }
-      this.emit("outbox", { room });
     }
+    const rooms = new Set(this.queues.keys());
+    for (const { message, seq } of lost) {
+      this.removeOutgoing(message);
+      clearOutgoingTimers(message);
+      this.failOutgoing(
+        message,
+        new MixroomError(
+          "connection_lost",
+          `the connection was lost before the server answered the deletion of message ${seq}` +
+            ` in ${message.room}; it may have been deleted (the room's replay after the re-join tells)`,
+        ),
+      );
+    }
+    for (const room of rooms) this.emit("outbox", { room });
     for (const [ref, request] of this.requests) {
       clearTimeout(request.timer);
       request.reject(new MixroomError("connection_lost", "the connection was lost"));
@@ -693,7 +777,10 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       case "joined":
         return this.onJoined(frame);
       case "message":
-        return this.onMessage(frame);
+      case "message.edited":
+      case "message.deleted":
+      case "message.reacted":
+        return this.onEntry(frame);
       case "ack":
         return this.onAck(frame);
       case "history":
@@ -802,7 +889,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     this.emit("left", frame);
   }
 
-  private onMessage(frame: MessageFrame): void {
+  /** A message or a change to one: each takes a seq of the room's sequence. */
+  private onEntry(frame: RoomEntryFrame): void {
     const room = this.rooms.get(frame.room);
     // Not joined (any more), or a straggler of an old join: the re-join's
     // replay brings whatever matters.
@@ -812,7 +900,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   }
 
   /** Delivers `frame` in seq order: duplicates dropped, early ones held back. */
-  private accept(room: RoomState, frame: MessageFrame): void {
+  private accept(room: RoomState, frame: RoomEntryFrame): void {
     const last = room.lastSeq ?? 0;
     if (frame.seq <= last) return;
     if (frame.seq > last + 1) {
@@ -824,9 +912,22 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     this.drainAhead(room);
   }
 
-  private deliver(room: RoomState, frame: MessageFrame): void {
+  private deliver(room: RoomState, frame: RoomEntryFrame): void {
     room.lastSeq = frame.seq;
-    this.emit("message", frame);
+    switch (frame.type) {
+      case "message":
+        this.emit("message", frame);
+        break;
+      case "message.edited":
+        this.emit("message.edited", frame);
+        break;
+      case "message.deleted":
+        this.emit("message.deleted", frame);
+        break;
+      case "message.reacted":
+        this.emit("message.reacted", frame);
+        break;
+    }
     if (room.pageUntil !== undefined && frame.seq >= room.pageUntil) this.nextPage(room);
   }
 
@@ -878,9 +979,13 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       room.gapRef = undefined;
       const last = room.lastSeq ?? 0;
       let filled = false;
-      for (const message of frame.messages) {
-        if (message.seq > last && !room.ahead.has(message.seq)) {
-          room.ahead.set(message.seq, { ...message, type: "message" });
+      const entries: RoomEntryFrame[] = [
+        ...frame.messages.map((message): MessageFrame => ({ ...message, type: "message" })),
+        ...(frame.changes ?? []),
+      ];
+      for (const entry of entries) {
+        if (entry.seq > last && !room.ahead.has(entry.seq)) {
+          room.ahead.set(entry.seq, entry);
           filled = true;
         }
       }
@@ -909,11 +1014,15 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     }
   }
 
-  /** The unacked message an `ack`/`error` is about: by its `ref`, else by `client_id`. */
+  /** The unacked entry an `ack`/`error` is about: by its `ref`, else (a send's) by `client_id`. */
   private findOutgoing(ref: string | undefined, clientId?: string): Outgoing | undefined {
     for (const queue of this.queues.values()) {
       for (const message of queue) {
-        if (ref !== undefined ? ref === sendRef(message.clientId) : message.clientId === clientId) {
+        if (
+          ref !== undefined
+            ? ref === message.ref
+            : clientId !== undefined && message.frame.type === "send" && message.frame.client_id === clientId
+        ) {
           return message;
         }
       }
@@ -945,8 +1054,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     this.emit("error", frame);
     const ref = frame.ref;
     if (ref === undefined) return;
-    const outgoing = ref.startsWith("send:") ? this.findOutgoing(ref) : undefined;
-    if (outgoing) return this.onSendError(outgoing, frame);
+    const outgoing = this.findOutgoing(ref);
+    if (outgoing) return this.onOutgoingError(outgoing, frame);
     const paging = [...this.rooms.values()].find((room) => room.pageRef === ref);
     if (paging) {
       // The next page was refused (e.g. rate_limited): ask again later.
@@ -986,12 +1095,13 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     }
   }
 
-  private onSendError(message: Outgoing, frame: ErrorFrame): void {
+  private onOutgoingError(message: Outgoing, frame: ErrorFrame): void {
     clearOutgoingTimers(message);
     message.sentOn = undefined;
     if (RETRYABLE_CODES.has(frame.code)) {
-      // Same client_id later: stored at most once whatever happened. Only
-      // this room waits; the other rooms' queues go on.
+      // Same client_id (same ref) later: a send is stored at most once
+      // whatever happened, and a refused change was not stored. Only this
+      // room waits; the other rooms' queues go on.
       message.retryTimer = setTimeout(() => {
         message.retryTimer = undefined;
         this.pumpRoom(message.room);
@@ -1000,11 +1110,27 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       return;
     }
     this.removeOutgoing(message);
-    const error = MixroomError.fromFrame(frame);
-    message.reject(error);
-    this.emit("send.failed", { room: message.room, clientId: message.clientId, body: message.body, error });
+    this.failOutgoing(message, MixroomError.fromFrame(frame));
     this.emit("outbox", { room: message.room });
     this.pumpRoom(message.room);
+  }
+
+  /** Rejects an entry taken off its queue, with its `send.failed` or `change.failed` event. */
+  private failOutgoing(message: Outgoing, error: MixroomError): void {
+    message.reject(error);
+    const frame = message.frame;
+    if (frame.type === "send") {
+      this.emit("send.failed", {
+        room: message.room,
+        clientId: frame.client_id,
+        body: frame.body,
+        ...(frame.reply_to !== undefined ? { replyTo: frame.reply_to } : {}),
+        ...(frame.attachments !== undefined ? { attachments: frame.attachments } : {}),
+        error,
+      });
+    } else {
+      this.emit("change.failed", { room: message.room, change: this.pendingChange(message), error });
+    }
   }
 
   private onJoinError(room: RoomState, frame: ErrorFrame): void {
@@ -1307,10 +1433,68 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
    * stores it once. Each room has its own queue: its messages go out one at
    * a time, in the order queued, while other rooms' queues go on
    * regardless. Rejects only when the server refuses it for good
-   * (`invalid`, `forbidden`, `too_large`, ...).
+   * (`invalid`, `forbidden`, `too_large`, `not_found` for a `replyTo` that
+   * is not there, ...). `replyTo` answers a message of the room by its seq;
+   * `attachments` share files by reference.
    */
-  send(roomName: string, body: string, options: SendOptions = {}): Promise<AckFrame> {
-    const clientId = options.clientId ?? newClientId();
+  send(roomName: string, body: string, options: SendOptions = {}): Promise<SendAck> {
+    const frame: SendFrame = { type: "send", room: roomName, client_id: options.clientId ?? newClientId(), body };
+    if (options.replyTo !== undefined) frame.reply_to = options.replyTo;
+    if (options.attachments !== undefined) frame.attachments = options.attachments.map((a) => ({ ...a }));
+    return this.enqueue(frame, sendRef(frame.client_id)) as Promise<SendAck>;
+  }
+
+  /**
+   * New text for the user's own message `seq` (within the server's edit
+   * window, 15 minutes by default). Resolves with the ack (its `seq` is the
+   * edit's own place in the room's sequence); everyone in the room gets
+   * `message.edited`. Rejects with the server's refusal: `forbidden` (not
+   * the author, or past the window), `not_found` (no such message, or
+   * deleted), `invalid`, `too_large`.
+   *
+   * Changes across reconnects: edits, deletions and reactions wait in the
+   * room's queue with its messages, so they go out in the order made and a
+   * change made offline is sent once connected. `rate_limited`/`internal`
+   * are retried like sends. An edit or a reaction that was written but not
+   * answered when the connection dropped is sent again on the next one: it
+   * sets a state (this text; this emoji on or off), so a second copy
+   * changes nothing — at most the room gets one more change entry. A
+   * deletion is not sent again (see `deleteMessage()`).
+   */
+  edit(roomName: string, seq: number, body: string): Promise<AckFrame> {
+    return this.enqueue({ type: "edit", room: roomName, seq, body }, this.nextRef("edit"));
+  }
+
+  /**
+   * Deletes message `seq` (the user's own; any, for an admin): it stays as
+   * a tombstone. Resolves with the ack; everyone gets `message.deleted`.
+   * Rejects with `forbidden` or `not_found` (no such message, or deleted
+   * already). Queued like `edit()`, with one difference: the server
+   * answers a repeated deletion `not_found`, so a deletion written to a
+   * connection that then dropped before its answer is not resent — it
+   * rejects with `connection_lost` (the message may or may not be deleted;
+   * the room's replay after the re-join brings the `message.deleted` if it
+   * was). It is never resent on an ack timeout either: it waits for the
+   * answer or the drop.
+   */
+  deleteMessage(roomName: string, seq: number): Promise<AckFrame> {
+    return this.enqueue({ type: "delete", room: roomName, seq }, this.nextRef("delete"));
+  }
+
+  /**
+   * Puts `emoji` (one emoji) on message `seq`, or with `on = false` takes
+   * the user's own back. Resolves with the ack; everyone gets
+   * `message.reacted` with the message's reactions after it. Putting the
+   * same emoji on twice counts once. Rejects with `invalid` (not one emoji,
+   * or too many on the message), `not_found`, `forbidden`. Queued and
+   * resent like `edit()`.
+   */
+  react(roomName: string, seq: number, emoji: string, on = true): Promise<AckFrame> {
+    return this.enqueue({ type: "react", room: roomName, seq, emoji, on }, this.nextRef("react"));
+  }
+
+  private enqueue(frame: Outgoing["frame"], ref: string): Promise<AckFrame> {
+    const roomName = frame.room;
     return new Promise<AckFrame>((resolve, reject) => {
       let queue = this.queues.get(roomName);
       if (!queue) {
@@ -1319,8 +1503,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       }
       queue.push({
         room: roomName,
-        clientId,
-        body,
+        frame,
+        ref,
         order: ++this.outgoingCounter,
         resolve,
         reject,
@@ -1335,16 +1519,48 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
 
   /** Messages queued or sent but not acked yet (of one room, or all), oldest first. */
   pendingMessages(roomName?: string): PendingMessage[] {
-    const messages =
-      roomName === undefined
-        ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order)
-        : [...(this.queues.get(roomName) ?? [])];
-    return messages.map((message) => ({
-      room: message.room,
-      clientId: message.clientId,
-      body: message.body,
-      state: this.outgoingState(message),
-    }));
+    const pending: PendingMessage[] = [];
+    for (const message of this.outgoing(roomName)) {
+      const frame = message.frame;
+      if (frame.type !== "send") continue;
+      pending.push({
+        room: message.room,
+        clientId: frame.client_id,
+        body: frame.body,
+        ...(frame.reply_to !== undefined ? { replyTo: frame.reply_to } : {}),
+        ...(frame.attachments !== undefined ? { attachments: frame.attachments.map((a) => ({ ...a })) } : {}),
+        state: this.outgoingState(message),
+      });
+    }
+    return pending;
+  }
+
+  /** Edits, deletions and reactions queued or sent but not acked yet (of one room, or all), oldest first. */
+  pendingChanges(roomName?: string): PendingChange[] {
+    return this.outgoing(roomName)
+      .filter((message) => message.frame.type !== "send")
+      .map((message) => this.pendingChange(message));
+  }
+
+  private outgoing(roomName: string | undefined): Outgoing[] {
+    return roomName === undefined
+      ? [...this.queues.values()].flat().sort((a, b) => a.order - b.order)
+      : [...(this.queues.get(roomName) ?? [])];
+  }
+
+  private pendingChange(message: Outgoing): PendingChange {
+    const frame = message.frame;
+    const base = { room: message.room, ref: message.ref, state: this.outgoingState(message) };
+    switch (frame.type) {
+      case "edit":
+        return { ...base, kind: "edit", seq: frame.seq, body: frame.body };
+      case "react":
+        return { ...base, kind: "react", seq: frame.seq, emoji: frame.emoji, on: frame.on };
+      case "delete":
+        return { ...base, kind: "delete", seq: frame.seq };
+      default:
+        throw new Error("a send is not a change");
+    }
   }
 
   private outgoingState(message: Outgoing): OutgoingState {
@@ -1358,29 +1574,26 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   }
 
   /**
-   * Sends the room's oldest unacked message unless it is already in flight
+   * Sends the room's oldest unacked entry unless it is already in flight
    * on this socket or waiting out a retry delay. One at a time per room
-   * keeps a user's messages in the order typed, even when one of them has
-   * to wait out `rate_limited`; other rooms are not held up by it.
+   * keeps a user's messages and changes in the order made, even when one
+   * of them has to wait out `rate_limited`; other rooms are not held up by
+   * it.
    */
   private pumpRoom(roomName: string): void {
     if (this.currentState !== "open") return;
     const message = this.queues.get(roomName)?.[0];
     if (!message || message.sentOn === this.generation || message.retryTimer) return;
     message.sentOn = this.generation;
-    this.write({
-      type: "send",
-      room: message.room,
-      client_id: message.clientId,
-      body: message.body,
-      ref: sendRef(message.clientId),
-    });
+    this.write({ ...message.frame, ref: message.ref });
     const generation = this.generation;
     message.ackTimer = setTimeout(() => {
       message.ackTimer = undefined;
       // No ack on a socket that still looks alive: send the same client_id
-      // again; the server answers with the original ack if it stored it.
-      if (generation === this.generation && message.sentOn === generation) {
+      // (or change) again; the server answers with the original ack if it
+      // stored the message, and a change sets what is already set. Not a
+      // deletion, which the server would answer `not_found`: it waits.
+      if (generation === this.generation && message.sentOn === generation && message.frame.type !== "delete") {
         message.sentOn = undefined;
         this.pumpRoom(message.room);
       }
@@ -1440,7 +1653,10 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
   }
 
   /** Older messages over HTTP (no socket needed). */
-  messages(roomName: string, options: { before?: number; limit?: number } = {}): Promise<{ messages: ChatMessage[]; has_more: boolean }> {
+  messages(
+    roomName: string,
+    options: { before?: number; limit?: number } = {},
+  ): Promise<{ messages: ChatMessage[]; changes?: MessageChangeFrame[]; has_more: boolean }> {
     const query = new URLSearchParams();
     if (options.before !== undefined) query.set("before", String(options.before));
     if (options.limit !== undefined) query.set("limit", String(options.limit));

@@ -1,7 +1,9 @@
 /**
  * The WebSocket frames of the Mixroom real-time contract (PROTOCOL.md, v1),
  * plus the frames this server adds (`unread`, `token_refreshed`,
- * `message.aborted`).
+ * `message.aborted`, and the changes to messages: `edit`, `delete`,
+ * `react` and their `message.edited`, `message.deleted`,
+ * `message.reacted`).
  *
  * Every frame is one JSON object discriminated by `type`. Servers may add
  * fields and frame types, so unknown ones are passed through untyped
@@ -40,6 +42,38 @@ export type ErrorCode =
   | "rate_limited"
   | "internal";
 
+/**
+ * A file shared by reference (uploaded to Supabase Storage first). `url`
+ * must be `https` on an origin of the server's `chat.attachment_origins`
+ * (by default any `https://*.supabase.co`); at most 10 per message.
+ */
+export interface Attachment {
+  url: string;
+  /** 1–255 characters, no control characters. */
+  name: string;
+  /** In bytes. */
+  size: number;
+  /** A media type, e.g. `audio/wav`. */
+  content_type: string;
+}
+
+/** One emoji on a message: how many put it on, and who (in the order they came). */
+export interface Reaction {
+  emoji: string;
+  count: number;
+  user_ids: string[];
+}
+
+/** What a reply answers, as that message stands now. */
+export interface ReplyQuote {
+  seq: number;
+  sender: Sender;
+  /** The first 120 characters of its current text; `""` once deleted. */
+  excerpt: string;
+  /** The answered message was deleted. */
+  deleted?: boolean;
+}
+
 // ---------------------------------------------------------------------------
 // Client → server
 // ---------------------------------------------------------------------------
@@ -70,6 +104,36 @@ export interface SendFrame {
   /** Unique per sender and room for good: a resend returns the first ack. */
   client_id: string;
   body: string;
+  /** The seq of the message this one answers (same room, not deleted). */
+  reply_to?: number;
+  attachments?: Attachment[];
+  ref?: string;
+}
+
+/** New text for one's own message, within the server's edit window (15 min). */
+export interface EditFrame {
+  type: "edit";
+  room: string;
+  seq: number;
+  body: string;
+  ref?: string;
+}
+
+/** Deletes one's own message (any, as an admin); a tombstone stays at its seq. */
+export interface DeleteFrame {
+  type: "delete";
+  room: string;
+  seq: number;
+  ref?: string;
+}
+
+/** Puts an emoji on a message (`on: true`) or takes one's own back. */
+export interface ReactFrame {
+  type: "react";
+  room: string;
+  seq: number;
+  emoji: string;
+  on: boolean;
   ref?: string;
 }
 
@@ -106,6 +170,9 @@ export type ClientFrame =
   | JoinFrame
   | LeaveFrame
   | SendFrame
+  | EditFrame
+  | DeleteFrame
+  | ReactFrame
   | TypingClientFrame
   | ReadClientFrame
   | HistoryRequestFrame
@@ -172,14 +239,23 @@ export interface LeftFrame {
   room: string;
 }
 
+/**
+ * The answer to a `send`, `edit`, `delete` or `react` once stored: `seq`
+ * is the entry's place in the room's sequence (a change takes a seq of its
+ * own). Only a send's ack has `client_id`.
+ */
 export interface AckFrame {
   type: "ack";
   ref?: string;
-  client_id: string;
+  /** The send's `client_id`; absent on the ack of an edit, deletion or reaction. */
+  client_id?: string;
   id: string;
   seq: number;
   sent_at: string;
 }
+
+/** The ack of a `send`: it always names the message's `client_id`. */
+export type SendAck = AckFrame & { client_id: string };
 
 export interface Sender {
   /** `null` for system messages. */
@@ -196,8 +272,19 @@ export interface ChatMessage {
   id: string;
   client_id: string | null;
   sender: Sender;
+  /** `""` once deleted. */
   body: string;
   sent_at: string;
+  /** For a reply: what it answers, as that stands now. */
+  reply_to?: ReplyQuote;
+  /** Absent when none (and once deleted). */
+  attachments?: Attachment[];
+  /** Set once the text was edited. */
+  edited_at?: string;
+  /** Set on a tombstone: `body` is empty, attachments and reactions are gone. */
+  deleted_at?: string;
+  /** Each emoji once, in the order it first came; absent when none. */
+  reactions?: Reaction[];
 }
 
 export interface MessageFrame extends ChatMessage {
@@ -224,12 +311,61 @@ export interface MessageAbortedFrame {
   reason: "failed" | "taken_over" | (string & {});
 }
 
+/**
+ * What every change to a message has: its own `seq` in the room's sequence
+ * (count it as delivered, like a message's), the changed message's seq,
+ * who changed it and when. Change frames show the message as it stands
+ * (a replayed one as it stands at replay time): applying one is setting
+ * fields, so applying it twice changes nothing.
+ */
+interface MessageChangeBase {
+  room: string;
+  seq: number;
+  /** The seq of the message changed. */
+  message_seq: number;
+  by: Sender;
+  /** RFC 3339. */
+  at: string;
+}
+
+/** A message's new text. */
+export interface MessageEditedFrame extends MessageChangeBase {
+  type: "message.edited";
+  body: string;
+  edited_at?: string;
+}
+
+/** A message became a tombstone: empty body, no attachments, no reactions. */
+export interface MessageDeletedFrame extends MessageChangeBase {
+  type: "message.deleted";
+}
+
+/** Someone put an emoji on (`on`) or took theirs back; `reactions` is the message's whole list after it. */
+export interface MessageReactedFrame extends MessageChangeBase {
+  type: "message.reacted";
+  emoji: string;
+  on: boolean;
+  reactions: Reaction[];
+}
+
+export type MessageChangeFrame = MessageEditedFrame | MessageDeletedFrame | MessageReactedFrame;
+
+/** An entry of a room's sequence: a message or a change to one. */
+export type RoomEntryFrame = MessageFrame | MessageChangeFrame;
+
 export interface HistoryFrame {
   type: "history";
   ref?: string;
   room: string;
-  /** Newest first. */
+  /** Newest first, each as it stands now. */
   messages: ChatMessage[];
+  /**
+   * The edits, deletions and reactions among the page's seqs (absent when
+   * none; do not rely on their order). The messages already show their
+   * effect: they count for seq bookkeeping only (a page's `limit` counts
+   * them too).
+   */
+  changes?: MessageChangeFrame[];
   has_more: boolean;
 }
 
@@ -303,6 +439,9 @@ export type ServerFrame =
   | MessageFrame
   | MessageDeltaFrame
   | MessageAbortedFrame
+  | MessageEditedFrame
+  | MessageDeletedFrame
+  | MessageReactedFrame
   | HistoryFrame
   | TypingFrame
   | ReadFrame

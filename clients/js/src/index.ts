@@ -1,6 +1,7 @@
 export {
   MixroomClient,
   httpUrlOf,
+  type ChangeKind,
   type ClientEvents,
   type ConnectionState,
   type EmailSwitches,
@@ -10,6 +11,7 @@ export {
   type NotificationList,
   type NotificationQuery,
   type OutgoingState,
+  type PendingChange,
   type PendingMessage,
   type Preferences,
   type PreferencesUpdate,
@@ -29,6 +31,7 @@ export {
   type RoomViewOptions,
   type StreamingMessage,
 } from "./room.js";
+export { applyChange, applyChangeToQuote, excerptOf, QUOTE_CHARS } from "./changes.js";
 export { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
 export { MixroomError } from "./errors.js";
 export { TypedEmitter, type Listener } from "./emitter.js";

@@ -6,6 +6,10 @@
  *   room is joined, live and replayed ones as they come, older pages on
  *   `loadOlder()`; kept across reconnects and server restarts (the client
  *   re-joins with `since`, and the view keys messages by seq);
+ * - each message as it stands: edits, deletions (tombstones) and
+ *   reactions applied as their `message.edited`, `message.deleted` and
+ *   `message.reacted` arrive, and reply quotes kept up to date with what
+ *   they answer;
  * - the user's unacked sends, with their `client_id` and state, until the
  *   stored message (same `client_id`) takes their place in seq order;
  * - members and presence, who is typing (expiring), everyone's read cursor
@@ -16,11 +20,23 @@
  * snapshot object stays the same until something changes, and each part
  * (`messages`, `members`, …) keeps its identity while it does not change.
  */
+import { applyChange, applyChangeToQuote } from "./changes.js";
 import type { ConnectionState, MixroomClient, OutgoingState, SendOptions } from "./client.js";
 import { TypedEmitter } from "./emitter.js";
 import { MixroomError } from "./errors.js";
 import { newClientId } from "./ids.js";
-import type { ChatMessage, JoinedFrame, Member } from "./frames.js";
+import type {
+  AckFrame,
+  Attachment,
+  ChatMessage,
+  HistoryFrame,
+  JoinedFrame,
+  Member,
+  MessageChangeFrame,
+  MessageDeletedFrame,
+  MessageEditedFrame,
+  MessageReactedFrame,
+} from "./frames.js";
 
 /** How a view reaches the client's room bookkeeping (internal). */
 export interface RoomLink {
@@ -56,6 +72,9 @@ export type PendingSendState = OutgoingState | "acked" | "failed";
 export interface PendingSend {
   readonly clientId: string;
   readonly body: string;
+  /** The seq of the message it answers. */
+  readonly replyTo?: number;
+  readonly attachments?: readonly Attachment[];
   readonly state: PendingSendState;
   /** Once acked: its seq (the stored message follows). */
   readonly seq?: number;
@@ -77,7 +96,13 @@ export interface RoomSnapshot {
   readonly connection: ConnectionState;
   /** The current user (from `welcome`). */
   readonly userId: string | undefined;
-  /** Stored messages, ascending seq, each once. */
+  /**
+   * Stored messages, ascending seq, each once, as they stand: edited text
+   * with `edited_at`; tombstones (`deleted_at`, empty `body`, no
+   * attachments or reactions); `reactions`; reply quotes (`reply_to`) that
+   * follow edits and deletions of what they answer. Changes themselves are
+   * not entries here (their seqs are gaps in `messages`).
+   */
   readonly messages: readonly ChatMessage[];
   /** Older messages exist than the first of `messages` (`loadOlder()`). */
   readonly hasOlder: boolean;
@@ -93,9 +118,9 @@ export interface RoomSnapshot {
   readonly reads: Readonly<Record<string, number>>;
   /** The current user's read cursor as far as known (0: nothing known yet). */
   readonly readSeq: number;
-  /** Messages by others (and the system) after the user's read cursor. */
+  /** Messages by others (and the system) after the user's read cursor, deleted ones not counted (nor changes). */
   readonly unread: number;
-  /** The newest seq in `messages` (0 when none). */
+  /** The newest seq in `messages` (0 when none; a later change's seq is not counted). */
   readonly lastSeq: number;
 }
 
@@ -106,11 +131,27 @@ interface RoomViewEvents {
 interface PendingEntry {
   clientId: string;
   body: string;
+  replyTo?: number;
+  attachments?: Attachment[];
   state: PendingSendState;
   seq?: number;
   error?: MixroomError;
   order: number;
 }
+
+/**
+ * The latest change seen to one message, per field, with the seq it came
+ * at: re-applied to the message when it (or a reply quoting it) arrives
+ * from a history page that may have been read before the change.
+ */
+interface Patch {
+  edited?: MessageEditedFrame;
+  deleted?: MessageDeletedFrame;
+  reacted?: MessageReactedFrame;
+}
+
+/** History pages that count only changes do not add messages: at most this many more pages per `loadOlder()`. */
+const MAX_EMPTY_PAGES = 5;
 
 type Section = "messages" | "pending" | "streaming" | "members" | "typing" | "reads" | "other";
 
@@ -128,6 +169,10 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
   private closed = false;
 
   private readonly byseq = new Map<number, ChatMessage>();
+  /** Changes seen live, by the seq of the message they change. */
+  private readonly patches = new Map<number, Patch>();
+  /** The lowest seq covered by the history pages loaded (messages and changes alike). */
+  private floor: number | undefined;
   /** The latest page arrived (or the room was empty). */
   private loaded = false;
   private loadingInitial = false;
@@ -211,18 +256,50 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
   send(body: string, options: SendOptions = {}): string {
     if (this.closed) throw new MixroomError("closed", `the view of ${this.name} is closed`);
     const clientId = options.clientId ?? newClientId();
-    this.client.send(this.name, body, { clientId }).catch(() => undefined);
+    this.client.send(this.name, body, { ...options, clientId }).catch(() => undefined);
     return clientId;
   }
 
-  /** Sends a `failed` message again, with the same `client_id`. */
+  /** Sends a `failed` message again, with the same `client_id` (and its reply and attachments). */
   retry(clientId: string): void {
     const entry = this.pendingSends.get(clientId);
     if (!entry || entry.state !== "failed" || this.closed) return;
     entry.state = "queued";
     entry.error = undefined;
-    this.client.send(this.name, entry.body, { clientId }).catch(() => undefined);
+    this.client
+      .send(this.name, entry.body, {
+        clientId,
+        ...(entry.replyTo !== undefined ? { replyTo: entry.replyTo } : {}),
+        ...(entry.attachments !== undefined ? { attachments: entry.attachments } : {}),
+      })
+      .catch(() => undefined);
     this.changed("pending");
+  }
+
+  /**
+   * New text for the user's message `seq` (`client.edit`): resolves with
+   * the ack; the message in `messages` changes when its `message.edited`
+   * arrives (not before: the server may refuse).
+   */
+  edit(seq: number, body: string): Promise<AckFrame> {
+    if (this.closed) return Promise.reject(this.closedError());
+    return this.client.edit(this.name, seq, body);
+  }
+
+  /** Deletes message `seq` (`client.deleteMessage`); it becomes a tombstone when its `message.deleted` arrives. */
+  deleteMessage(seq: number): Promise<AckFrame> {
+    if (this.closed) return Promise.reject(this.closedError());
+    return this.client.deleteMessage(this.name, seq);
+  }
+
+  /** Puts `emoji` on message `seq`, or takes the user's back with `on = false` (`client.react`). */
+  react(seq: number, emoji: string, on = true): Promise<AckFrame> {
+    if (this.closed) return Promise.reject(this.closedError());
+    return this.client.react(this.name, seq, emoji, on);
+  }
+
+  private closedError(): MixroomError {
+    return new MixroomError("closed", `the view of ${this.name} is closed`);
   }
 
   /** Forgets a `failed` message. */
@@ -239,19 +316,22 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
    */
   async loadOlder(): Promise<boolean> {
     if (this.closed || !this.loaded || this.loadingOlder || !this.hasOlder) return this.hasOlder && !this.closed;
-    const oldest = this.oldestSeq();
-    if (oldest === undefined || oldest <= 1) {
-      this.hasOlder = false;
-      this.changed("other");
-      return false;
-    }
     this.loadingOlder = true;
     this.changed("other");
     try {
-      const page = await this.client.history(this.name, { before: oldest, limit: this.pageSize });
-      if (this.closed) return false;
-      this.addMessages(page.messages);
-      this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
+      // A page of only changes (reactions, say) shows nothing new: go on
+      // to the next one, a few times at most.
+      for (let page = 0; page <= MAX_EMPTY_PAGES; page++) {
+        const oldest = this.lowestSeq();
+        if (oldest === undefined || oldest <= 1) {
+          this.hasOlder = false;
+          return false;
+        }
+        const history = await this.client.history(this.name, { before: oldest, limit: this.pageSize });
+        if (this.closed) return false;
+        const added = this.addPage(history);
+        if (added > 0 || !this.hasOlder) break;
+      }
       return this.hasOlder;
     } finally {
       this.loadingOlder = false;
@@ -348,9 +428,12 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
         this.members = this.link.members();
         this.changed("members");
       })),
+      client.on("message.edited", mine((change) => this.onChange(change))),
+      client.on("message.deleted", mine((change) => this.onChange(change))),
+      client.on("message.reacted", mine((change) => this.onChange(change))),
       client.on("ack", ({ client_id, seq }) => {
-        const entry = this.pendingSends.get(client_id);
-        if (!entry || this.closed) return;
+        const entry = client_id === undefined ? undefined : this.pendingSends.get(client_id);
+        if (!entry || client_id === undefined || this.closed) return;
         if (this.byseq.get(seq)?.client_id === client_id) {
           this.pendingSends.delete(client_id);
         } else {
@@ -360,8 +443,8 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
         this.changed("pending");
       }),
       client.on("outbox", mine(() => this.syncPending())),
-      client.on("send.failed", mine(({ clientId, body, error }) => {
-        const entry = this.pendingSends.get(clientId) ?? this.newEntry(clientId, body);
+      client.on("send.failed", mine(({ clientId, body, replyTo, attachments, error }) => {
+        const entry = this.pendingSends.get(clientId) ?? this.newEntry(clientId, body, replyTo, attachments);
         entry.state = "failed";
         entry.error = error;
         this.pendingSends.set(clientId, entry);
@@ -375,6 +458,8 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
       client.on("room.reset", mine(() => {
         // The server's store is shorter than what was shown: start over.
         this.byseq.clear();
+        this.patches.clear();
+        this.floor = undefined;
         this.loaded = false;
         this.hasOlder = true;
         this.changed("messages");
@@ -413,11 +498,12 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
       .then(
         (page) => {
           if (this.closed) return;
-          this.addMessages(page.messages);
+          const added = this.addPage(page);
           this.loaded = true;
-          this.hasOlder = page.has_more && (this.oldestSeq() ?? 1) > 1;
           if (this.status === "loading") this.status = "ready";
           this.changed("other");
+          // The newest entries were all changes: show some messages.
+          if (added === 0 && this.hasOlder) this.loadOlder().catch(() => undefined);
         },
         (error: unknown) => {
           if (this.closed) return;
@@ -439,18 +525,80 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
       });
   }
 
-  private addMessages(messages: readonly ChatMessage[]): void {
-    let added = false;
+  /**
+   * A history page: its messages as they stand; its changes (which the
+   * messages already show) only move the paging floor. Returns how many
+   * messages were new.
+   */
+  private addPage(page: HistoryFrame): number {
+    const added = this.addMessages(page.messages);
+    for (const entry of [...page.messages, ...(page.changes ?? [])]) {
+      if (this.floor === undefined || entry.seq < this.floor) this.floor = entry.seq;
+    }
+    this.hasOlder = page.has_more && (this.lowestSeq() ?? 1) > 1;
+    return added;
+  }
+
+  /** A change to a message: applied to it and to the quotes of replies to it. */
+  private onChange(change: MessageChangeFrame): void {
+    const patch = this.patches.get(change.message_seq) ?? {};
+    const kind = change.type === "message.edited" ? "edited" : change.type === "message.deleted" ? "deleted" : "reacted";
+    const known = patch[kind];
+    if (known !== undefined && known.seq >= change.seq) return;
+    (patch as Record<string, MessageChangeFrame>)[kind] = change;
+    this.patches.set(change.message_seq, patch);
+    let touched = false;
+    const target = this.byseq.get(change.message_seq);
+    if (target) {
+      const updated = applyChange(target, change);
+      if (updated !== target) {
+        this.byseq.set(target.seq, freezeMessage(updated));
+        touched = true;
+      }
+    }
+    if (change.type !== "message.reacted") {
+      for (const message of this.byseq.values()) {
+        if (message.reply_to?.seq !== change.message_seq || message.seq > change.seq) continue;
+        const updated = applyChangeToQuote(message, change);
+        if (updated !== message) {
+          this.byseq.set(message.seq, freezeMessage(updated));
+          touched = true;
+        }
+      }
+    }
+    if (touched) this.changed("messages");
+  }
+
+  /**
+   * `message` with the changes seen live that a history page may have
+   * been read before: to itself, and to the message it quotes when the
+   * change came after it. Changes are states, so re-applying one the
+   * message already shows changes nothing.
+   */
+  private patched(message: ChatMessage): ChatMessage {
+    let result = message;
+    for (const change of changesOf(this.patches.get(message.seq))) result = applyChange(result, change);
+    const quoted = message.reply_to?.seq;
+    if (quoted !== undefined) {
+      for (const change of changesOf(this.patches.get(quoted))) {
+        if (change.seq > message.seq) result = applyChangeToQuote(result, change);
+      }
+    }
+    return result;
+  }
+
+  private addMessages(messages: readonly ChatMessage[]): number {
+    let added = 0;
     const me = this.client.userId;
     for (const message of messages) {
       if (this.byseq.has(message.seq)) continue;
-      this.byseq.set(message.seq, freezeMessage(message));
-      added = true;
+      this.byseq.set(message.seq, freezeMessage(this.patched(message)));
+      added += 1;
       if (message.client_id !== null && message.sender.user_id === me && this.pendingSends.delete(message.client_id)) {
         this.changed("pending");
       }
     }
-    if (!added) return;
+    if (added === 0) return 0;
     for (const [clientId, entry] of this.pendingSends) {
       if (entry.seq !== undefined && this.byseq.has(entry.seq)) {
         this.pendingSends.delete(clientId);
@@ -458,6 +606,7 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
       }
     }
     this.changed("messages");
+    return added;
   }
 
   /** Mirrors the client's queue for this room into `pending`. */
@@ -468,7 +617,7 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
       inQueue.add(message.clientId);
       const entry = this.pendingSends.get(message.clientId);
       if (!entry) {
-        const created = this.newEntry(message.clientId, message.body);
+        const created = this.newEntry(message.clientId, message.body, message.replyTo, message.attachments);
         created.state = message.state;
         this.pendingSends.set(message.clientId, created);
       } else if (entry.state !== "acked") {
@@ -485,8 +634,15 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
     this.changed("pending");
   }
 
-  private newEntry(clientId: string, body: string): PendingEntry {
-    return { clientId, body, state: "queued", order: ++this.pendingCounter };
+  private newEntry(clientId: string, body: string, replyTo?: number, attachments?: Attachment[]): PendingEntry {
+    return {
+      clientId,
+      body,
+      ...(replyTo !== undefined ? { replyTo } : {}),
+      ...(attachments !== undefined ? { attachments } : {}),
+      state: "queued",
+      order: ++this.pendingCounter,
+    };
   }
 
   private scheduleTypingExpiry(): void {
@@ -530,6 +686,10 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
             Object.freeze({
               clientId: entry.clientId,
               body: entry.body,
+              ...(entry.replyTo !== undefined ? { replyTo: entry.replyTo } : {}),
+              ...(entry.attachments !== undefined
+                ? { attachments: Object.freeze(entry.attachments.map((a) => Object.freeze({ ...a }))) }
+                : {}),
               state: entry.state,
               ...(entry.seq !== undefined ? { seq: entry.seq } : {}),
               ...(entry.error !== undefined ? { error: entry.error } : {}),
@@ -555,7 +715,7 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
     if (!shallowEqual(reads, parts.reads)) parts.reads = Object.freeze(reads);
     let unread = older;
     for (const message of parts.messages) {
-      if (message.seq > cursor && message.sender.user_id !== me) unread += 1;
+      if (message.seq > cursor && message.sender.user_id !== me && message.deleted_at === undefined) unread += 1;
     }
     return Object.freeze({
       room: this.name,
@@ -594,7 +754,8 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
     } else {
       const descending = [...this.byseq.values()].filter((m) => m.seq <= upTo).sort((a, b) => b.seq - a.seq);
       for (const message of descending) {
-        if (message.sender.user_id === me) continue;
+        // The server counts what others wrote and did not delete.
+        if (message.sender.user_id === me || message.deleted_at !== undefined) continue;
         counted += 1;
         if (counted === server.count) {
           derived = message.seq - 1;
@@ -618,6 +779,13 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
     return oldest;
   }
 
+  /** The lowest seq loaded: of a message, or of a change a history page listed. */
+  private lowestSeq(): number | undefined {
+    const oldest = this.oldestSeq();
+    if (this.floor === undefined) return oldest;
+    return oldest === undefined ? this.floor : Math.min(oldest, this.floor);
+  }
+
   private newestSeq(): number {
     let newest = 0;
     for (const seq of this.byseq.keys()) if (seq > newest) newest = seq;
@@ -625,9 +793,28 @@ export class RoomView extends TypedEmitter<RoomViewEvents> {
   }
 }
 
+/** The message frozen, deeply (and without a frame's `type`). */
 function freezeMessage(message: ChatMessage & { type?: string }): ChatMessage {
   const { type: _type, ...rest } = message;
-  return Object.freeze({ ...rest, sender: Object.freeze({ ...rest.sender }) });
+  const frozen: ChatMessage = { ...rest, sender: Object.freeze({ ...rest.sender }) };
+  if (rest.reply_to) {
+    frozen.reply_to = Object.freeze({ ...rest.reply_to, sender: Object.freeze({ ...rest.reply_to.sender }) });
+  }
+  if (rest.attachments) frozen.attachments = Object.freeze(rest.attachments.map((a) => Object.freeze({ ...a }))) as Attachment[];
+  if (rest.reactions) {
+    frozen.reactions = Object.freeze(
+      rest.reactions.map((r) => Object.freeze({ ...r, user_ids: Object.freeze([...r.user_ids]) as string[] })),
+    ) as ChatMessage["reactions"];
+  }
+  return Object.freeze(frozen);
+}
+
+/** A patch's changes in seq order. */
+function changesOf(patch: Patch | undefined): MessageChangeFrame[] {
+  if (!patch) return [];
+  return [patch.edited, patch.deleted, patch.reacted]
+    .filter((change): change is MessageChangeFrame => change !== undefined)
+    .sort((a, b) => a.seq - b.seq);
 }
 
 function shallowEqual(a: Record<string, number>, b: Readonly<Record<string, number>>): boolean {

@@ -5,7 +5,7 @@
  * conversation — with no message lost or duplicated.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
-import WebSocket, { WebSocketServer } from "ws";
+import WebSocket from "ws";
 
 import {
   MixroomClient,
@@ -21,7 +21,8 @@ import {
   type TypingFrame,
   type UnreadFrame,
 } from "../src/index.js";
-import { freePort, mintToken, newUser, sleep, TestServer, waitFor, type TestUser } from "./server.js";
+import { AckDroppingProxy } from "./ack-dropping-proxy.js";
+import { mintToken, newUser, sleep, TestServer, waitFor, type TestUser } from "./server.js";
 
 const clients: MixroomClient[] = [];
 
@@ -374,63 +375,3 @@ describe("failures on the way", () => {
     }
   });
 });
-
-/**
- * A WebSocket proxy that can cut the connection at the worst moment: after
- * the server stored a message and answered, before the client hears the ack.
- */
-class AckDroppingProxy {
-  dropNextAck = false;
-  droppedAcks = 0;
-
-  private constructor(
-    private readonly server: WebSocketServer,
-    readonly url: string,
-  ) {}
-
-  static async start(upstreamUrl: string): Promise<AckDroppingProxy> {
-    const port = await freePort();
-    const server = new WebSocketServer({ host: "127.0.0.1", port });
-    await new Promise<void>((ready) => server.once("listening", () => ready()));
-    const proxy = new AckDroppingProxy(server, `ws://127.0.0.1:${port}/v1/ws`);
-    server.on("connection", (downstream) => proxy.pipe(downstream, upstreamUrl));
-    return proxy;
-  }
-
-  private pipe(downstream: WebSocket, upstreamUrl: string): void {
-    const upstream = new WebSocket(upstreamUrl);
-    const early: string[] = [];
-    downstream.on("message", (data) => {
-      const text = data.toString();
-      if (upstream.readyState === WebSocket.OPEN) upstream.send(text);
-      else early.push(text);
-    });
-    upstream.on("open", () => {
-      for (const text of early.splice(0)) upstream.send(text);
-    });
-    upstream.on("message", (data) => {
-      const text = data.toString();
-      if (this.dropNextAck && (JSON.parse(text) as { type: string }).type === "ack") {
-        this.dropNextAck = false;
-        this.droppedAcks += 1;
-        downstream.terminate();
-        upstream.terminate();
-        return;
-      }
-      downstream.send(text);
-    });
-    const closeBoth = (): void => {
-      downstream.terminate();
-      upstream.terminate();
-    };
-    downstream.on("close", closeBoth);
-    upstream.on("close", closeBoth);
-    upstream.on("error", closeBoth);
-    downstream.on("error", closeBoth);
-  }
-
-  async close(): Promise<void> {
-    for (const socket of this.server.clients) socket.terminate();
-    await new Promise<void>((done) => this.server.close(() => done()));
-  }
-}

@@ -245,6 +245,205 @@ describe("room view: sending", () => {
   });
 });
 
+describe("room view: changes to messages", () => {
+  const by = { user_id: SAM, name: "Sam", role: "studio_owner" };
+  const change = (type: string, seq: number, messageSeq: number, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+    type,
+    room: ROOM,
+    seq,
+    message_seq: messageSeq,
+    by,
+    at: `2026-11-27T10:${String(seq).padStart(2, "0")}:00.000Z`,
+    ...extra,
+  });
+  const reply = (seq: number, answers: number, excerpt: string): Record<string, unknown> => ({
+    ...live(seq),
+    reply_to: { seq: answers, sender: by, excerpt },
+  });
+  const bySeq = (snapshot: RoomSnapshot, seq: number) => snapshot.messages.find((m) => m.seq === seq);
+
+  test("edits, deletions and reactions change the message they name; reply quotes follow; changes count as neither messages nor unread", async () => {
+    const { client, socket } = await setup({ unread: { [ROOM]: 0 } });
+    const room = view(client);
+    answerHistory(socket, joinRoom(socket, 2), 1, 2, false);
+    const long = "Can we book the big room? ".repeat(10);
+    socket.receive({ ...live(3), body: long, reactions: [{ emoji: "✅", count: 1, user_ids: [ME] }] });
+    socket.receive(reply(4, 3, long.slice(0, 120)));
+    const before = await settled(room);
+    expect(before.unread).toBe(2);
+
+    socket.receive(change("message.edited", 5, 3, { body: "Small room?", edited_at: "2026-11-27T10:05:00.000Z" }));
+    let snapshot = await settled(room);
+    expect(seqs(snapshot)).toEqual([1, 2, 3, 4]); // the edit is no message
+    expect(bySeq(snapshot, 3)).toMatchObject({ body: "Small room?", edited_at: "2026-11-27T10:05:00.000Z" });
+    expect(bySeq(snapshot, 4)?.reply_to).toEqual({ seq: 3, sender: by, excerpt: "Small room?" });
+    expect(snapshot.messages[0]).toBe(before.messages[0]); // untouched messages keep their identity
+    expect(snapshot).toMatchObject({ unread: 2, lastSeq: 4 });
+    expect(client.lastSeq(ROOM)).toBe(5);
+
+    socket.receive(change("message.reacted", 6, 3, {
+      emoji: "👍", on: true,
+      reactions: [{ emoji: "✅", count: 1, user_ids: [ME] }, { emoji: "👍", count: 1, user_ids: [SAM] }],
+    }));
+    snapshot = await settled(room);
+    expect(bySeq(snapshot, 3)?.reactions).toEqual([
+      { emoji: "✅", count: 1, user_ids: [ME] },
+      { emoji: "👍", count: 1, user_ids: [SAM] },
+    ]);
+    socket.receive(change("message.reacted", 7, 3, { emoji: "✅", on: false, reactions: [{ emoji: "👍", count: 1, user_ids: [SAM] }] }));
+    expect(bySeq(await settled(room), 3)?.reactions).toEqual([{ emoji: "👍", count: 1, user_ids: [SAM] }]);
+
+    socket.receive(change("message.deleted", 8, 3));
+    snapshot = await settled(room);
+    const tombstone = bySeq(snapshot, 3);
+    expect(tombstone).toMatchObject({ seq: 3, body: "", deleted_at: "2026-11-27T10:08:00.000Z" });
+    expect(tombstone).not.toHaveProperty("reactions");
+    expect(tombstone).not.toHaveProperty("attachments");
+    expect(bySeq(snapshot, 4)?.reply_to).toEqual({ seq: 3, sender: by, excerpt: "", deleted: true });
+    expect(Object.isFrozen(bySeq(snapshot, 4)?.reply_to)).toBe(true);
+    // A deleted message by someone else is no longer unread.
+    expect(snapshot.unread).toBe(1);
+    // Nothing brings a tombstone back, and the view's lastSeq stays that of the newest message.
+    socket.receive(change("message.edited", 9, 3, { body: "ghost" }));
+    snapshot = await settled(room);
+    expect(bySeq(snapshot, 3)?.body).toBe("");
+    expect(snapshot.lastSeq).toBe(4);
+    room.markRead();
+    expect(socket.sentOfType("read").at(-1)).toMatchObject({ seq: 4 });
+    expect((await settled(room)).unread).toBe(0);
+  });
+
+  test("a reconnect replays the missed changes among the messages; the view shows the room as it stands", async () => {
+    const { client, socket } = await setup();
+    const room = view(client);
+    answerHistory(socket, joinRoom(socket, 2), 1, 2, false);
+    socket.serverClose(1006);
+    await until(() => client.state === "authenticating", "the reconnect");
+    const second = FakeSocket.latest();
+    second.welcome(ME);
+    const rejoin = second.sentOfType("join")[0];
+    expect(rejoin).toMatchObject({ since: 2 });
+    second.receive({ type: "joined", ref: rejoin?.ref, room: ROOM, last_seq: 6, members });
+    second.receive(change("message.edited", 3, 1, { body: "Session at 11", edited_at: "e" }));
+    second.receive(change("message.deleted", 4, 2));
+    second.receive(change("message.reacted", 5, 1, { emoji: "✅", on: true, reactions: [{ emoji: "✅", count: 1, user_ids: [SAM] }] }));
+    second.receive(reply(6, 1, "Session at 11"));
+    const snapshot = await settled(room);
+    expect(seqs(snapshot)).toEqual([1, 2, 6]);
+    expect(bySeq(snapshot, 1)).toMatchObject({ body: "Session at 11", edited_at: "e", reactions: [{ emoji: "✅" }] });
+    expect(bySeq(snapshot, 2)).toMatchObject({ body: "", deleted_at: expect.any(String) });
+    expect(bySeq(snapshot, 6)?.reply_to?.excerpt).toBe("Session at 11");
+    expect(client.lastSeq(ROOM)).toBe(6);
+  });
+
+  test("a change that overtakes the latest page is applied to the page's older copy of the message", async () => {
+    const { client, socket } = await setup();
+    const room = view(client);
+    const request = joinRoom(socket, 3);
+    // Live, before the page arrives: an edit of 2 and a deletion of 1 (which 3 answers).
+    socket.receive(change("message.edited", 4, 2, { body: "edited live", edited_at: "e" }));
+    socket.receive(change("message.deleted", 5, 1));
+    socket.receive({
+      type: "history",
+      ref: request?.ref,
+      room: ROOM,
+      messages: [
+        { ...stored(3), reply_to: { seq: 1, sender: by, excerpt: "message 1" } },
+        stored(2),
+        { ...stored(1), attachments: [{ url: "https://a.supabase.co/x", name: "x", size: 1, content_type: "audio/wav" }] },
+      ],
+      has_more: false,
+    });
+    const snapshot = await settled(room);
+    expect(seqs(snapshot)).toEqual([1, 2, 3]);
+    expect(bySeq(snapshot, 1)).toMatchObject({ body: "", deleted_at: expect.any(String) });
+    expect(bySeq(snapshot, 1)).not.toHaveProperty("attachments");
+    expect(bySeq(snapshot, 2)).toMatchObject({ body: "edited live", edited_at: "e" });
+    expect(bySeq(snapshot, 3)?.reply_to).toMatchObject({ seq: 1, excerpt: "", deleted: true });
+  });
+
+  test("history pages: messages as they stand; changes only move the paging floor, and a page of only changes loads on", async () => {
+    const { client, socket } = await setup();
+    const room = view(client, { pageSize: 3 });
+    // Seqs 1–3 are messages, 4–9 reactions to them, 10 a message.
+    const request = joinRoom(socket, 10);
+    expect(request).toMatchObject({ before: 11, limit: 3 });
+    socket.receive({
+      type: "history",
+      ref: request?.ref,
+      room: ROOM,
+      messages: [stored(10)],
+      changes: [8, 9].map((seq) => change("message.reacted", seq, 3, { emoji: "👍", on: true, reactions: [] })),
+      has_more: true,
+    });
+    expect(seqs(await settled(room))).toEqual([10]);
+    const older = room.loadOlder();
+    const first = socket.sentOfType("history").at(-1);
+    expect(first).toMatchObject({ before: 8, limit: 3 });
+    socket.receive({
+      type: "history",
+      ref: first?.ref,
+      room: ROOM,
+      messages: [],
+      changes: [5, 6, 7].map((seq) => change("message.reacted", seq, 3, { emoji: "👍", on: true, reactions: [] })),
+      has_more: true,
+    });
+    // Nothing to show yet: the next page follows by itself.
+    await until(() => socket.sentOfType("history").length === 3, "the next page");
+    const second = socket.sentOfType("history").at(-1);
+    expect(second).toMatchObject({ before: 5, limit: 3 });
+    socket.receive({
+      type: "history",
+      ref: second?.ref,
+      room: ROOM,
+      messages: [{ ...stored(3), reactions: [{ emoji: "👍", count: 1, user_ids: [SAM] }] }, stored(2)],
+      changes: [change("message.reacted", 4, 3, { emoji: "👍", on: true, reactions: [{ emoji: "👍", count: 1, user_ids: [SAM] }] })],
+      has_more: true,
+    });
+    await expect(older).resolves.toBe(true);
+    const snapshot = await settled(room);
+    expect(seqs(snapshot)).toEqual([2, 3, 10]);
+    // The page's changes are not applied again over the message as it stands.
+    expect(bySeq(snapshot, 3)?.reactions).toEqual([{ emoji: "👍", count: 1, user_ids: [SAM] }]);
+    const last = room.loadOlder();
+    const third = socket.sentOfType("history").at(-1);
+    expect(third).toMatchObject({ before: 2 });
+    answerHistory(socket, third, 1, 1, false);
+    await expect(last).resolves.toBe(false);
+    expect(seqs(await settled(room))).toEqual([1, 2, 3, 10]);
+  });
+
+  test("the view's actions: edit, deleteMessage and react resolve with the ack or reject with the refusal; a reply with attachments shows in pending", async () => {
+    const { client, socket } = await setup();
+    const room = view(client);
+    answerHistory(socket, joinRoom(socket, 2), 1, 2, false);
+    const edit = room.edit(1, "new");
+    const editFrame = socket.sentOfType("edit")[0];
+    expect(editFrame).toMatchObject({ room: ROOM, seq: 1, body: "new" });
+    socket.receive({ type: "error", ref: editFrame?.ref, code: "forbidden", message: "only its author may edit a message" });
+    await expect(edit).rejects.toMatchObject({ code: "forbidden" });
+    expect(bySeq(await settled(room), 1)?.body).toBe("message 1"); // unchanged: nothing optimistic
+
+    const reaction = room.react(2, "👍");
+    socket.receive({ type: "ack", ref: socket.sentOfType("react")[0]?.ref, id: "r", seq: 3, sent_at: "t" });
+    await expect(reaction).resolves.toMatchObject({ seq: 3 });
+    const removal = room.deleteMessage(2);
+    socket.receive({ type: "error", ref: socket.sentOfType("delete")[0]?.ref, code: "not_found", message: "deleted" });
+    await expect(removal).rejects.toMatchObject({ code: "not_found" });
+
+    const attachments = [{ url: "https://abcd.supabase.co/s/take.wav", name: "take.wav", size: 5, content_type: "audio/wav" }];
+    const clientId = room.send("here", { replyTo: 1, attachments });
+    expect(socket.sentOfType("send")[0]).toMatchObject({ client_id: clientId, reply_to: 1, attachments });
+    expect((await settled(room)).pending).toEqual([{ clientId, body: "here", replyTo: 1, attachments, state: "sending" }]);
+    socket.receive({ type: "error", ref: `send:${clientId}`, code: "forbidden", message: "`attachments[0].url`: not allowed" });
+    expect((await settled(room)).pending[0]).toMatchObject({ state: "failed", replyTo: 1, attachments });
+    room.retry(clientId);
+    expect(socket.sentOfType("send")[1]).toMatchObject({ client_id: clientId, reply_to: 1, attachments });
+    room.close();
+    await expect(room.edit(1, "x")).rejects.toMatchObject({ code: "closed" });
+  });
+});
+
 describe("room view: people", () => {
   test("members with presence; typing expires and ends with the typist's message", async () => {
     const { client, socket } = await setup();

@@ -373,6 +373,189 @@ describe("per-room send queues", () => {
   });
 });
 
+describe("changes to messages", () => {
+  const edited = (seq: number, messageSeq: number, body: string): Record<string, unknown> => ({
+    type: "message.edited",
+    room: "booking:b1",
+    seq,
+    message_seq: messageSeq,
+    by: { user_id: "u2", name: "Sam", role: "studio_owner" },
+    body,
+    edited_at: "2026-11-27T10:05:00.000Z",
+    at: "2026-11-27T10:05:00.000Z",
+  });
+  const reacted = (seq: number, messageSeq: number): Record<string, unknown> => ({
+    type: "message.reacted",
+    room: "booking:b1",
+    seq,
+    message_seq: messageSeq,
+    by: { user_id: "u2", name: "Sam", role: "studio_owner" },
+    emoji: "👍",
+    on: true,
+    reactions: [{ emoji: "👍", count: 1, user_ids: ["u2"] }],
+    at: "t",
+  });
+
+  test("edit, delete and react wait in the room's queue behind its messages; acks resolve them by ref, refusals reject", async () => {
+    const { client, socket } = await connectedClient();
+    const failed: unknown[] = [];
+    client.on("change.failed", (event) => failed.push(event));
+    const sent = client.send("booking:b1", "See you tomorow", { clientId: "c-1" });
+    const edit = client.edit("booking:b1", 1, "See you tomorrow");
+    const react = client.react("booking:b1", 1, "👍");
+    const unreact = client.react("booking:b1", 1, "👍", false);
+    const remove = client.deleteMessage("booking:b1", 7);
+    expect(client.pendingMessages()).toMatchObject([{ clientId: "c-1", state: "sending" }]);
+    expect(client.pendingChanges("booking:b1").map((c) => [c.kind, c.seq, c.state])).toEqual([
+      ["edit", 1, "queued"],
+      ["react", 1, "queued"],
+      ["react", 1, "queued"],
+      ["delete", 7, "queued"],
+    ]);
+    expect(socket.sent.filter((f) => f.type !== "auth").map((f) => f.type)).toEqual(["send"]);
+    socket.receive({ type: "ack", ref: "send:c-1", client_id: "c-1", id: "m1", seq: 1, sent_at: "t" });
+    await sent;
+
+    const editFrame = socket.sentOfType("edit")[0];
+    expect(editFrame).toMatchObject({ type: "edit", room: "booking:b1", seq: 1, body: "See you tomorrow" });
+    expect(typeof editFrame?.ref).toBe("string");
+    socket.receive({ type: "ack", ref: editFrame?.ref, id: "e1", seq: 2, sent_at: "t" });
+    await expect(edit).resolves.toMatchObject({ seq: 2 });
+
+    // rate_limited: the same reaction again after the wait, same ref.
+    const reactFrame = socket.sentOfType("react")[0];
+    expect(reactFrame).toMatchObject({ seq: 1, emoji: "👍", on: true });
+    socket.receive({ type: "error", ref: reactFrame?.ref, code: "rate_limited", message: "slow", retry_after_ms: 20 });
+    expect(client.pendingChanges()[0]).toMatchObject({ kind: "react", state: "retrying" });
+    await until(() => socket.sentOfType("react").length === 2, "the reaction resent");
+    expect(socket.sentOfType("react")[1]).toEqual(reactFrame);
+    socket.receive({ type: "ack", ref: reactFrame?.ref, id: "r1", seq: 3, sent_at: "t" });
+    await expect(react).resolves.toMatchObject({ seq: 3 });
+
+    const unreactFrame = socket.sentOfType("react")[2];
+    expect(unreactFrame).toMatchObject({ on: false });
+    expect(unreactFrame?.ref).not.toBe(reactFrame?.ref);
+    socket.receive({ type: "ack", ref: unreactFrame?.ref, id: "r2", seq: 4, sent_at: "t" });
+    await unreact;
+
+    const deleteFrame = socket.sentOfType("delete")[0];
+    expect(deleteFrame).toMatchObject({ type: "delete", room: "booking:b1", seq: 7 });
+    socket.receive({ type: "error", ref: deleteFrame?.ref, code: "not_found", message: "no message 7" });
+    await expect(remove).rejects.toMatchObject({ name: "MixroomError", code: "not_found" });
+    expect(failed).toMatchObject([{ room: "booking:b1", change: { kind: "delete", seq: 7 }, error: { code: "not_found" } }]);
+    expect(client.pendingChanges()).toEqual([]);
+    client.close();
+  });
+
+  test("a send with replyTo and attachments carries them, in the frame, the queue and every resend", async () => {
+    const { client, socket } = await connectedClient();
+    const attachments = [
+      { url: "https://abcd.supabase.co/storage/v1/object/sign/stems/take3.wav?token=x", name: "take3.wav", size: 1024, content_type: "audio/wav" },
+    ];
+    const sent = client.send("booking:b1", "Stems", { clientId: "c-2", replyTo: 1, attachments });
+    const frame = { type: "send", room: "booking:b1", client_id: "c-2", body: "Stems", reply_to: 1, attachments, ref: "send:c-2" };
+    expect(socket.sentOfType("send")).toEqual([frame]);
+    expect(client.pendingMessages()).toEqual([
+      { room: "booking:b1", clientId: "c-2", body: "Stems", replyTo: 1, attachments, state: "sending" },
+    ]);
+    socket.serverClose(1006);
+    await until(() => client.state === "authenticating", "the reconnect");
+    const next = FakeSocket.latest();
+    next.welcome();
+    expect(next.sentOfType("send")).toEqual([frame]);
+    next.receive({ type: "ack", ref: "send:c-2", client_id: "c-2", id: "m2", seq: 2, sent_at: "t" });
+    await expect(sent).resolves.toMatchObject({ client_id: "c-2", seq: 2 });
+    client.close();
+  });
+
+  test("across a reconnect: an unanswered edit or reaction is sent again, an unanswered deletion rejects with connection_lost", async () => {
+    const { client, socket } = await connectedClient();
+    const edit = client.edit("booking:b1", 1, "new text");
+    const remove = client.deleteMessage("booking:b2", 4);
+    const react = client.react("booking:b3", 2, "🎚️");
+    const later = client.deleteMessage("booking:b1", 3); // queued behind the edit: never written
+    const failed: Array<{ change: { kind: string }; error: { code: string } }> = [];
+    client.on("change.failed", (event) => failed.push(event));
+    const editRef = socket.sentOfType("edit")[0]?.ref;
+    const reactRef = socket.sentOfType("react")[0]?.ref;
+    expect(socket.sentOfType("delete")).toHaveLength(1);
+    socket.serverClose(1006);
+    await expect(remove).rejects.toMatchObject({ code: "connection_lost" });
+    expect(failed).toMatchObject([{ change: { kind: "delete", seq: 4 }, error: { code: "connection_lost" } }]);
+    expect(client.pendingChanges().map((c) => [c.kind, c.room, c.state])).toEqual([
+      ["edit", "booking:b1", "queued"],
+      ["react", "booking:b3", "queued"],
+      ["delete", "booking:b1", "queued"],
+    ]);
+    await until(() => client.state === "authenticating", "the reconnect");
+    const next = FakeSocket.latest();
+    next.welcome();
+    expect(next.sentOfType("edit")).toEqual([{ type: "edit", room: "booking:b1", seq: 1, body: "new text", ref: editRef }]);
+    expect(next.sentOfType("react")).toMatchObject([{ room: "booking:b3", seq: 2, emoji: "🎚️", on: true, ref: reactRef }]);
+    expect(next.sentOfType("delete")).toEqual([]); // the lost one is not resent
+    next.receive({ type: "ack", ref: editRef, id: "e1", seq: 5, sent_at: "t" });
+    next.receive({ type: "ack", ref: reactRef, id: "r1", seq: 9, sent_at: "t" });
+    await expect(edit).resolves.toMatchObject({ seq: 5 });
+    await expect(react).resolves.toMatchObject({ seq: 9 });
+    // The deletion queued behind the edit goes out now.
+    const deleteFrame = next.sentOfType("delete")[0];
+    expect(deleteFrame).toMatchObject({ room: "booking:b1", seq: 3 });
+    next.receive({ type: "ack", ref: deleteFrame?.ref, id: "d1", seq: 6, sent_at: "t" });
+    await expect(later).resolves.toMatchObject({ seq: 6 });
+    client.close();
+  });
+
+  test("no ack in time on a live socket: an edit is sent again, a deletion waits", async () => {
+    const { client, socket } = await connectedClient({ ackTimeoutMs: 30 });
+    const edit = client.edit("booking:b1", 1, "again");
+    const remove = client.deleteMessage("booking:b2", 1);
+    await until(() => socket.sentOfType("edit").length === 2, "the edit resent");
+    await tick(60);
+    expect(socket.sentOfType("delete")).toHaveLength(1);
+    expect(client.pendingChanges("booking:b2")).toMatchObject([{ kind: "delete", state: "sending" }]);
+    socket.receive({ type: "ack", ref: socket.sentOfType("edit")[0]?.ref, id: "e1", seq: 2, sent_at: "t" });
+    socket.receive({ type: "ack", ref: socket.sentOfType("delete")[0]?.ref, id: "d1", seq: 2, sent_at: "t" });
+    await Promise.all([edit, remove]);
+    client.close();
+  });
+
+  test("change frames reach the app once, in seq order with the messages; their seqs count for since and holes", async () => {
+    const { client, socket } = await connectedClient();
+    const seen: string[] = [];
+    client.on("message", (m) => seen.push(`${m.seq}:message`));
+    client.on("message.edited", (c) => seen.push(`${c.seq}:edited ${c.message_seq}`));
+    client.on("message.deleted", (c) => seen.push(`${c.seq}:deleted ${c.message_seq}`));
+    client.on("message.reacted", (c) => seen.push(`${c.seq}:reacted ${c.message_seq}`));
+    void client.join("booking:b1");
+    const join = socket.sentOfType("join")[0];
+    socket.receive({ type: "joined", ref: join?.ref, room: "booking:b1", last_seq: 2, members: [] });
+    socket.receive(message("booking:b1", 3));
+    socket.receive(edited(4, 3, "fixed"));
+    socket.receive(edited(4, 3, "fixed")); // duplicate
+    socket.receive({ type: "message.deleted", room: "booking:b1", seq: 7, message_seq: 1, by: { user_id: "u2", name: "Sam", role: "studio_owner" }, at: "t" });
+    expect(seen).toEqual(["3:message", "4:edited 3"]);
+    // A hole (5, 6) ahead of the deletion: filled from history, changes included.
+    const gap = socket.sentOfType("history")[0];
+    expect(gap).toMatchObject({ room: "booking:b1", before: 7, limit: 2 });
+    socket.receive({
+      type: "history",
+      ref: gap?.ref,
+      room: "booking:b1",
+      messages: [{ ...message("booking:b1", 6), type: undefined }],
+      changes: [reacted(5, 3)],
+      has_more: true,
+    });
+    expect(seen).toEqual(["3:message", "4:edited 3", "5:reacted 3", "6:message", "7:deleted 1"]);
+    expect(client.lastSeq("booking:b1")).toBe(7);
+    socket.serverClose(1006);
+    await until(() => client.state === "authenticating", "the reconnect");
+    const next = FakeSocket.latest();
+    next.welcome();
+    expect(next.sentOfType("join")[0]).toMatchObject({ room: "booking:b1", since: 7 });
+    client.close();
+  });
+});
+
 describe("unauthorized", () => {
   function signedOutClient(getToken: () => string | null | undefined | Promise<string | null | undefined>): MixroomClient {
     return new MixroomClient({
