@@ -189,23 +189,53 @@ fn is_media_type(text: &str) -> bool {
         && text.chars().all(|c| !c.is_control())
 }
 
-/// A reaction is one emoji: a short run of symbol characters, no letters,
-/// digits, spaces or markup (so a reaction cannot carry a message).
+/// A reaction is one emoji: a short run of symbol characters that makes
+/// one picture (a base symbol with its modifiers, several joined by ZWJ, a
+/// flag's two letters), no letters, digits, spaces or markup, so a
+/// reaction cannot carry a message.
 pub fn check_emoji(emoji: &str) -> Result<(), ChatRefusal> {
-    let symbolic = |c: char| {
+    let refused = || ChatRefusal::Invalid("`emoji` must be one emoji, such as 👍".into());
+    if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES {
+        return Err(refused());
+    }
+    let mut pictures = 0;
+    let mut after_joiner = false;
+    let mut open_flag = false;
+    for c in emoji.chars() {
         let code = c as u32;
-        // Emoji, pictographs, dingbats, arrows and symbols, their modifiers
-        // and the joiner, variation selectors, keycap and tag characters.
-        matches!(code,
-            0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x20E3 | 0x2122 | 0x2139
+        let modifier = matches!(code,
+            0xFE0E | 0xFE0F | 0x20E3 | 0x1F3FB..=0x1F3FF | 0xE0020..=0xE007F);
+        let regional = matches!(code, 0x1F1E6..=0x1F1FF);
+        // Emoji, pictographs, dingbats, arrows and symbols.
+        let base = matches!(code,
+            0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139
             | 0x2190..=0x21FF | 0x2300..=0x23FF | 0x24C2 | 0x25A0..=0x27BF
             | 0x2900..=0x297F | 0x2B00..=0x2BFF | 0x3030 | 0x303D | 0x3297 | 0x3299
-            | 0x200D | 0xFE0E | 0xFE0F | 0x1F000..=0x1FAFF | 0xE0020..=0xE007F)
-    };
-    if emoji.is_empty() || emoji.len() > MAX_EMOJI_BYTES || !emoji.chars().all(symbolic) {
-        return Err(ChatRefusal::Invalid(
-            "`emoji` must be one emoji, such as 👍".into(),
-        ));
+            | 0x1F000..=0x1FAFF);
+        if c == '\u{200D}' {
+            if pictures == 0 || after_joiner {
+                return Err(refused());
+            }
+            after_joiner = true;
+        } else if modifier {
+            if pictures == 0 {
+                return Err(refused());
+            }
+        } else if regional && open_flag {
+            // A flag's second letter.
+            open_flag = false;
+        } else if base {
+            if !after_joiner {
+                pictures += 1;
+            }
+            after_joiner = false;
+            open_flag = regional;
+        } else {
+            return Err(refused());
+        }
+    }
+    if pictures != 1 || after_joiner || open_flag {
+        return Err(refused());
     }
     Ok(())
 }
@@ -292,10 +322,24 @@ mod tests {
 
     #[test]
     fn a_reaction_is_one_emoji() {
-        for ok in ["👍", "❤️", "🎚️", "👍🏽", "🧑‍🎤", "✅"] {
+        for ok in ["👍", "❤️", "🎚️", "👍🏽", "🧑‍🎤", "✅", "🇯🇵", "👨‍👩‍👧"]
+        {
             assert!(check_emoji(ok).is_ok(), "{ok} refused");
         }
-        for bad in ["", "ok", "👍 great", "<b>", "1", &"👍".repeat(20)] {
+        for bad in [
+            "",
+            "ok",
+            "👍 great",
+            "<b>",
+            "1",
+            "👍👍",
+            "🇯",
+            "🇯🇵🇫🇷",
+            "\u{200D}👍",
+            "👍\u{200D}",
+            "\u{FE0F}",
+            &"👍".repeat(20),
+        ] {
             assert!(check_emoji(bad).is_err(), "{bad} accepted");
         }
     }

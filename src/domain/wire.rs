@@ -83,15 +83,20 @@ pub enum ClientFrame {
         attachments: Vec<Attachment>,
     },
     /// New text for one's own message, within `chat.edit_window_secs`.
+    /// A change's optional `client_id` makes a resend safe, as a send's.
     Edit {
         room: String,
         seq: i64,
         body: String,
+        #[serde(default)]
+        client_id: Option<String>,
     },
     /// One's own message, or any as an admin; a tombstone stays.
     Delete {
         room: String,
         seq: i64,
+        #[serde(default)]
+        client_id: Option<String>,
     },
     /// An emoji put on (`on: true`) or taken back.
     React {
@@ -99,6 +104,8 @@ pub enum ClientFrame {
         seq: i64,
         emoji: String,
         on: bool,
+        #[serde(default)]
+        client_id: Option<String>,
     },
     Typing {
         room: String,
@@ -289,7 +296,7 @@ pub enum ServerFrame<'a> {
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
-        /// A `send`'s; an edit, deletion or reaction has none.
+        /// The `client_id` the frame carried (a `send` always has one).
         #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<&'a str>,
         id: &'a str,

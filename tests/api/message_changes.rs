@@ -17,6 +17,7 @@ both_backends!(
     a_reconnect_learns_every_change_it_missed,
     only_members_change_a_rooms_messages,
     export_and_erasure_cover_changes,
+    a_change_resent_with_its_client_id_is_stored_once,
 );
 
 const SUPABASE_FILE: &str =
@@ -555,4 +556,49 @@ async fn export_and_erasure_cover_changes(backend: Backend) {
         "{history}"
     );
     assert!(!history.to_string().contains("🔥"), "{history}");
+}
+
+/// Ava's phone loses the acks of her changes and sends each again with
+/// the same `client_id`: every resend gets the first ack, nothing is
+/// stored twice, and taking a message back twice is not an error.
+async fn a_change_resent_with_its_client_id_is_stored_once(backend: Backend) {
+    let (server, _ava, sam, room, mut ava_ws, _sam_ws) = ava_and_sam(&backend, &[]).await;
+    ava_ws.send_msg(&room, "ava-1", "Studio A at 10").await;
+    ava_ws.send_msg(&room, "ava-2", "Bring snacks").await;
+    let with_id = |mut frame: Value, id: &str| {
+        frame["client_id"] = json!(id);
+        frame
+    };
+    for frame in [
+        with_id(edit(&room, 1, "Studio B at 10"), "ch-1"),
+        with_id(react(&room, 1, "👍", true), "ch-2"),
+        with_id(delete(&room, 2), "ch-3"),
+    ] {
+        let first = change(&mut ava_ws, frame.clone()).await;
+        assert_eq!(first["type"], "ack", "{frame}: {first}");
+        assert_eq!(first["client_id"], frame["client_id"], "{first}");
+        let again = change(&mut ava_ws, frame.clone()).await;
+        assert_eq!(
+            (&again["type"], &again["seq"], &again["id"]),
+            (&first["type"], &first["seq"], &first["id"]),
+            "a resend of {frame} gets the first ack: {again}"
+        );
+    }
+    let history = server.history_over_http(&sam, &room, None, None).await;
+    let change_seqs: Vec<i64> = history["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(change_seqs, [5, 4, 3], "each change stored once: {history}");
+    // A client id already used by a send is that send's, whatever the frame.
+    let reused = change(&mut ava_ws, with_id(delete(&room, 1), "ava-1")).await;
+    assert_eq!(
+        (&reused["type"], &reused["seq"]),
+        (&json!("ack"), &json!(1)),
+        "{reused}"
+    );
+    let history = server.history_over_http(&sam, &room, None, None).await;
+    assert_eq!(message_at(&history, 1)["body"], "Studio B at 10");
 }

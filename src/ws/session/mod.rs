@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 
+use self::rooms::Change;
 use super::joined::{replay_page, JoinedRoom, JoinedRooms};
 use super::transport::{
     self, Assembled, Fragments, Item, Message, ProtocolError, WebsocketContext,
@@ -224,37 +225,52 @@ impl WsSession {
                 reference.clone(),
                 ctx,
             ),
-            ClientFrame::Edit { room, seq, body } => {
+            ClientFrame::Edit {
+                room,
+                seq,
+                body,
+                client_id,
+            } => {
                 let window_ms = self.state.chat.edit_window_ms;
-                let action = Action::Edit {
-                    target: seq,
-                    window_ms,
+                let change = Change {
+                    body,
+                    action: Action::Edit {
+                        target: seq,
+                        window_ms,
+                    },
+                    client_id,
                 };
-                self.change_message(identity, &room, body, action, reference.clone(), ctx)
+                self.change_message(identity, &room, change, reference.clone(), ctx)
             }
-            ClientFrame::Delete { room, seq } => {
+            ClientFrame::Delete {
+                room,
+                seq,
+                client_id,
+            } => {
                 let moderator = identity.role == Role::Admin;
-                let action = Action::Delete {
-                    target: seq,
-                    moderator,
+                let change = Change {
+                    body: String::new(),
+                    action: Action::Delete {
+                        target: seq,
+                        moderator,
+                    },
+                    client_id,
                 };
-                self.change_message(
-                    identity,
-                    &room,
-                    String::new(),
-                    action,
-                    reference.clone(),
-                    ctx,
-                )
+                self.change_message(identity, &room, change, reference.clone(), ctx)
             }
             ClientFrame::React {
                 room,
                 seq,
                 emoji,
                 on,
+                client_id,
             } => {
-                let action = Action::React { target: seq, on };
-                self.change_message(identity, &room, emoji, action, reference.clone(), ctx)
+                let change = Change {
+                    body: emoji,
+                    action: Action::React { target: seq, on },
+                    client_id,
+                };
+                self.change_message(identity, &room, change, reference.clone(), ctx)
             }
             ClientFrame::Typing { room } => self.joined_room(&room).map(|joined| {
                 joined.addr.do_send(Typing {

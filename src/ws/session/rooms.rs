@@ -6,6 +6,14 @@ use crate::db::messages::views::{entry_frame, page_views};
 use crate::db::messages::Action;
 use crate::domain::chat::Attachment;
 
+/// What an `edit`, `delete` or `react` asks.
+pub(super) struct Change {
+    /// An edit's new text, a reaction's emoji.
+    pub body: String,
+    pub action: Action,
+    pub client_id: Option<String>,
+}
+
 impl WsSession {
     pub(super) fn joined_room(&self, room: &str) -> Result<&JoinedRoom, AppError> {
         self.rooms
@@ -157,29 +165,43 @@ impl WsSession {
         &mut self,
         identity: Identity,
         room: &str,
-        body: String,
-        action: Action,
+        change: Change,
         reference: Option<String>,
         ctx: &mut WebsocketContext<Self>,
     ) -> Result<(), AppError> {
+        let Change {
+            body,
+            action,
+            client_id,
+        } = change;
         let room = RoomName::parse(room)?;
         if action.target().is_none_or(|seq| seq < 1) {
             return Err(AppError::Invalid(
                 "`seq` must be a message's seq, 1 or more".into(),
             ));
         }
+        if client_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > CLIENT_ID_MAX)
+        {
+            return Err(AppError::Invalid(format!(
+                "`client_id` must be 1 to {CLIENT_ID_MAX} bytes"
+            )));
+        }
         match &action {
             Action::Edit { .. } => self.check_body(&body)?,
             Action::React { .. } => crate::domain::chat::check_emoji(&body)?,
             _ => {}
         }
+        // With a `client_id`, a resend is answered with the first ack (the
+        // store's dedup), even once the change made itself impossible.
         let message = NewMessage {
             id: None,
             room: room.to_string(),
             sender_id: Some(identity.user_id.clone()),
             sender_name: identity.name.clone(),
             sender_role: identity.role.as_str().to_owned(),
-            client_id: None,
+            client_id,
             body,
             action,
         };
