@@ -987,30 +987,14 @@
         room.pageUntil = void 0;
         room.pageRef = void 0;
       }
-      const lost = [];
       for (const queue of this.queues.values()) {
         for (const message of queue) {
-          if (message.frame.type === "delete" && message.sentOn !== void 0) {
-            lost.push({ message, seq: message.frame.seq });
-          }
           message.sentOn = void 0;
           if (message.ackTimer) clearTimeout(message.ackTimer);
           message.ackTimer = void 0;
         }
       }
-      const rooms = new Set(this.queues.keys());
-      for (const { message, seq } of lost) {
-        this.removeOutgoing(message);
-        clearOutgoingTimers(message);
-        this.failOutgoing(
-          message,
-          new MixroomError(
-            "connection_lost",
-            `the connection was lost before the server answered the deletion of message ${seq} in ${message.room}; it may have been deleted (the room's replay after the re-join tells)`
-          )
-        );
-      }
-      for (const room of rooms) this.emit("outbox", { room });
+      for (const room of this.queues.keys()) this.emit("outbox", { room });
       for (const [ref, request] of this.requests) {
         clearTimeout(request.timer);
         request.reject(new MixroomError("connection_lost", "the connection was lost"));
@@ -1318,11 +1302,15 @@
         this.pumpRoom(message.room);
       }
     }
-    /** The unacked entry an `ack`/`error` is about: by its `ref`, else (a send's) by `client_id`. */
+    /**
+     * The unacked entry an `ack`/`error` is about: by its `ref`, else by the
+     * ack's `client_id` (a send's or a change's). An ack whose `client_id`
+     * is not the one its `ref` names is not that entry's.
+     */
     findOutgoing(ref, clientId) {
       for (const queue of this.queues.values()) {
         for (const message of queue) {
-          if (ref !== void 0 ? ref === message.ref : clientId !== void 0 && message.frame.type === "send" && message.frame.client_id === clientId) {
+          if (ref !== void 0 ? ref === message.ref && (clientId === void 0 || clientId === message.clientId) : clientId !== void 0 && clientId === message.clientId) {
             return message;
           }
         }
@@ -1693,7 +1681,7 @@
       const frame = { type: "send", room: roomName, client_id: options.clientId ?? newClientId(), body };
       if (options.replyTo !== void 0) frame.reply_to = options.replyTo;
       if (options.attachments !== void 0) frame.attachments = options.attachments.map((a) => ({ ...a }));
-      return this.enqueue(frame, sendRef(frame.client_id));
+      return this.enqueue(frame);
     }
     /**
      * New text for the user's own message `seq` (within the server's edit
@@ -1705,30 +1693,28 @@
      *
      * Changes across reconnects: edits, deletions and reactions wait in the
      * room's queue with its messages, so they go out in the order made and a
-     * change made offline is sent once connected. `rate_limited`/`internal`
-     * are retried like sends. An edit or a reaction that was written but not
-     * answered when the connection dropped is sent again on the next one: it
-     * sets a state (this text; this emoji on or off), so a second copy
-     * changes nothing — at most the room gets one more change entry. A
-     * deletion is not sent again (see `deleteMessage()`).
+     * change made offline is sent once connected. Each gets a fresh
+     * `client_id` once (`pendingChanges()` shows it) and is resent with it
+     * until acked, like a send: after a reconnect, after
+     * `rate_limited`/`internal`, and when no ack comes within `ackTimeoutMs`.
+     * The server answers a resend with the first ack and stores nothing, so
+     * a change is stored exactly once — a deletion too, whose resend is not
+     * answered `not_found` even though the message is deleted by then.
      */
     edit(roomName, seq, body) {
-      return this.enqueue({ type: "edit", room: roomName, seq, body }, this.nextRef("edit"));
+      return this.enqueue({ type: "edit", room: roomName, seq, body, client_id: newClientId() });
     }
     /**
      * Deletes message `seq` (the user's own; any, for an admin): it stays as
      * a tombstone. Resolves with the ack; everyone gets `message.deleted`.
      * Rejects with `forbidden` or `not_found` (no such message, or deleted
-     * already). Queued like `edit()`, with one difference: the server
-     * answers a repeated deletion `not_found`, so a deletion written to a
-     * connection that then dropped before its answer is not resent — it
-     * rejects with `connection_lost` (the message may or may not be deleted;
-     * the room's replay after the re-join brings the `message.deleted` if it
-     * was). It is never resent on an ack timeout either: it waits for the
-     * answer or the drop.
+     * already — by someone else, or by an earlier `deleteMessage()`). Queued
+     * and resent like `edit()`: a deletion whose answer a dropped connection
+     * lost is sent again with its `client_id`, and the server answers with
+     * its first ack.
      */
     deleteMessage(roomName, seq) {
-      return this.enqueue({ type: "delete", room: roomName, seq }, this.nextRef("delete"));
+      return this.enqueue({ type: "delete", room: roomName, seq, client_id: newClientId() });
     }
     /**
      * Puts `emoji` (one emoji) on message `seq`, or with `on = false` takes
@@ -1739,10 +1725,12 @@
      * resent like `edit()`.
      */
     react(roomName, seq, emoji, on = true) {
-      return this.enqueue({ type: "react", room: roomName, seq, emoji, on }, this.nextRef("react"));
+      return this.enqueue({ type: "react", room: roomName, seq, emoji, on, client_id: newClientId() });
     }
-    enqueue(frame, ref) {
+    /** Queues a send or a change; `frame.client_id` is set (a change's too). */
+    enqueue(frame) {
       const roomName = frame.room;
+      const clientId = frame.client_id;
       return new Promise((resolve, reject) => {
         let queue = this.queues.get(roomName);
         if (!queue) {
@@ -1752,7 +1740,8 @@
         queue.push({
           room: roomName,
           frame,
-          ref,
+          clientId,
+          ref: outgoingRef(frame.type, clientId),
           order: ++this.outgoingCounter,
           resolve,
           reject,
@@ -1790,7 +1779,7 @@
     }
     pendingChange(message) {
       const frame = message.frame;
-      const base = { room: message.room, ref: message.ref, state: this.outgoingState(message) };
+      const base = { room: message.room, clientId: message.clientId, ref: message.ref, state: this.outgoingState(message) };
       switch (frame.type) {
         case "edit":
           return { ...base, kind: "edit", seq: frame.seq, body: frame.body };
@@ -1826,7 +1815,7 @@
       const generation = this.generation;
       message.ackTimer = setTimeout(() => {
         message.ackTimer = void 0;
-        if (generation === this.generation && message.sentOn === generation && message.frame.type !== "delete") {
+        if (generation === this.generation && message.sentOn === generation) {
           message.sentOn = void 0;
           this.pumpRoom(message.room);
         }
@@ -1926,8 +1915,8 @@
     const text = query.toString();
     return text ? `?${text}` : "";
   }
-  function sendRef(clientId) {
-    return `send:${clientId}`;
+  function outgoingRef(type, clientId) {
+    return `${type}:${clientId}`;
   }
   function clearOutgoingTimers(message) {
     if (message.ackTimer) clearTimeout(message.ackTimer);

@@ -13,9 +13,10 @@
  *   once however often the connection drops, and a room held up by a rate
  *   limit or a refusal never holds up another room;
  * - queues edits, deletions and reactions in the same per-room queue (so
- *   they go out in the order made, after the messages before them), and
- *   counts the changes' seqs like messages' (see "Changes across
- *   reconnects" at `edit()`);
+ *   they go out in the order made, after the messages before them), each
+ *   with a `client_id` of its own that it is resent with until acked, so a
+ *   change too is stored exactly once (see "Changes across reconnects" at
+ *   `edit()`); and counts the changes' seqs like messages';
  * - stops for good (`unauthorized`) when no usable token can be had,
  *   instead of reconnecting forever;
  * - emits a typed event for every frame of the contract;
@@ -176,11 +177,9 @@ export interface ClientEvents {
     error: MixroomError;
   };
   /**
-   * An edit, deletion or reaction failed for good: refused by the server
-   * (`forbidden`, `not_found`, `invalid`, …), or — a deletion only — the
-   * connection was lost before its answer (`connection_lost`: it may or may
-   * not have been stored; the room's replay after the re-join tells). Its
-   * promise rejected with `error`.
+   * An edit, deletion or reaction refused for good by the server
+   * (`forbidden`, `not_found`, `invalid`, …); its promise rejected with
+   * `error`. A lost connection is not a failure: the change is resent.
    */
   "change.failed": { room: string; change: PendingChange; error: MixroomError };
   /**
@@ -214,7 +213,7 @@ export interface MixroomClientOptions {
   backoff?: Partial<BackoffOptions>;
   /** Refresh the token this long before it expires (at most half its remaining life). Default 60 s. */
   refreshMarginMs?: number;
-  /** Resend an unacked message (same `client_id`) after this long. Default 10 s. */
+  /** Resend an unacked message or change (same `client_id`) after this long. Default 10 s. */
   ackTimeoutMs?: number;
   /** How long `history()`, `ping()` and the HTTP helpers wait. Default 10 s. */
   requestTimeoutMs?: number;
@@ -268,7 +267,9 @@ export interface PendingChange {
   kind: ChangeKind;
   /** The seq of the message it changes. */
   seq: number;
-  /** The `ref` it is sent with (its ack and error carry it). */
+  /** Its idempotency key: a fresh UUID, sent with it and with every resend (its ack carries it). */
+  clientId: string;
+  /** The `ref` it is sent with, the same on every resend (its ack and error carry it). */
   ref: string;
   /** An edit's new text. */
   body?: string;
@@ -377,7 +378,9 @@ interface Outgoing {
   room: string;
   /** The frame, without its `ref`. */
   frame: SendFrame | EditFrame | DeleteFrame | ReactFrame;
-  /** `send:<client_id>` for a send, a fresh ref for a change; the same on every resend. */
+  /** The frame's `client_id` (a change's too): its ack carries it. */
+  clientId: string;
+  /** `<type>:<client_id>`, e.g. `send:…`, `delete:…`; the same on every resend. */
   ref: string;
   /** Queue order over all rooms, for `pendingMessages()`. */
   order: number;
@@ -647,34 +650,16 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       room.pageUntil = undefined;
       room.pageRef = undefined;
     }
-    const lost: Array<{ message: Outgoing; seq: number }> = [];
     for (const queue of this.queues.values()) {
       for (const message of queue) {
-        // A deletion written to this socket and not answered may have been
-        // stored, and the server answers a repeated one `not_found`: it is
-        // not resent (see `deleteMessage()`). Everything else is.
-        if (message.frame.type === "delete" && message.sentOn !== undefined) {
-          lost.push({ message, seq: message.frame.seq });
-        }
+        // Unanswered: resent on the next socket with the same client_id
+        // (a send's or a change's), which the server stores at most once.
         message.sentOn = undefined;
         if (message.ackTimer) clearTimeout(message.ackTimer);
         message.ackTimer = undefined;
       }
     }
-    const rooms = new Set(this.queues.keys());
-    for (const { message, seq } of lost) {
-      this.removeOutgoing(message);
-      clearOutgoingTimers(message);
-      this.failOutgoing(
-        message,
-        new MixroomError(
-          "connection_lost",
-          `the connection was lost before the server answered the deletion of message ${seq}` +
-            ` in ${message.room}; it may have been deleted (the room's replay after the re-join tells)`,
-        ),
-      );
-    }
-    for (const room of rooms) this.emit("outbox", { room });
+    for (const room of this.queues.keys()) this.emit("outbox", { room });
     for (const [ref, request] of this.requests) {
       clearTimeout(request.timer);
       request.reject(new MixroomError("connection_lost", "the connection was lost"));
@@ -1014,14 +999,18 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     }
   }
 
-  /** The unacked entry an `ack`/`error` is about: by its `ref`, else (a send's) by `client_id`. */
+  /**
+   * The unacked entry an `ack`/`error` is about: by its `ref`, else by the
+   * ack's `client_id` (a send's or a change's). An ack whose `client_id`
+   * is not the one its `ref` names is not that entry's.
+   */
   private findOutgoing(ref: string | undefined, clientId?: string): Outgoing | undefined {
     for (const queue of this.queues.values()) {
       for (const message of queue) {
         if (
           ref !== undefined
-            ? ref === message.ref
-            : clientId !== undefined && message.frame.type === "send" && message.frame.client_id === clientId
+            ? ref === message.ref && (clientId === undefined || clientId === message.clientId)
+            : clientId !== undefined && clientId === message.clientId
         ) {
           return message;
         }
@@ -1099,9 +1088,9 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     clearOutgoingTimers(message);
     message.sentOn = undefined;
     if (RETRYABLE_CODES.has(frame.code)) {
-      // Same client_id (same ref) later: a send is stored at most once
-      // whatever happened, and a refused change was not stored. Only this
-      // room waits; the other rooms' queues go on.
+      // Same client_id (same ref) later: a message or change is stored at
+      // most once whatever happened. Only this room waits; the other
+      // rooms' queues go on.
       message.retryTimer = setTimeout(() => {
         message.retryTimer = undefined;
         this.pumpRoom(message.room);
@@ -1441,7 +1430,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     const frame: SendFrame = { type: "send", room: roomName, client_id: options.clientId ?? newClientId(), body };
     if (options.replyTo !== undefined) frame.reply_to = options.replyTo;
     if (options.attachments !== undefined) frame.attachments = options.attachments.map((a) => ({ ...a }));
-    return this.enqueue(frame, sendRef(frame.client_id)) as Promise<SendAck>;
+    return this.enqueue(frame) as Promise<SendAck>;
   }
 
   /**
@@ -1454,31 +1443,29 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
    *
    * Changes across reconnects: edits, deletions and reactions wait in the
    * room's queue with its messages, so they go out in the order made and a
-   * change made offline is sent once connected. `rate_limited`/`internal`
-   * are retried like sends. An edit or a reaction that was written but not
-   * answered when the connection dropped is sent again on the next one: it
-   * sets a state (this text; this emoji on or off), so a second copy
-   * changes nothing — at most the room gets one more change entry. A
-   * deletion is not sent again (see `deleteMessage()`).
+   * change made offline is sent once connected. Each gets a fresh
+   * `client_id` once (`pendingChanges()` shows it) and is resent with it
+   * until acked, like a send: after a reconnect, after
+   * `rate_limited`/`internal`, and when no ack comes within `ackTimeoutMs`.
+   * The server answers a resend with the first ack and stores nothing, so
+   * a change is stored exactly once — a deletion too, whose resend is not
+   * answered `not_found` even though the message is deleted by then.
    */
   edit(roomName: string, seq: number, body: string): Promise<AckFrame> {
-    return this.enqueue({ type: "edit", room: roomName, seq, body }, this.nextRef("edit"));
+    return this.enqueue({ type: "edit", room: roomName, seq, body, client_id: newClientId() });
   }
 
   /**
    * Deletes message `seq` (the user's own; any, for an admin): it stays as
    * a tombstone. Resolves with the ack; everyone gets `message.deleted`.
    * Rejects with `forbidden` or `not_found` (no such message, or deleted
-   * already). Queued like `edit()`, with one difference: the server
-   * answers a repeated deletion `not_found`, so a deletion written to a
-   * connection that then dropped before its answer is not resent — it
-   * rejects with `connection_lost` (the message may or may not be deleted;
-   * the room's replay after the re-join brings the `message.deleted` if it
-   * was). It is never resent on an ack timeout either: it waits for the
-   * answer or the drop.
+   * already — by someone else, or by an earlier `deleteMessage()`). Queued
+   * and resent like `edit()`: a deletion whose answer a dropped connection
+   * lost is sent again with its `client_id`, and the server answers with
+   * its first ack.
    */
   deleteMessage(roomName: string, seq: number): Promise<AckFrame> {
-    return this.enqueue({ type: "delete", room: roomName, seq }, this.nextRef("delete"));
+    return this.enqueue({ type: "delete", room: roomName, seq, client_id: newClientId() });
   }
 
   /**
@@ -1490,11 +1477,13 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
    * resent like `edit()`.
    */
   react(roomName: string, seq: number, emoji: string, on = true): Promise<AckFrame> {
-    return this.enqueue({ type: "react", room: roomName, seq, emoji, on }, this.nextRef("react"));
+    return this.enqueue({ type: "react", room: roomName, seq, emoji, on, client_id: newClientId() });
   }
 
-  private enqueue(frame: Outgoing["frame"], ref: string): Promise<AckFrame> {
+  /** Queues a send or a change; `frame.client_id` is set (a change's too). */
+  private enqueue(frame: Outgoing["frame"] & { client_id: string }): Promise<AckFrame> {
     const roomName = frame.room;
+    const clientId = frame.client_id;
     return new Promise<AckFrame>((resolve, reject) => {
       let queue = this.queues.get(roomName);
       if (!queue) {
@@ -1504,7 +1493,8 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       queue.push({
         room: roomName,
         frame,
-        ref,
+        clientId,
+        ref: outgoingRef(frame.type, clientId),
         order: ++this.outgoingCounter,
         resolve,
         reject,
@@ -1550,7 +1540,7 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
 
   private pendingChange(message: Outgoing): PendingChange {
     const frame = message.frame;
-    const base = { room: message.room, ref: message.ref, state: this.outgoingState(message) };
+    const base = { room: message.room, clientId: message.clientId, ref: message.ref, state: this.outgoingState(message) };
     switch (frame.type) {
       case "edit":
         return { ...base, kind: "edit", seq: frame.seq, body: frame.body };
@@ -1590,10 +1580,9 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     message.ackTimer = setTimeout(() => {
       message.ackTimer = undefined;
       // No ack on a socket that still looks alive: send the same client_id
-      // (or change) again; the server answers with the original ack if it
-      // stored the message, and a change sets what is already set. Not a
-      // deletion, which the server would answer `not_found`: it waits.
-      if (generation === this.generation && message.sentOn === generation && message.frame.type !== "delete") {
+      // again (a message or a change alike); the server answers with the
+      // first ack if it stored it, and stores it once either way.
+      if (generation === this.generation && message.sentOn === generation) {
         message.sentOn = undefined;
         this.pumpRoom(message.room);
       }
@@ -1710,8 +1699,9 @@ function querySuffix(query: URLSearchParams): string {
   return text ? `?${text}` : "";
 }
 
-function sendRef(clientId: string): string {
-  return `send:${clientId}`;
+/** The `ref` of a queued frame: its type and `client_id`, the same on every resend. */
+function outgoingRef(type: Outgoing["frame"]["type"], clientId: string): string {
+  return `${type}:${clientId}`;
 }
 
 function clearOutgoingTimers(message: Outgoing): void {

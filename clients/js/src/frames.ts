@@ -116,6 +116,12 @@ export interface EditFrame {
   room: string;
   seq: number;
   body: string;
+  /**
+   * Makes a resend safe, as a send's: answered with the first ack, stored
+   * once. Fresh for each change, unique per sender and room across sends
+   * and changes (this client always sets one).
+   */
+  client_id?: string;
   ref?: string;
 }
 
@@ -124,6 +130,8 @@ export interface DeleteFrame {
   type: "delete";
   room: string;
   seq: number;
+  /** As an edit's: a resend gets the first ack, even once the message is deleted. */
+  client_id?: string;
   ref?: string;
 }
 
@@ -134,6 +142,8 @@ export interface ReactFrame {
   seq: number;
   emoji: string;
   on: boolean;
+  /** As an edit's: a resend gets the first ack and stores nothing. */
+  client_id?: string;
   ref?: string;
 }
 
@@ -242,12 +252,15 @@ export interface LeftFrame {
 /**
  * The answer to a `send`, `edit`, `delete` or `react` once stored: `seq`
  * is the entry's place in the room's sequence (a change takes a seq of its
- * own). Only a send's ack has `client_id`.
+ * own). A resend with the same `client_id` gets this same ack again.
  */
 export interface AckFrame {
   type: "ack";
   ref?: string;
-  /** The send's `client_id`; absent on the ack of an edit, deletion or reaction. */
+  /**
+   * The `client_id` the frame carried: always there on a send's ack, and on
+   * a change's when the change had one (this client's always do).
+   */
   client_id?: string;
   id: string;
   seq: number;

@@ -14,6 +14,10 @@ import { freePort } from "./server.js";
 export class AckDroppingProxy {
   dropNextAck = false;
   droppedAcks = 0;
+  /** The acks it lost on the wire, as the server sent them. */
+  readonly dropped: Array<Record<string, unknown>> = [];
+  /** Every frame the client sent through it, in order, over all connections. */
+  readonly sent: Array<Record<string, unknown>> = [];
 
   private constructor(
     private readonly server: WebSocketServer,
@@ -34,6 +38,7 @@ export class AckDroppingProxy {
     const early: string[] = [];
     downstream.on("message", (data) => {
       const text = data.toString();
+      this.sent.push(JSON.parse(text) as Record<string, unknown>);
       if (upstream.readyState === WebSocket.OPEN) upstream.send(text);
       else early.push(text);
     });
@@ -42,9 +47,11 @@ export class AckDroppingProxy {
     });
     upstream.on("message", (data) => {
       const text = data.toString();
-      if (this.dropNextAck && (JSON.parse(text) as { type: string }).type === "ack") {
+      const frame = JSON.parse(text) as Record<string, unknown>;
+      if (this.dropNextAck && frame.type === "ack") {
         this.dropNextAck = false;
         this.droppedAcks += 1;
+        this.dropped.push(frame);
         downstream.terminate();
         upstream.terminate();
         return;

@@ -107,10 +107,14 @@ describe("changing messages against the real server", () => {
     let sams = await until(samRoom, (s) => s.lastSeq === 2, "Ava's messages at Sam");
     expect(at(sams, 2)?.attachments).toEqual([STEMS]);
 
-    // Ava fixes her typo: the edit takes seq 3 and its ack has no client_id.
-    const edited = await avaRoom.edit(1, "See you tomorrow at ten");
+    // Ava fixes her typo: the edit takes seq 3; its ack echoes the edit's own client_id.
+    const editing = avaRoom.edit(1, "See you tomorrow at ten");
+    const [pendingEdit] = avaClient.pendingChanges(room);
+    expect(pendingEdit).toMatchObject({ kind: "edit", seq: 1, clientId: expect.any(String) });
+    const edited = await editing;
     expect(edited.seq).toBe(3);
-    expect(edited).not.toHaveProperty("client_id");
+    expect(edited.client_id).toBe(pendingEdit?.clientId);
+    expect(edited.client_id).not.toBe(first.client_id);
     sams = await until(samRoom, (s) => at(s, 1)?.body === "See you tomorrow at ten", "the edit at Sam");
     expect(at(sams, 1)?.edited_at).toEqual(expect.any(String));
 
@@ -160,12 +164,14 @@ describe("changing messages against the real server", () => {
     await waitFor(() => avaClient.lastSeq(room) === 9, "Ava's own changes back at her"); // the ack may come first
     expect(samClient.pendingChanges()).toEqual([]);
 
-    // The views agree with what the server stored.
-    const stored = (await server.storedMessages(sam, room)) as unknown as ChatMessage[];
+    // The views agree with what the server stored, each change once.
+    const entries = await server.storedEntries(sam, room);
+    const stored = entries.messages as unknown as ChatMessage[];
     const shown = samRoom.getSnapshot().messages;
     expect(stored.map((m) => [m.seq, m.body, m.deleted_at !== undefined])).toEqual(
       shown.map((m) => [m.seq, m.body, m.deleted_at !== undefined]),
     );
+    expect(entries.changes.map((c) => c.seq)).toEqual([3, 5, 6, 7, 8, 9]);
   });
 
   test("a client that was away comes back to every change it missed: edit, deletion, reaction, reply quote", async () => {
@@ -263,7 +269,7 @@ describe("changing messages against the real server", () => {
 });
 
 describe("changes whose ack is lost on the wire", () => {
-  test("an edit and a reaction are sent again and apply once; a deletion rejects with connection_lost and the replay shows it", async () => {
+  test("an edit, a reaction and a deletion are resent with their client_id, resolve with the first ack and are stored once", async () => {
     const server = await TestServer.start();
     const proxy = await AckDroppingProxy.start(server.wsUrl);
     try {
@@ -278,24 +284,51 @@ describe("changes whose ack is lost on the wire", () => {
       await until(samRoom, (s) => s.status === "ready", "Sam's room");
       let drops = 0;
       avaClient.on("disconnected", () => drops++);
+      const failures: unknown[] = [];
+      avaClient.on("change.failed", (failure) => failures.push(failure));
       await avaClient.send(room, "Session at 10");
       await avaClient.send(room, "Bring the Neumann");
+
+      // Each change: the server stores it and answers, the proxy loses the
+      // ack and cuts the connection; the client resends the very frame on
+      // the next one and gets the first ack back.
+      const sentAgain = (type: string, clientId: string | undefined): Array<Record<string, unknown>> =>
+        proxy.sent.filter((frame) => frame.type === type && frame.client_id === clientId);
+      const lostAck = (n: number): Record<string, unknown> => {
+        const { ref: _ref, ...ack } = proxy.dropped[n] ?? {};
+        return ack;
+      };
 
       proxy.dropNextAck = true;
       const edited = await avaRoom.edit(1, "Session at 11");
       expect(proxy.droppedAcks).toBe(1);
       expect(drops).toBe(1);
+      expect(edited).toMatchObject(lostAck(0));
+      expect(sentAgain("edit", edited.client_id)).toHaveLength(2);
+
       proxy.dropNextAck = true;
       const reacted = await avaRoom.react(1, "✅");
       expect(proxy.droppedAcks).toBe(2);
+      expect(reacted).toMatchObject(lostAck(1));
       expect(reacted.seq).toBeGreaterThan(edited.seq);
+      expect(sentAgain("react", reacted.client_id)).toHaveLength(2);
 
+      // The deletion too: its resend is answered with the first ack, not
+      // `not_found`, though message 2 is deleted by then.
       proxy.dropNextAck = true;
-      await expect(avaRoom.deleteMessage(2)).rejects.toMatchObject({ code: "connection_lost" });
+      const deleted = await avaRoom.deleteMessage(2);
       expect(proxy.droppedAcks).toBe(3);
+      expect(drops).toBe(3);
+      expect(deleted).toMatchObject(lostAck(2));
+      expect(deleted).toMatchObject({ type: "ack", client_id: expect.any(String), seq: reacted.seq + 1 });
+      const deletes = sentAgain("delete", deleted.client_id);
+      expect(deletes).toHaveLength(2);
+      expect(deletes[1]).toEqual(deletes[0]);
+      expect(failures).toEqual([]);
+      expect(new Set([edited.client_id, reacted.client_id, deleted.client_id]).size).toBe(3);
 
-      // Both views end where the server is: edited once in effect, one
-      // reaction, the message deleted (Ava learns it from the replay).
+      // Both views end where the server is: edited, one reaction, the
+      // message deleted.
       for (const view of [avaRoom, samRoom]) {
         const snapshot = await until(
           view,
@@ -310,13 +343,20 @@ describe("changes whose ack is lost on the wire", () => {
         expect(at(snapshot, 2)).toMatchObject({ body: "" });
         expect(snapshot.messages.map((m) => m.seq)).toEqual([1, 2]);
       }
-      const stored = (await server.storedMessages(sam, room)) as unknown as ChatMessage[];
-      expect(stored.map((m) => [m.seq, m.body])).toEqual([
+      // Stored exactly once each: three changes, at the seqs their acks named.
+      const { messages, changes } = await server.storedEntries(sam, room);
+      expect(messages.map((m) => [m.seq, m.body])).toEqual([
         [1, "Session at 11"],
         [2, ""],
       ]);
+      expect(changes.map((c) => [c.type, c.seq, c.message_seq])).toEqual([
+        ["message.edited", edited.seq, 1],
+        ["message.reacted", reacted.seq, 1],
+        ["message.deleted", deleted.seq, 2],
+      ]);
+      expect([edited.seq, reacted.seq, deleted.seq]).toEqual([3, 4, 5]);
       expect(avaClient.pendingChanges()).toEqual([]);
-      expect(avaClient.lastSeq(room)).toBe(samClient.lastSeq(room));
+      await waitFor(() => avaClient.lastSeq(room) === 5 && samClient.lastSeq(room) === 5, "both clients at seq 5");
     } finally {
       await proxy.close();
       await server.stop();

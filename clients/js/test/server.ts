@@ -214,22 +214,47 @@ export class TestServer {
   }
 
   /** The room's whole stored history, oldest first (over HTTP, as `user`). */
-  async storedMessages(user: TestUser, room: string): Promise<Array<{ seq: number; client_id: string | null; body: string }>> {
-    const all: Array<{ seq: number; client_id: string | null; body: string }> = [];
+  async storedMessages(user: TestUser, room: string): Promise<StoredMessage[]> {
+    return (await this.storedEntries(user, room)).messages;
+  }
+
+  /**
+   * Every entry of the room over HTTP (as `user`): its messages as they
+   * stand and its changes (edits, deletions, reactions), each list oldest
+   * first. Pages count both, so a page may hold no message: it pages on
+   * from the lowest seq seen.
+   */
+  async storedEntries(user: TestUser, room: string): Promise<{ messages: StoredMessage[]; changes: StoredChange[] }> {
+    const messages: StoredMessage[] = [];
+    const changes: StoredChange[] = [];
     let before: number | undefined;
     for (;;) {
       const query = before === undefined ? "?limit=100" : `?limit=100&before=${before}`;
       const response = await fetch(`${this.httpUrl}/v1/rooms/${room}/messages${query}`, {
         headers: { authorization: `Bearer ${mintToken(user)}` },
       });
-      const page = (await response.json()) as { messages: Array<{ seq: number; client_id: string | null; body: string }>; has_more: boolean };
-      all.push(...page.messages);
-      const oldest = page.messages.at(-1);
-      if (!page.has_more || !oldest) break;
-      before = oldest.seq;
+      const page = (await response.json()) as { messages: StoredMessage[]; changes?: StoredChange[]; has_more: boolean };
+      messages.push(...page.messages);
+      changes.push(...(page.changes ?? []));
+      const seqs = [...page.messages, ...(page.changes ?? [])].map((entry) => entry.seq);
+      if (!page.has_more || seqs.length === 0) break;
+      before = Math.min(...seqs);
     }
-    return all.reverse();
+    const bySeq = <T extends { seq: number }>(a: T, b: T): number => a.seq - b.seq;
+    return { messages: messages.sort(bySeq), changes: changes.sort(bySeq) };
   }
+}
+
+export interface StoredMessage {
+  seq: number;
+  client_id: string | null;
+  body: string;
+}
+
+export interface StoredChange {
+  type: string;
+  seq: number;
+  message_seq: number;
 }
 
 export interface TestUser {

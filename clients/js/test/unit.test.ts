@@ -396,7 +396,7 @@ describe("changes to messages", () => {
     at: "t",
   });
 
-  test("edit, delete and react wait in the room's queue behind its messages; acks resolve them by ref, refusals reject", async () => {
+  test("edit, delete and react wait in the room's queue behind its messages, each with a client_id of its own; acks resolve them, refusals reject", async () => {
     const { client, socket } = await connectedClient();
     const failed: unknown[] = [];
     client.on("change.failed", (event) => failed.push(event));
@@ -412,19 +412,32 @@ describe("changes to messages", () => {
       ["react", 1, "queued"],
       ["delete", 7, "queued"],
     ]);
+    // Each change has a fresh client_id of its own (never a send's), and its ref names it.
+    const ids = client.pendingChanges().map((c) => c.clientId);
+    expect(new Set([...ids, "c-1"]).size).toBe(5);
+    for (const change of client.pendingChanges()) {
+      expect(change.clientId).toMatch(/^[0-9a-f-]{36}$/);
+      expect(change.ref).toBe(`${change.kind}:${change.clientId}`);
+    }
     expect(socket.sent.filter((f) => f.type !== "auth").map((f) => f.type)).toEqual(["send"]);
     socket.receive({ type: "ack", ref: "send:c-1", client_id: "c-1", id: "m1", seq: 1, sent_at: "t" });
     await sent;
 
     const editFrame = socket.sentOfType("edit")[0];
-    expect(editFrame).toMatchObject({ type: "edit", room: "booking:b1", seq: 1, body: "See you tomorrow" });
-    expect(typeof editFrame?.ref).toBe("string");
-    socket.receive({ type: "ack", ref: editFrame?.ref, id: "e1", seq: 2, sent_at: "t" });
-    await expect(edit).resolves.toMatchObject({ seq: 2 });
+    expect(editFrame).toEqual({
+      type: "edit",
+      room: "booking:b1",
+      seq: 1,
+      body: "See you tomorrow",
+      client_id: ids[0],
+      ref: `edit:${ids[0]}`,
+    });
+    socket.receive({ type: "ack", ref: editFrame?.ref, client_id: ids[0], id: "e1", seq: 2, sent_at: "t" });
+    await expect(edit).resolves.toMatchObject({ seq: 2, client_id: ids[0] });
 
     // rate_limited: the same reaction again after the wait, same ref.
     const reactFrame = socket.sentOfType("react")[0];
-    expect(reactFrame).toMatchObject({ seq: 1, emoji: "👍", on: true });
+    expect(reactFrame).toMatchObject({ seq: 1, emoji: "👍", on: true, client_id: ids[1] });
     socket.receive({ type: "error", ref: reactFrame?.ref, code: "rate_limited", message: "slow", retry_after_ms: 20 });
     expect(client.pendingChanges()[0]).toMatchObject({ kind: "react", state: "retrying" });
     await until(() => socket.sentOfType("react").length === 2, "the reaction resent");
@@ -433,16 +446,18 @@ describe("changes to messages", () => {
     await expect(react).resolves.toMatchObject({ seq: 3 });
 
     const unreactFrame = socket.sentOfType("react")[2];
-    expect(unreactFrame).toMatchObject({ on: false });
+    expect(unreactFrame).toMatchObject({ on: false, client_id: ids[2] });
     expect(unreactFrame?.ref).not.toBe(reactFrame?.ref);
     socket.receive({ type: "ack", ref: unreactFrame?.ref, id: "r2", seq: 4, sent_at: "t" });
     await unreact;
 
     const deleteFrame = socket.sentOfType("delete")[0];
-    expect(deleteFrame).toMatchObject({ type: "delete", room: "booking:b1", seq: 7 });
+    expect(deleteFrame).toMatchObject({ type: "delete", room: "booking:b1", seq: 7, client_id: ids[3] });
     socket.receive({ type: "error", ref: deleteFrame?.ref, code: "not_found", message: "no message 7" });
     await expect(remove).rejects.toMatchObject({ name: "MixroomError", code: "not_found" });
-    expect(failed).toMatchObject([{ room: "booking:b1", change: { kind: "delete", seq: 7 }, error: { code: "not_found" } }]);
+    expect(failed).toMatchObject([
+      { room: "booking:b1", change: { kind: "delete", seq: 7, clientId: ids[3] }, error: { code: "not_found" } },
+    ]);
     expect(client.pendingChanges()).toEqual([]);
     client.close();
   });
@@ -468,54 +483,90 @@ describe("changes to messages", () => {
     client.close();
   });
 
-  test("across a reconnect: an unanswered edit or reaction is sent again, an unanswered deletion rejects with connection_lost", async () => {
+  test("across a reconnect: every unanswered change is sent again with its client_id (a deletion too) and resolves with the first ack", async () => {
     const { client, socket } = await connectedClient();
     const edit = client.edit("booking:b1", 1, "new text");
     const remove = client.deleteMessage("booking:b2", 4);
     const react = client.react("booking:b3", 2, "🎚️");
     const later = client.deleteMessage("booking:b1", 3); // queued behind the edit: never written
-    const failed: Array<{ change: { kind: string }; error: { code: string } }> = [];
+    const failed: unknown[] = [];
     client.on("change.failed", (event) => failed.push(event));
-    const editRef = socket.sentOfType("edit")[0]?.ref;
-    const reactRef = socket.sentOfType("react")[0]?.ref;
-    expect(socket.sentOfType("delete")).toHaveLength(1);
+    const [editFrame] = socket.sentOfType("edit");
+    const [deleteFrame] = socket.sentOfType("delete");
+    const [reactFrame] = socket.sentOfType("react");
+    expect(deleteFrame).toMatchObject({ room: "booking:b2", seq: 4, client_id: expect.any(String) });
+    const laterId = client.pendingChanges("booking:b1")[1]?.clientId;
     socket.serverClose(1006);
-    await expect(remove).rejects.toMatchObject({ code: "connection_lost" });
-    expect(failed).toMatchObject([{ change: { kind: "delete", seq: 4 }, error: { code: "connection_lost" } }]);
+    await tick();
+    expect(failed).toEqual([]);
     expect(client.pendingChanges().map((c) => [c.kind, c.room, c.state])).toEqual([
       ["edit", "booking:b1", "queued"],
+      ["delete", "booking:b2", "queued"],
       ["react", "booking:b3", "queued"],
       ["delete", "booking:b1", "queued"],
     ]);
     await until(() => client.state === "authenticating", "the reconnect");
     const next = FakeSocket.latest();
     next.welcome();
-    expect(next.sentOfType("edit")).toEqual([{ type: "edit", room: "booking:b1", seq: 1, body: "new text", ref: editRef }]);
-    expect(next.sentOfType("react")).toMatchObject([{ room: "booking:b3", seq: 2, emoji: "🎚️", on: true, ref: reactRef }]);
-    expect(next.sentOfType("delete")).toEqual([]); // the lost one is not resent
-    next.receive({ type: "ack", ref: editRef, id: "e1", seq: 5, sent_at: "t" });
-    next.receive({ type: "ack", ref: reactRef, id: "r1", seq: 9, sent_at: "t" });
+    // The very frames again: same client_id, same ref.
+    expect(next.sentOfType("edit")).toEqual([editFrame]);
+    expect(next.sentOfType("delete")).toEqual([deleteFrame]);
+    expect(next.sentOfType("react")).toEqual([reactFrame]);
+    expect(editFrame).toMatchObject({ type: "edit", room: "booking:b1", seq: 1, body: "new text", client_id: expect.any(String) });
+    // The server had stored the deletion: its resend gets the first ack (not not_found).
+    next.receive({ type: "ack", ref: deleteFrame?.ref, client_id: deleteFrame?.client_id, id: "d0", seq: 5, sent_at: "t0" });
+    next.receive({ type: "ack", ref: editFrame?.ref, client_id: editFrame?.client_id, id: "e1", seq: 5, sent_at: "t" });
+    next.receive({ type: "ack", ref: reactFrame?.ref, client_id: reactFrame?.client_id, id: "r1", seq: 9, sent_at: "t" });
+    await expect(remove).resolves.toMatchObject({ id: "d0", seq: 5, client_id: deleteFrame?.client_id });
     await expect(edit).resolves.toMatchObject({ seq: 5 });
     await expect(react).resolves.toMatchObject({ seq: 9 });
-    // The deletion queued behind the edit goes out now.
-    const deleteFrame = next.sentOfType("delete")[0];
-    expect(deleteFrame).toMatchObject({ room: "booking:b1", seq: 3 });
-    next.receive({ type: "ack", ref: deleteFrame?.ref, id: "d1", seq: 6, sent_at: "t" });
+    // The deletion queued behind the edit goes out now, with its own client_id.
+    const laterFrame = next.sentOfType("delete")[1];
+    expect(laterFrame).toMatchObject({ room: "booking:b1", seq: 3, client_id: laterId });
+    expect(laterId).not.toBe(deleteFrame?.client_id);
+    next.receive({ type: "ack", ref: laterFrame?.ref, client_id: laterId, id: "d1", seq: 6, sent_at: "t" });
     await expect(later).resolves.toMatchObject({ seq: 6 });
+    expect(failed).toEqual([]);
+    expect(client.pendingChanges()).toEqual([]);
     client.close();
   });
 
-  test("no ack in time on a live socket: an edit is sent again, a deletion waits", async () => {
+  test("no ack in time on a live socket: an edit and a deletion are both sent again, with the same client_id", async () => {
     const { client, socket } = await connectedClient({ ackTimeoutMs: 30 });
     const edit = client.edit("booking:b1", 1, "again");
     const remove = client.deleteMessage("booking:b2", 1);
-    await until(() => socket.sentOfType("edit").length === 2, "the edit resent");
-    await tick(60);
-    expect(socket.sentOfType("delete")).toHaveLength(1);
-    expect(client.pendingChanges("booking:b2")).toMatchObject([{ kind: "delete", state: "sending" }]);
-    socket.receive({ type: "ack", ref: socket.sentOfType("edit")[0]?.ref, id: "e1", seq: 2, sent_at: "t" });
-    socket.receive({ type: "ack", ref: socket.sentOfType("delete")[0]?.ref, id: "d1", seq: 2, sent_at: "t" });
+    await until(() => socket.sentOfType("edit").length === 2 && socket.sentOfType("delete").length === 2, "both resent");
+    const [firstEdit, secondEdit] = socket.sentOfType("edit");
+    const [firstDelete, secondDelete] = socket.sentOfType("delete");
+    expect(secondEdit).toEqual(firstEdit);
+    expect(secondDelete).toEqual(firstDelete);
+    expect(client.pendingChanges("booking:b2")).toMatchObject([{ kind: "delete", state: "sending", clientId: firstDelete?.client_id }]);
+    socket.receive({ type: "ack", ref: firstEdit?.ref, client_id: firstEdit?.client_id, id: "e1", seq: 2, sent_at: "t" });
+    socket.receive({ type: "ack", ref: firstDelete?.ref, client_id: firstDelete?.client_id, id: "d1", seq: 2, sent_at: "t" });
     await Promise.all([edit, remove]);
+    // The second answer to the same client_id (the first ack again) finds nothing left to resolve.
+    socket.receive({ type: "ack", ref: firstDelete?.ref, client_id: firstDelete?.client_id, id: "d1", seq: 2, sent_at: "t" });
+    expect(client.pendingChanges()).toEqual([]);
+    client.close();
+  });
+
+  test("acks are matched by ref and client_id: an ack without ref finds its change by client_id; a ref with another client_id does not resolve it", async () => {
+    const { client, socket } = await connectedClient();
+    const react = client.react("booking:b1", 3, "🔥");
+    const remove = client.deleteMessage("booking:b2", 2);
+    const [reactFrame] = socket.sentOfType("react");
+    const [deleteFrame] = socket.sentOfType("delete");
+    let settled = false;
+    void remove.then(() => (settled = true));
+    socket.receive({ type: "ack", ref: deleteFrame?.ref, client_id: "someone-else", id: "x", seq: 1, sent_at: "t" });
+    await tick();
+    expect(settled).toBe(false);
+    expect(client.pendingChanges("booking:b2")).toHaveLength(1);
+    socket.receive({ type: "ack", client_id: reactFrame?.client_id, id: "r1", seq: 4, sent_at: "t" });
+    await expect(react).resolves.toMatchObject({ id: "r1", seq: 4 });
+    socket.receive({ type: "ack", client_id: deleteFrame?.client_id, id: "d1", seq: 3, sent_at: "t" });
+    await expect(remove).resolves.toMatchObject({ id: "d1", seq: 3 });
+    expect(client.pendingChanges()).toEqual([]);
     client.close();
   });
 
