@@ -560,7 +560,8 @@ async fn export_and_erasure_cover_changes(backend: Backend) {
 
 /// Ava's phone loses the acks of her changes and sends each again with
 /// the same `client_id`: every resend gets the first ack, nothing is
-/// stored twice, and taking a message back twice is not an error.
+/// stored twice, and taking a message back twice is not an error. An id
+/// reused for another request is refused.
 async fn a_change_resent_with_its_client_id_is_stored_once(backend: Backend) {
     let (server, _ava, sam, room, mut ava_ws, _sam_ws) = ava_and_sam(&backend, &[]).await;
     ava_ws.send_msg(&room, "ava-1", "Studio A at 10").await;
@@ -592,12 +593,31 @@ async fn a_change_resent_with_its_client_id_is_stored_once(backend: Backend) {
         .map(|c| c["seq"].as_i64().unwrap())
         .collect();
     assert_eq!(change_seqs, [5, 4, 3], "each change stored once: {history}");
-    // A client id already used by a send is that send's, whatever the frame.
+    // An id already used for something else is refused, not answered with
+    // the other entry's ack: a send's id for a deletion, an edit's id for
+    // an edit of another message, a change's id for a send.
     let reused = change(&mut ava_ws, with_id(delete(&room, 1), "ava-1")).await;
-    assert_eq!(
-        (&reused["type"], &reused["seq"]),
-        (&json!("ack"), &json!(1)),
-        "{reused}"
+    assert_refused(
+        &reused,
+        "invalid",
+        "a send's client_id reused for a deletion",
+    );
+    let other_message = change(&mut ava_ws, with_id(edit(&room, 2, "x"), "ch-1")).await;
+    assert_refused(
+        &other_message,
+        "invalid",
+        "an edit's client_id for another message",
+    );
+    let as_send = ava_ws
+        .request(
+            json!({"type": "send", "room": room, "client_id": "ch-2", "body": "hello"}),
+            "ack",
+        )
+        .await;
+    assert_refused(
+        &as_send,
+        "invalid",
+        "a reaction's client_id reused for a send",
     );
     let history = server.history_over_http(&sam, &room, None, None).await;
     assert_eq!(message_at(&history, 1)["body"], "Studio B at 10");

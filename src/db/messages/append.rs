@@ -13,7 +13,7 @@ use super::{Action, Appended, NewMessage, Outcome};
 use crate::db::models::{MessageRow, ReactionRow};
 use crate::db::schema::{message_reactions, messages};
 use crate::db::{Db, DbError};
-use crate::domain::chat::EntryKind;
+use crate::domain::chat::{ChatRefusal, EntryKind};
 
 /// The stored row of an entry given its seq: a change keeps no text of its
 /// own (an edit's text goes to the message it changes), a reaction keeps
@@ -48,6 +48,24 @@ pub(super) fn entry_row(entry: &NewMessage, seq: i64, now: i64, id: String) -> M
         edited_at: None,
         deleted_at: None,
         reactions: 0,
+    }
+}
+
+/// The answer to an entry whose `client_id` is stored already: the first
+/// ack when it asks the same (a message, or the same change of the same
+/// message), else a refusal — a reused id must not silently swallow
+/// another request (the HTTP side answers such a key with 409).
+fn resend(stored: MessageRow, entry: &NewMessage) -> Outcome {
+    let asked = entry_row(entry, stored.seq, stored.sent_at, String::new());
+    let same = stored.kind == asked.kind
+        && (stored.kind == EntryKind::Message || stored.target_seq == asked.target_seq);
+    if same {
+        Ok(Appended::duplicate_of(stored))
+    } else {
+        Err(ChatRefusal::Invalid(format!(
+            "`client_id` already names another entry of the room (seq {}); use a fresh one",
+            stored.seq
+        )))
     }
 }
 
@@ -97,7 +115,7 @@ fn assign(
     for message in batch {
         let key = dedup_key(message);
         if let Some(existing) = key.as_ref().and_then(|k| stored.get(k)) {
-            results.push(Ok(Appended::duplicate_of(existing.clone())));
+            results.push(resend(existing.clone(), message));
             continue;
         }
         if let Err(refusal) = ledger.check(message, now) {
@@ -149,7 +167,7 @@ mod sqlite_append {
 
     use super::super::changes::{named_messages, Ledger, LedgerWrites};
     use super::super::{Appended, NewMessage, Outcome};
-    use super::{dedup_key, entry_row, new_id, DedupKey};
+    use super::{dedup_key, entry_row, new_id, resend, DedupKey};
     use crate::db::models::{MessageRow, NewRoom, ReactionRow};
     use crate::db::schema::{message_reactions, messages, rooms};
 
@@ -203,14 +221,14 @@ mod sqlite_append {
                 }
                 let key = dedup_key(message);
                 if let Some(existing) = key.as_ref().and_then(|k| in_batch.get(k)) {
-                    results.push(Ok(Appended::duplicate_of(existing.clone())));
+                    results.push(resend(existing.clone(), message));
                     continue;
                 }
                 // A NULL sender never conflicts in the unique index: look.
                 if let (Some((_, None, client_id)), true) = (&key, message.sender_id.is_none()) {
                     if let Some(existing) = stored_duplicate(conn, room, None, client_id)? {
                         in_batch.insert(key.clone().expect("keyed"), existing.clone());
-                        results.push(Ok(Appended::duplicate_of(existing)));
+                        results.push(resend(existing, message));
                         continue;
                     }
                 }
@@ -224,7 +242,7 @@ mod sqlite_append {
                         None => None,
                     };
                     results.push(match stored {
-                        Some(existing) => Ok(Appended::duplicate_of(existing)),
+                        Some(existing) => resend(existing, message),
                         None => Err(refusal),
                     });
                     continue;
@@ -241,7 +259,7 @@ mod sqlite_append {
                     let existing = stored_duplicate(conn, room, sender_id.as_deref(), client_id)?
                         .ok_or_else(conflict)?;
                     in_batch.insert(key.expect("keyed"), existing.clone());
-                    results.push(Ok(Appended::duplicate_of(existing)));
+                    results.push(resend(existing, message));
                     continue;
                 }
                 *current += 1;
