@@ -6,22 +6,18 @@
  * refusals rejecting the promises with their codes.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
-import WebSocket from "ws";
 
 import {
   MixroomClient,
   type Attachment,
   type ChatMessage,
   type MessageChangeFrame,
-  type MixroomClientOptions,
   type RoomSnapshot,
   type RoomView,
 } from "../src/index.js";
 import { AckDroppingProxy } from "./ack-dropping-proxy.js";
-import { mintToken, newUser, sleep, TestServer, waitFor, type TestUser } from "./server.js";
-
-const clients: MixroomClient[] = [];
-const views: RoomView[] = [];
+import { newUser, sleep, TestServer, waitFor, type TestUser } from "./server.js";
+import { clientFor, closeOpened, connected, until, viewOf } from "./views-kit.js";
 
 const STEMS: Attachment = {
   url: "https://abcd1234.supabase.co/storage/v1/object/sign/stems/vocals-take3.wav?token=xyz",
@@ -30,42 +26,12 @@ const STEMS: Attachment = {
   content_type: "audio/wav",
 };
 
-function clientFor(url: string, user: TestUser, options: Partial<MixroomClientOptions> = {}): MixroomClient {
-  const client = new MixroomClient({
-    url,
-    getToken: () => mintToken(user),
-    WebSocket,
-    backoff: { initialMs: 100, maxMs: 1000 },
-    ...options,
-  });
-  clients.push(client);
-  return client;
-}
-
-async function connected(client: MixroomClient): Promise<MixroomClient> {
-  client.connect();
-  await client.whenOpen(15_000);
-  return client;
-}
-
-function viewOf(client: MixroomClient, room: string, pageSize?: number): RoomView {
-  const view = client.room(room, pageSize === undefined ? {} : { pageSize });
-  views.push(view);
-  return view;
-}
-
-async function until(view: RoomView, condition: (s: RoomSnapshot) => boolean, what: string, timeoutMs = 20_000): Promise<RoomSnapshot> {
-  await waitFor(() => condition(view.getSnapshot()), what, timeoutMs);
-  return view.getSnapshot();
-}
-
 function at(snapshot: RoomSnapshot, seq: number): ChatMessage | undefined {
   return snapshot.messages.find((m) => m.seq === seq);
 }
 
 afterEach(() => {
-  for (const view of views.splice(0)) view.close();
-  for (const client of clients.splice(0)) client.close();
+  closeOpened();
 });
 
 describe("changing messages against the real server", () => {

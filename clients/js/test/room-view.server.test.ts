@@ -8,41 +8,9 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
 import WebSocket, { WebSocketServer } from "ws";
 
-import { MixroomClient, type MixroomClientOptions, type RoomSnapshot, type RoomView } from "../src/index.js";
+import { MixroomClient, type RoomSnapshot, type RoomView } from "../src/index.js";
 import { freePort, JWT_SECRET, mintToken, newUser, sleep, TestServer, waitFor, type TestUser } from "./server.js";
-
-const clients: MixroomClient[] = [];
-const views: RoomView[] = [];
-
-function clientFor(url: string, user: TestUser, options: Partial<MixroomClientOptions> = {}): MixroomClient {
-  const client = new MixroomClient({
-    url,
-    getToken: () => mintToken(user),
-    WebSocket,
-    backoff: { initialMs: 100, maxMs: 1000 },
-    ...options,
-  });
-  clients.push(client);
-  return client;
-}
-
-async function connected(client: MixroomClient): Promise<MixroomClient> {
-  client.connect();
-  await client.whenOpen(15_000);
-  return client;
-}
-
-function viewOf(client: MixroomClient, room: string, pageSize?: number): RoomView {
-  const view = client.room(room, pageSize === undefined ? {} : { pageSize });
-  views.push(view);
-  return view;
-}
-
-/** Waits until the view's snapshot satisfies `condition`. */
-async function until(view: RoomView, condition: (s: RoomSnapshot) => boolean, what: string, timeoutMs = 20_000): Promise<RoomSnapshot> {
-  await waitFor(() => condition(view.getSnapshot()), what, timeoutMs);
-  return view.getSnapshot();
-}
+import { clientFor, closeOpened, connected, until, viewOf } from "./views-kit.js";
 
 function range(from: number, to: number): number[] {
   return Array.from({ length: to - from + 1 }, (_, i) => from + i);
@@ -67,8 +35,7 @@ function assertOrderedAndUnique(snapshots: RoomSnapshot[]): void {
 }
 
 afterEach(() => {
-  for (const view of views.splice(0)) view.close();
-  for (const client of clients.splice(0)) client.close();
+  closeOpened();
 });
 
 describe("room view against the real server", () => {
