@@ -47,13 +47,6 @@ impl StoredMessage {
             known_since: Instant::now(),
         })
     }
-
-    pub fn entry(&self) -> Entry {
-        Entry {
-            row: self.row.clone(),
-            context: self.context.clone(),
-        }
-    }
 }
 
 /// Why an append was not stored.
