@@ -42,7 +42,8 @@ impl ClientReads {
     }
 
     /// The entries after `after`, up to `up_to`, at most `max_rows` of
-    /// them, stopping after the one whose body reaches `max_bytes` in all.
+    /// them, stopping after the one whose frame's text reaches `max_bytes`
+    /// in all ([`Entry::shown_bytes`]).
     /// Rows are read in pages sized from the bytes still wanted, so a
     /// backlog of large messages is not read in full to keep a few.
     pub async fn after(
@@ -73,7 +74,19 @@ impl ClientReads {
                 break;
             }
         }
-        self.db.with_context(rows).await
+        // The rows' own bodies chose the page; what the frames show (an
+        // edit carries the edited text) bounds it, by the same rule.
+        let mut entries = self.db.with_context(rows).await?;
+        let mut shown = 0usize;
+        let keep = entries
+            .iter()
+            .position(|entry| {
+                shown += entry.shown_bytes();
+                shown >= max_bytes
+            })
+            .map_or(entries.len(), |at| at + 1);
+        entries.truncate(keep);
+        Ok(entries)
     }
 
     /// Up to `limit` messages before `before`, newest first, and whether

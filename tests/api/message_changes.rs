@@ -18,6 +18,7 @@ both_backends!(
     only_members_change_a_rooms_messages,
     export_and_erasure_cover_changes,
     a_change_resent_with_its_client_id_is_stored_once,
+    a_flood_of_edits_keeps_replay_pages_bounded,
 );
 
 const SUPABASE_FILE: &str =
@@ -621,4 +622,57 @@ async fn a_change_resent_with_its_client_id_is_stored_once(backend: Backend) {
     );
     let history = server.history_over_http(&sam, &room, None, None).await;
     assert_eq!(message_at(&history, 1)["body"], "Studio B at 10");
+}
+
+/// Ava rewrites a long message ten times. An edit's row holds no text but
+/// its frame carries the whole new text: Sam's replay is still paged by
+/// `server.replay_max_bytes` of what the frames carry, and paging on
+/// delivers every entry once, in order.
+async fn a_flood_of_edits_keeps_replay_pages_bounded(backend: Backend) {
+    let env = [("MIXROOM__SERVER__REPLAY_MAX_BYTES", "20000")];
+    let (server, _ava, sam, room, mut ava_ws, sam_ws) = ava_and_sam(&backend, &env).await;
+    sam_ws.disconnect().await;
+    ava_ws.send_msg(&room, "ava-1", &"a".repeat(8000)).await;
+    for n in 0..10 {
+        let letter = char::from(b'b' + n);
+        let ack = change(
+            &mut ava_ws,
+            edit(&room, 1, &letter.to_string().repeat(8000)),
+        )
+        .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+
+    let mut sam_ws = WsClient::connect_as(&server, &sam).await;
+    let mut since = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let joined = sam_ws.join(&room, Some(since)).await;
+        let until = joined["replay_until"].as_i64().unwrap();
+        let mut page_bytes = 0;
+        for seq in since + 1..=until {
+            let frame = sam_ws
+                .recv_matching("a replayed entry", |f| {
+                    f["type"].as_str().is_some_and(|t| t.starts_with("message")) && f["seq"] == seq
+                })
+                .await;
+            page_bytes += frame.to_string().len();
+            seen.push(seq);
+        }
+        pages += 1;
+        assert!(
+            page_bytes < 20000 + 8000 + 1000,
+            "a page stops after the entry that reaches the limit: {page_bytes} bytes"
+        );
+        since = until;
+        if joined["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=11).collect::<Vec<i64>>());
+    assert!(
+        pages >= 4,
+        "eleven 8 KB entries in pages of ~20 KB: {pages} pages"
+    );
 }

@@ -93,6 +93,22 @@ pub struct Entry {
     pub context: EntryContext,
 }
 
+impl Entry {
+    /// About the bytes of text its frame carries: its own body and
+    /// attachments, and what it shows of another message (an edit the
+    /// whole new text, a reply a quote). Replays are bounded by this, not
+    /// by the row alone: an edit's row holds no text, its frame does.
+    pub fn shown_bytes(&self) -> usize {
+        let own = self.row.body.len() + self.row.attachments.as_ref().map_or(0, String::len);
+        let target = self.context.target.as_deref().map_or(0, |t| t.body.len());
+        own + match self.row.kind {
+            EntryKind::Edit => target,
+            EntryKind::Message => target.min(4 * crate::domain::chat::QUOTE_CHARS),
+            _ => 0,
+        }
+    }
+}
+
 /// One appended entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
