@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenVerifier;
-use crate::bookings::Bookings;
+use crate::bookings::{BookingReminders, Bookings};
 use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::db::client_reads::ClientReads;
@@ -25,6 +25,7 @@ use crate::http::AppState;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::notifications::Inbox;
+use crate::notify::reminders::Reminders;
 use crate::rooms::hub::{CloseAllSessions, Hub, UseCluster};
 use crate::rooms::sequencer::Sequencer;
 use crate::support::SupportServices;
@@ -86,6 +87,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         support_runtime,
     );
+    let state_metrics = metrics.clone();
     let state = web::Data::new(AppState {
         settings: settings.clone(),
         db: db.clone(),
@@ -97,7 +99,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         limiters: limiters.clone(),
         metrics,
         support,
-        bookings: Bookings::new(db.clone(), hub.clone(), sequencer.clone(), inbox.clone()),
+        bookings: Bookings::new(
+            db.clone(),
+            hub.clone(),
+            sequencer.clone(),
+            inbox.clone(),
+            BookingReminders {
+                lead_secs: settings.notify.reminder_lead_secs.clone().into(),
+                actor: Reminders::new(
+                    db.clone(),
+                    inbox.clone(),
+                    state_metrics.clone(),
+                    Duration::from_millis(settings.email.sweep_interval_ms),
+                )
+                .start(),
+            },
+        ),
         inbox,
         sockets: TaskTracker::new(),
         probes: crate::http::health::ProbeCache::new(),

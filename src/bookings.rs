@@ -2,6 +2,8 @@
 //! a Stripe webhook): stored with their cause, pushed to everyone concerned
 //! and written into the booking room's history as a `system` message.
 
+use std::sync::Arc;
+
 use actix::Addr;
 use serde::Serialize;
 
@@ -12,6 +14,7 @@ use crate::db::Db;
 use crate::domain::booking::BookingStatus;
 use crate::error::AppError;
 use crate::notifications::Inbox;
+use crate::notify::reminders::{Reminders, RemindersChanged};
 use crate::rooms::hub::{BookingUpdated, Hub, RoomChanged};
 use crate::rooms::sequencer::Sequencer;
 
@@ -45,22 +48,42 @@ pub struct Bookings {
     hub: Addr<Hub>,
     sequencer: Sequencer,
     inbox: Inbox,
+    reminders: BookingReminders,
+}
+
+/// What a booking's reminders need: the lead times, and this node's
+/// reminder actor to wake when they change.
+#[derive(Clone)]
+pub struct BookingReminders {
+    pub lead_secs: Arc<[i64]>,
+    pub actor: Addr<Reminders>,
 }
 
 impl Bookings {
-    pub fn new(db: Db, hub: Addr<Hub>, sequencer: Sequencer, inbox: Inbox) -> Self {
+    pub fn new(
+        db: Db,
+        hub: Addr<Hub>,
+        sequencer: Sequencer,
+        inbox: Inbox,
+        reminders: BookingReminders,
+    ) -> Self {
         Bookings {
             db,
             hub,
             sequencer,
             inbox,
+            reminders,
         }
     }
 
     /// Applies the backend's view of a booking and announces a status change.
     pub async fn apply(&self, update: BookingUpsert) -> Result<BookingOutcome, AppError> {
         let booking_id = update.id.clone();
-        let outcome = self.db.upsert_booking(update).await?;
+        let outcome = self
+            .db
+            .upsert_booking(update, &self.reminders.lead_secs)
+            .await?;
+        self.reminders.actor.do_send(RemindersChanged);
         self.after_change(&booking_id, &outcome).await?;
         Ok(outcome)
     }

@@ -21,6 +21,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub stripe: StripeSettings,
     pub email: EmailSettings,
+    pub notify: NotifySettings,
     pub ai: AiSettings,
     pub limits: LimitSettings,
     pub retention: RetentionSettings,
@@ -279,6 +280,57 @@ impl EmailSettings {
             return invalid("unsubscribe_secret must be set when auth.jwt_secret is empty");
         }
         Ok(())
+    }
+}
+
+/// Reminders and announcements (`src/notify/reminders.rs`,
+/// `src/notify/announcer.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    /// How long before a booking's start each reminder is due (seconds).
+    #[serde(deserialize_with = "numbers_or_comma_separated")]
+    pub reminder_lead_secs: Vec<i64>,
+    /// Users an announcement notifies per transaction.
+    pub announcement_page_size: usize,
+}
+
+impl NotifySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.reminder_lead_secs.iter().any(|lead| *lead <= 0) {
+            return Err(ConfigError::Invalid(
+                "notify.reminder_lead_secs must hold positive numbers of seconds".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.announcement_page_size) {
+            return Err(ConfigError::Invalid(
+                "notify.announcement_page_size must be 1 to 10000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn numbers_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<i64>),
+        String(String),
+    }
+    match ListOrString::deserialize(deserializer)? {
+        ListOrString::List(items) => Ok(items),
+        ListOrString::String(joined) => joined
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse()
+                    .map_err(|_| serde::de::Error::custom(format!("`{item}` is not a number")))
+            })
+            .collect(),
     }
 }
 
@@ -614,6 +666,7 @@ impl Settings {
             ));
         }
         self.email.validate(&self.auth)?;
+        self.notify.validate()?;
         if self.server.max_message_bytes >= self.server.max_frame_bytes {
             return Err(ConfigError::Invalid(
                 "server.max_message_bytes must be below server.max_frame_bytes".into(),

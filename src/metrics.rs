@@ -81,6 +81,11 @@ pub struct Metrics {
     pub email_retries: IntCounterVec,
     /// Unread items not emailed, by reason (read, disabled, no_address, gone).
     pub email_items_dropped: IntCounterVec,
+    /// Reminders taken when due, by outcome (sent, missed, cancelled).
+    pub reminders: IntCounterVec,
+    /// Users an announcement notified, and emails it queued.
+    pub announcement_users: IntCounter,
+    pub announcement_emails_queued: IntCounter,
     /// Every family registered, children or not (`render` leaves out a
     /// labelled family until its first child).
     families: Vec<Family>,
@@ -266,6 +271,20 @@ impl Metrics {
                 "Unread items not emailed, by reason",
                 "reason",
             ),
+            reminders: counter_vec(
+                "reminders_total",
+                "Booking reminders taken when due, by outcome (sent; missed: every node was \
+                 down until the session began; cancelled: the booking was off)",
+                "outcome",
+            ),
+            announcement_users: counter(
+                "announcement_users_total",
+                "Users notified of an announcement",
+            ),
+            announcement_emails_queued: counter(
+                "announcement_emails_queued_total",
+                "Announcement emails stored in the outbox",
+            ),
             registry,
             families: Vec::new(),
         };
@@ -283,6 +302,9 @@ impl Metrics {
             "http_per_ip",
         ] {
             metrics.connections_refused.with_label_values(&[reason]);
+        }
+        for outcome in ["sent", "missed", "cancelled"] {
+            metrics.reminders.with_label_values(&[outcome]);
         }
         metrics
     }

@@ -19,6 +19,12 @@ pub fn rfc3339_ms(ms: i64) -> String {
     truncated.unwrap_or(at).format(&Rfc3339).unwrap_or_default()
 }
 
+/// Unix ms of an RFC 3339 time (`2026-12-01T10:00:00Z`), if it is one.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -4,12 +4,15 @@
 use diesel_async::AsyncConnection;
 
 use super::models::{BookingRow, NewRoom, NotificationRow, ParticipantRow, StatusChangeRow};
+use super::reminders::sync_reminders;
 use super::schema::{
-    booking_participants, booking_status_history, bookings, notifications, rooms, users,
+    booking_participants, booking_reminders, booking_status_history, bookings, notifications,
+    rooms, users,
 };
 use super::{Db, DbError};
 use crate::db_run;
 use crate::domain::booking::BookingStatus;
+use crate::domain::reminder::reminder_slots;
 
 /// What the backend says a booking is now.
 #[derive(Debug, Clone)]
@@ -161,7 +164,13 @@ pub fn booking_room(booking_id: &str) -> String {
 }
 
 impl Db {
-    pub async fn upsert_booking(&self, update: BookingUpsert) -> Result<BookingOutcome, DbError> {
+    /// Stores the backend's view of a booking, with its status change and
+    /// its reminders (one per `reminder_leads`, in seconds) for its start.
+    pub async fn upsert_booking(
+        &self,
+        update: BookingUpsert,
+        reminder_leads: &[i64],
+    ) -> Result<BookingOutcome, DbError> {
         let now = crate::time::now_ms();
         db_run!(self, |conn| {
             conn.transaction::<_, DbError, _>(async |conn| {
@@ -263,6 +272,14 @@ impl Db {
                 } else {
                     (None, Vec::new())
                 };
+                let slots = reminder_slots(
+                    row.status,
+                    row.starts_at
+                        .as_deref()
+                        .and_then(crate::time::parse_rfc3339_ms),
+                    reminder_leads,
+                );
+                sync_reminders!(conn, &update.id, &slots, now);
                 Ok(BookingOutcome::Applied {
                     created: stored.is_none(),
                     status_change,

@@ -15,6 +15,7 @@ pub mod models;
 pub mod notifications;
 pub mod payments;
 pub mod privacy;
+pub mod reminders;
 pub mod schema;
 pub mod support;
 pub mod tls;

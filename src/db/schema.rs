@@ -187,6 +187,7 @@ diesel::table! {
         booking -> Bool,
         support -> Bool,
         marketing -> Bool,
+        reminder -> Bool,
         chat_delay_secs -> Nullable<BigInt>,
         updated_at -> BigInt,
     }
@@ -229,6 +230,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> BigInt,
         sent_at -> Nullable<BigInt>,
+        announcement_id -> Nullable<Text>,
     }
 }
 
@@ -242,6 +244,41 @@ diesel::table! {
         claimed_by -> Nullable<Text>,
         claimed_until -> Nullable<BigInt>,
         last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+        bulk -> Bool,
+    }
+}
+
+diesel::table! {
+    booking_reminders (id) {
+        id -> Text,
+        booking_id -> Text,
+        lead_secs -> BigInt,
+        starts_at -> BigInt,
+        due_at -> BigInt,
+        state -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    announcements (id) {
+        id -> Text,
+        kind -> Text,
+        title -> Text,
+        body -> Text,
+        link -> Nullable<Text>,
+        audience_role -> Nullable<Text>,
+        request_hash -> Text,
+        state -> Text,
+        users -> BigInt,
+        notified -> BigInt,
+        email_queued -> BigInt,
+        cursor -> Nullable<Text>,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
     }
@@ -269,4 +306,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     email_outbox,
     email_batches,
     idempotency_keys,
+    booking_reminders,
+    announcements,
 );

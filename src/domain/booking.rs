@@ -23,4 +23,19 @@ impl BookingStatus {
     pub fn words(self) -> String {
         self.as_str().replace('_', " ")
     }
+
+    /// Whether its session is still to happen as agreed, so its
+    /// participants are reminded of it: not while only requested, nor once
+    /// cancelled, refunded, under way or over.
+    pub fn awaits_session(self) -> bool {
+        matches!(
+            self,
+            BookingStatus::Confirmed
+                | BookingStatus::PaymentPending
+                | BookingStatus::Paid
+                | BookingStatus::PaymentFailed
+                | BookingStatus::PartiallyRefunded
+                | BookingStatus::Disputed
+        )
+    }
 }

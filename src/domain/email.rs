@@ -17,6 +17,18 @@ text_enum! {
         /// Messages of a support conversation, or its notifications.
         Support = "support",
         Marketing = "marketing",
+        /// A booking's session is coming up (`notify.reminder_lead_secs`).
+        Reminder = "reminder",
+        /// A material change to the terms or the privacy policy: told to
+        /// everyone, so not a switch a user can turn off.
+        Policy = "policy",
+    }
+}
+
+impl EmailKind {
+    /// Whether a user may turn this kind of email off.
+    pub fn is_optional(self) -> bool {
+        self != EmailKind::Policy
     }
 }
 
@@ -167,7 +179,19 @@ mod tests {
     #[test]
     fn enums_keep_the_stored_text() {
         let kinds: Vec<&str> = EmailKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(kinds, ["chat", "booking", "support", "marketing"]);
+        assert_eq!(
+            kinds,
+            [
+                "chat",
+                "booking",
+                "support",
+                "marketing",
+                "reminder",
+                "policy"
+            ]
+        );
+        assert!(!EmailKind::Policy.is_optional());
+        assert!(EmailKind::Marketing.is_optional());
         let items: Vec<&str> = ItemState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             items,

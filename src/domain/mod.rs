@@ -6,10 +6,12 @@
 #[macro_use]
 mod text_enum;
 
+pub mod announcement;
 pub mod booking;
 pub mod chat;
 pub mod close;
 pub mod email;
+pub mod reminder;
 pub mod role;
 pub mod room;
 pub mod support;

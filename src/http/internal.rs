@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::extract::InternalCaller;
 use crate::auth::Role;
@@ -317,12 +317,9 @@ fn ordering_version(
 ) -> Result<Option<i64>, AppError> {
     match (version, updated_at) {
         (Some(version), _) => Ok(Some(version)),
-        (None, Some(at)) => {
-            let parsed =
-                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                    .map_err(|_| AppError::Unprocessable(format!("invalid updated_at `{at}`")))?;
-            Ok(Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64))
-        }
+        (None, Some(at)) => crate::time::parse_rfc3339_ms(at)
+            .map(Some)
+            .ok_or_else(|| AppError::Unprocessable(format!("invalid updated_at `{at}`"))),
         (None, None) => Ok(None),
     }
 }
@@ -342,6 +339,14 @@ async fn apply_booking(state: &AppState, update: BookingUpsert) -> Result<HttpRe
         return Err(AppError::Unprocessable(format!(
             "`title` must be at most {MAX_TITLE_BYTES} bytes"
         )));
+    }
+    // Reminders are timed from it.
+    if let Some(starts_at) = &update.starts_at {
+        if crate::time::parse_rfc3339_ms(starts_at).is_none() {
+            return Err(AppError::Unprocessable(format!(
+                "`starts_at` must be an RFC 3339 time such as 2026-12-01T10:00:00Z, not `{starts_at}`"
+            )));
+        }
     }
     let outcome = state.bookings.apply(update).await?;
     Ok(match outcome {
@@ -455,6 +460,20 @@ pub async fn get_booking(
         })?;
     let at = crate::time::rfc3339_ms;
     let row = booking.row;
+    let reminders: Vec<Value> = state
+        .db
+        .booking_reminders(&row.id)
+        .await?
+        .iter()
+        .map(|r| {
+            json!({
+                "lead_secs": r.lead_secs,
+                "starts_at": at(r.starts_at),
+                "due_at": at(r.due_at),
+                "state": r.state.as_str(),
+            })
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "id": row.id,
         "client_id": row.client_id,
@@ -465,6 +484,7 @@ pub async fn get_booking(
         "version": row.version,
         "created_at": at(row.created_at),
         "updated_at": at(row.updated_at),
+        "reminders": reminders,
     })))
 }
 

@@ -22,6 +22,7 @@ struct EmailSwitches {
     booking: bool,
     support: bool,
     marketing: bool,
+    reminder: bool,
 }
 
 #[derive(Serialize)]
@@ -46,6 +47,7 @@ fn view(state: &AppState, row: &PreferencesRow) -> PreferencesView {
             booking: row.booking,
             support: row.support,
             marketing: row.marketing,
+            reminder: row.reminder,
         },
         chat_delay_secs: row.chat_delay_secs,
         defaults: ServerDelays {
@@ -107,6 +109,12 @@ pub async fn put(
                 kind_names()
             )));
         };
+        if !kind.is_optional() {
+            return Err(AppError::Unprocessable(format!(
+                "`{}` emails cannot be turned off: they tell everyone of a material change",
+                kind.as_str()
+            )));
+        }
         row.set(kind, *enabled);
     }
     if let Some(delay) = update.chat_delay_secs {

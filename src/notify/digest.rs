@@ -32,7 +32,12 @@ impl Composer {
         now: i64,
     ) -> OutboxRow {
         let entries: Vec<DigestEntry> = items.iter().flat_map(|item| self.entries(item)).collect();
-        let mut kinds: Vec<&str> = items.iter().map(|i| i.row.kind.as_str()).collect();
+        // Policy emails carry no unsubscribe link: they cannot be turned off.
+        let mut kinds: Vec<&str> = items
+            .iter()
+            .filter(|i| i.row.kind.is_optional())
+            .map(|i| i.row.kind.as_str())
+            .collect();
         kinds.sort_unstable();
         kinds.dedup();
         let unsubscribe: Vec<UnsubscribeLink> = kinds
@@ -68,6 +73,7 @@ impl Composer {
             last_error: None,
             created_at: now,
             sent_at: None,
+            announcement_id: None,
         }
     }
 

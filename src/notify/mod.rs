@@ -39,6 +39,7 @@ pub mod intake;
 pub mod mailer;
 pub mod notifier;
 pub mod policy;
+pub mod reminders;
 pub mod templates;
 pub mod transport;
 pub mod unsubscribe;

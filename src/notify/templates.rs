@@ -46,6 +46,8 @@ pub fn kind_label(kind: &str) -> &'static str {
         "booking" => "booking updates",
         "support" => "support replies",
         "marketing" => "news and offers",
+        "reminder" => "booking reminders",
+        "policy" => "changes to our terms and policies",
         _ => "notifications",
     }
 }
@@ -54,7 +56,7 @@ fn link_label(kind: &str) -> &'static str {
     match kind {
         "chat" => "Reply in Mixroom",
         "support" => "Open the conversation",
-        "booking" => "Open the booking",
+        "booking" | "reminder" => "Open the booking",
         _ => "Open in Mixroom",
     }
 }

@@ -13,7 +13,7 @@ use crate::helpers::{Backend, TestServer, TestUser, WsClient, INTERNAL_API_KEY, 
 
 /// The shared Redis of the test run (`MIXROOM_TEST_REDIS_URL`), or `None`
 /// (a failure with `MIXROOM_TEST_REQUIRE_SERVICES=1`).
-fn shared_redis() -> Option<String> {
+pub fn shared_redis() -> Option<String> {
     match std::env::var("MIXROOM_TEST_REDIS_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("MIXROOM_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") => {

@@ -29,6 +29,7 @@ mod message_changes;
 mod operations;
 mod payments;
 mod raw;
+mod reminders;
 mod restart;
 mod signing_keys;
 mod soak;

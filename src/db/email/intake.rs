@@ -231,6 +231,15 @@ impl Db {
                         .is_null()
                         .or(notifications::transactional.eq(true)),
                 )
+                // An announcement's emails are the announcer's.
+                .filter(
+                    notifications::source
+                        .is_null()
+                        .or(notifications::source.not_like(format!(
+                            "{}%",
+                            crate::domain::announcement::ANNOUNCEMENT_SOURCE_PREFIX
+                        ))),
+                )
                 .into_boxed();
             if let Some(after_id) = after_id {
                 query = query.filter(notifications::id.gt(after_id));

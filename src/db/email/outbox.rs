@@ -29,6 +29,8 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub sent_at: Option<i64>,
+    /// An announcement's: a bulk email, sent after every other email.
+    pub announcement_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
@@ -46,24 +48,30 @@ pub struct BatchRow {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Holds bulk emails: claimed only when no other batch is due.
+    pub bulk: bool,
 }
 
 impl Db {
     /// Puts up to `max` queued emails without a batch into a new batch
-    /// (emails marked `solo` go one per batch); `None` when there are none.
-    /// The assignment is one atomic UPDATE, so two nodes never batch the
-    /// same email.
+    /// (emails marked `solo` go one per batch, bulk emails only with bulk
+    /// ones and after all others); `None` when there are none. The
+    /// assignment is one atomic UPDATE, so two nodes never batch the same
+    /// email.
     pub async fn form_email_batch(&self, max: i64) -> Result<Option<BatchRow>, DbError> {
         let now = crate::time::now_ms();
         let batch_id = uuid::Uuid::now_v7().to_string();
         db_run!(self, |conn| {
             conn.transaction::<_, DbError, _>(async |conn| {
                 let mut assigned = 0;
-                for solo in [true, false] {
+                let mut bulk = false;
+                for (solo, of_bulk) in [(true, false), (false, false), (true, true), (false, true)]
+                {
                     let unbatched = email_outbox::table
                         .filter(email_outbox::state.eq(OutboxState::Queued))
                         .filter(email_outbox::batch_id.is_null())
-                        .filter(email_outbox::solo.eq(solo));
+                        .filter(email_outbox::solo.eq(solo))
+                        .filter(email_outbox::announcement_id.is_not_null().eq(of_bulk));
                     let candidates: Vec<String> = unbatched
                         .order(email_outbox::created_at.asc())
                         .limit(if solo { 1 } else { max })
@@ -84,6 +92,7 @@ impl Db {
                     .execute(conn)
                     .await?;
                     if assigned > 0 {
+                        bulk = of_bulk;
                         break;
                     }
                 }
@@ -101,6 +110,7 @@ impl Db {
                     last_error: None,
                     created_at: now,
                     updated_at: now,
+                    bulk,
                 };
                 diesel::insert_into(email_batches::table)
                     .values(&batch)
@@ -130,9 +140,13 @@ impl Db {
                         .is_null()
                         .or(email_batches::claimed_until.lt(now)),
                 );
+            // Bulk batches (`false` sorts first) wait for every other.
             let first_due: Option<String> = email_batches::table
                 .filter(claimable)
-                .order(email_batches::next_attempt_at.asc())
+                .order((
+                    email_batches::bulk.asc(),
+                    email_batches::next_attempt_at.asc(),
+                ))
                 .select(email_batches::id)
                 .first(conn)
                 .await

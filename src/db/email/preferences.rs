@@ -16,6 +16,7 @@ pub struct PreferencesRow {
     pub booking: bool,
     pub support: bool,
     pub marketing: bool,
+    pub reminder: bool,
     pub chat_delay_secs: Option<i64>,
     pub updated_at: i64,
 }
@@ -29,27 +30,34 @@ impl PreferencesRow {
             booking: true,
             support: true,
             marketing: false,
+            reminder: true,
             chat_delay_secs: None,
             updated_at: 0,
         }
     }
 
-    /// Whether emails of `kind` are on.
+    /// Whether emails of `kind` are on (policy emails always are).
     pub fn allows(&self, kind: EmailKind) -> bool {
         match kind {
             EmailKind::Chat => self.chat,
             EmailKind::Booking => self.booking,
             EmailKind::Support => self.support,
             EmailKind::Marketing => self.marketing,
+            EmailKind::Reminder => self.reminder,
+            EmailKind::Policy => true,
         }
     }
 
+    /// Turns an optional kind on or off; policy emails are not a switch
+    /// (the caller refuses them first), so setting them changes nothing.
     pub fn set(&mut self, kind: EmailKind, enabled: bool) {
         let flag = match kind {
             EmailKind::Chat => &mut self.chat,
             EmailKind::Booking => &mut self.booking,
             EmailKind::Support => &mut self.support,
             EmailKind::Marketing => &mut self.marketing,
+            EmailKind::Reminder => &mut self.reminder,
+            EmailKind::Policy => return,
         };
         *flag = enabled;
     }
@@ -96,6 +104,7 @@ impl Db {
                     email_preferences::booking.eq(excluded(email_preferences::booking)),
                     email_preferences::support.eq(excluded(email_preferences::support)),
                     email_preferences::marketing.eq(excluded(email_preferences::marketing)),
+                    email_preferences::reminder.eq(excluded(email_preferences::reminder)),
                     email_preferences::chat_delay_secs
                         .eq(excluded(email_preferences::chat_delay_secs)),
                     email_preferences::updated_at.eq(excluded(email_preferences::updated_at)),
@@ -149,6 +158,16 @@ impl Db {
                             email_preferences::marketing.eq(enabled),
                             email_preferences::updated_at.eq(now),
                         ))
+                        .execute(conn),
+                    EmailKind::Reminder => diesel::update(row)
+                        .set((
+                            email_preferences::reminder.eq(enabled),
+                            email_preferences::updated_at.eq(now),
+                        ))
+                        .execute(conn),
+                    // Not a switch: no unsubscribe link is made for it.
+                    EmailKind::Policy => diesel::update(row)
+                        .set(email_preferences::updated_at.eq(now))
                         .execute(conn),
                 };
                 updated.await?;
