@@ -68,11 +68,15 @@
       super(message);
       __publicField(this, "code");
       __publicField(this, "retryAfterMs");
+      /** The HTTP status, for errors of the HTTP helpers. */
       __publicField(this, "status");
+      /** The `error.code` of an HTTP error's JSON body (`{"error":{"code","message"}}`), when it had one. */
+      __publicField(this, "serverCode");
       this.name = "MixroomError";
       this.code = code;
       this.retryAfterMs = options.retryAfterMs;
       this.status = options.status;
+      this.serverCode = options.serverCode;
     }
     static fromFrame(frame) {
       return new _MixroomError(frame.code, frame.message, { retryAfterMs: frame.retry_after_ms });
@@ -749,12 +753,22 @@
     return keys.length === Object.keys(b).length && keys.every((key) => a[key] === b[key]);
   }
 
+  // src/base64url.ts
+  function base64UrlToBytes(text) {
+    const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+    const padded = base64 + "=".repeat((4 - base64.length % 4) % 4);
+    const binary = atob(padded);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes;
+  }
+
   // src/token.ts
   function tokenExpiresAt(token) {
     const payload = token.split(".")[1];
     if (!payload) return void 0;
     try {
-      const json = decodeBase64Url(payload);
+      const json = new TextDecoder().decode(base64UrlToBytes(payload));
       const claims = JSON.parse(json);
       if (typeof claims === "object" && claims !== null && "exp" in claims) {
         const exp = claims.exp;
@@ -763,13 +777,6 @@
     } catch {
     }
     return void 0;
-  }
-  function decodeBase64Url(segment) {
-    const base64 = segment.replace(/-/g, "+").replace(/_/g, "/");
-    const padded = base64 + "=".repeat((4 - base64.length % 4) % 4);
-    const binary = atob(padded);
-    const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
-    return new TextDecoder().decode(bytes);
   }
 
   // src/client.ts
@@ -1843,13 +1850,14 @@
       if (options.limit !== void 0) query.set("limit", String(options.limit));
       return this.http("GET", `/v1/notifications${querySuffix(query)}`);
     }
-    /** `GET /v1/me/preferences`: email on/off per kind and the chat email delay. */
+    /** `GET /v1/me/preferences`: email and push on/off per kind, and the chat email delay. */
     preferences() {
       return this.http("GET", "/v1/me/preferences");
     }
     /**
      * `PUT /v1/me/preferences`: changes only what `change` names (e.g.
-     * `{ email: { marketing: true } }`); resolves with the stored preferences.
+     * `{ email: { marketing: true } }`, `{ push: { chat: false } }`); resolves
+     * with the stored preferences.
      * An unknown kind or a delay out of range rejects (HTTP 422).
      */
     updatePreferences(change) {
@@ -1872,7 +1880,59 @@
       if (options.limit !== void 0) query.set("limit", String(options.limit));
       return this.http("GET", `/v1/rooms/${encodeURIComponent(roomName)}/messages${querySuffix(query)}`);
     }
+    // -------------------------------------------------------------------------
+    // Web Push (see push.ts for `subscribeToPush()`, which uses these)
+    // -------------------------------------------------------------------------
+    /**
+     * `GET /v1/push/vapid-public-key`: the server's VAPID public key (base64url,
+     * an uncompressed P-256 point). Rejects with `push_disabled` when the
+     * server has push turned off.
+     */
+    async pushPublicKey() {
+      try {
+        const body = await this.http("GET", "/v1/push/vapid-public-key");
+        if (typeof body.public_key !== "string" || body.public_key === "") {
+          throw new MixroomError("invalid", "the server sent no VAPID public key");
+        }
+        return body.public_key;
+      } catch (error) {
+        throw pushError(error);
+      }
+    }
+    /**
+     * `POST /v1/me/push-subscriptions`: stores a browser's subscription for
+     * the signed-in user. `created` is false when the server had it already
+     * (200 rather than 201). Rejects with `too_many` (409) when the user has
+     * as many as the server allows, `push_disabled` when push is off.
+     */
+    async addPushSubscription(subscription) {
+      try {
+        const { status } = await this.httpRequest("POST", "/v1/me/push-subscriptions", subscription);
+        return { created: status === 201 };
+      } catch (error) {
+        throw pushError(error);
+      }
+    }
+    /**
+     * `DELETE /v1/me/push-subscriptions?endpoint=…`: forgets a subscription.
+     * Resolves true when it was removed, false when the server did not have
+     * it (404): either way the server will not push to it.
+     */
+    async removePushSubscription(endpoint) {
+      try {
+        await this.httpRequest("DELETE", `/v1/me/push-subscriptions?endpoint=${encodeURIComponent(endpoint)}`);
+        return true;
+      } catch (error) {
+        if (error instanceof MixroomError && error.code === "http" && error.status === 404) return false;
+        throw pushError(error);
+      }
+    }
     async http(method, path, body) {
+      const { text } = await this.httpRequest(method, path, body);
+      return JSON.parse(text);
+    }
+    /** One authenticated request; rejects with a `MixroomError` (`http`) for any status but 2xx. */
+    async httpRequest(method, path, body) {
       const fetchImpl = this.fetchOption ?? globalThis.fetch;
       if (!fetchImpl) throw new Error("no fetch implementation: pass `fetch`");
       const token = await this.usableToken();
@@ -1889,11 +1949,13 @@
         });
         const text = await response.text();
         if (!response.ok) {
+          const serverCode = errorCodeOf(text);
           throw new MixroomError("http", `${method} ${path}: ${response.status} ${text}`, {
-            status: response.status
+            status: response.status,
+            ...serverCode !== void 0 ? { serverCode } : {}
           });
         }
-        return JSON.parse(text);
+        return { status: response.status, text };
       } finally {
         clearTimeout(timer);
       }
@@ -1911,6 +1973,30 @@
       return token;
     }
   };
+  function errorCodeOf(text) {
+    try {
+      const parsed = JSON.parse(text);
+      const error = typeof parsed === "object" && parsed !== null ? parsed.error : void 0;
+      const code = typeof error === "object" && error !== null ? error.code : void 0;
+      return typeof code === "string" ? code : void 0;
+    } catch {
+      return void 0;
+    }
+  }
+  function pushError(error) {
+    if (!(error instanceof MixroomError) || error.code !== "http") return error;
+    const options = {
+      ...error.status !== void 0 ? { status: error.status } : {},
+      ...error.serverCode !== void 0 ? { serverCode: error.serverCode } : {}
+    };
+    if (error.serverCode === "push_disabled") {
+      return new MixroomError("push_disabled", "the server has Web Push turned off", options);
+    }
+    if (error.status === 409 || error.serverCode === "too_many") {
+      return new MixroomError("too_many", "too many push subscriptions for this user: remove one first", options);
+    }
+    return error;
+  }
   function querySuffix(query) {
     const text = query.toString();
     return text ? `?${text}` : "";
