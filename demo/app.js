@@ -762,6 +762,12 @@
     for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
     return bytes;
   }
+  function bytesToBase64Url(bytes) {
+    const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+    let binary = "";
+    for (const byte of view) binary += String.fromCharCode(byte);
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
 
   // src/token.ts
   function tokenExpiresAt(token) {
@@ -2018,6 +2024,87 @@
     return url.toString().replace(/\/$/, "");
   }
 
+  // src/push.ts
+  async function subscribeToPush(registration, options) {
+    const { client } = options;
+    const pushManager = pushManagerOf(registration);
+    const applicationServerKey = vapidKeyBytes(await client.pushPublicKey());
+    if (notificationPermission() === "denied") {
+      throw new MixroomError("push_denied", "notifications are blocked for this site");
+    }
+    let subscription = await pushManager.getSubscription();
+    const reused = subscription !== null && sameKey(subscription, applicationServerKey);
+    let replaced;
+    if (subscription && !reused) {
+      replaced = subscription.endpoint;
+      await subscription.unsubscribe();
+      subscription = null;
+    }
+    if (!subscription) {
+      try {
+        subscription = await pushManager.subscribe({ userVisibleOnly: true, applicationServerKey });
+      } catch (error) {
+        if (isDomError(error, "NotAllowedError") || notificationPermission() === "denied") {
+          throw new MixroomError("push_denied", "the user did not allow notifications");
+        }
+        throw error;
+      }
+    }
+    if (replaced !== void 0 && replaced !== subscription.endpoint) {
+      await client.removePushSubscription(replaced).catch(() => void 0);
+    }
+    const { created } = await client.addPushSubscription(subscriptionBody(subscription));
+    return { subscription, created, reused };
+  }
+  async function unsubscribeFromPush(registration, options) {
+    const subscription = await pushManagerOf(registration).getSubscription();
+    if (!subscription) return false;
+    await options.client.removePushSubscription(subscription.endpoint);
+    await subscription.unsubscribe();
+    return true;
+  }
+  function vapidKeyBytes(publicKey) {
+    let bytes;
+    try {
+      bytes = base64UrlToBytes(publicKey);
+    } catch {
+      throw new MixroomError("invalid", "the server's VAPID public key is not base64url");
+    }
+    if (bytes.length !== 65 || bytes[0] !== 4) {
+      throw new MixroomError("invalid", "the server's VAPID public key is not an uncompressed P-256 point");
+    }
+    return bytes;
+  }
+  function subscriptionBody(subscription) {
+    const p256dh = subscription.getKey("p256dh");
+    const auth = subscription.getKey("auth");
+    if (!p256dh || !auth) {
+      throw new MixroomError("push_unsupported", "the browser's push subscription has no encryption keys");
+    }
+    return {
+      endpoint: subscription.endpoint,
+      keys: { p256dh: bytesToBase64Url(p256dh), auth: bytesToBase64Url(auth) }
+    };
+  }
+  function pushManagerOf(registration) {
+    const pushManager = registration.pushManager;
+    if (!pushManager) throw new MixroomError("push_unsupported", "this browser has no Web Push");
+    return pushManager;
+  }
+  function sameKey(subscription, key) {
+    const current = subscription.options?.applicationServerKey;
+    if (!current) return false;
+    const bytes = new Uint8Array(current);
+    return bytes.length === key.length && bytes.every((byte, i) => byte === key[i]);
+  }
+  function notificationPermission() {
+    const notification = globalThis.Notification;
+    return notification?.permission;
+  }
+  function isDomError(error, name) {
+    return typeof error === "object" && error !== null && error.name === name;
+  }
+
   // demo-src/main.ts
   var TYPING_SHOWN_MS = 3e3;
   function element(id) {
@@ -2664,6 +2751,96 @@
       this.list.scrollTop = this.list.scrollHeight;
     }
   };
+  var SERVICE_WORKER_URL = "/demo-sw.js";
+  var PUSH_STYLE = `
+.push { display: flex; align-items: center; gap: 6px; font-size: 12px; color: var(--muted); }
+.push button { padding: 4px 10px; font-size: 12px; }
+.push[data-state="on"] button { background: rgba(47,191,113,.15); color: var(--ok); }
+.push[data-state="denied"] span, .push[data-state="disabled"] span, .push[data-state="error"] span { color: var(--warn); }
+`;
+  var PushToggle = class {
+    constructor(client) {
+      __publicField(this, "client", client);
+      __publicField(this, "box", document.createElement("span"));
+      __publicField(this, "button", document.createElement("button"));
+      __publicField(this, "status", document.createElement("span"));
+      __publicField(this, "state", "off");
+    }
+    start() {
+      const style = document.createElement("style");
+      style.textContent = PUSH_STYLE;
+      document.head.append(style);
+      this.box.className = "push";
+      this.box.dataset.testid = "push";
+      this.button.type = "button";
+      this.button.dataset.testid = "push-toggle";
+      this.status.dataset.testid = "push-status";
+      this.status.setAttribute("aria-live", "polite");
+      this.box.append(this.button, this.status);
+      element("bell").before(this.box);
+      if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
+        this.show("unsupported", window.isSecureContext ? "no Web Push in this browser" : "needs https (or localhost)");
+        this.button.disabled = true;
+        return;
+      }
+      if (Notification.permission === "denied") this.show("denied", "blocked in this browser's site settings");
+      else this.show("off", "");
+      this.button.addEventListener("click", () => void this.toggle());
+    }
+    async toggle() {
+      this.button.disabled = true;
+      try {
+        if (this.state === "on") await this.disable();
+        else await this.enable();
+      } finally {
+        this.button.disabled = false;
+      }
+    }
+    async enable() {
+      this.show(this.state, "asking…");
+      try {
+        await navigator.serviceWorker.register(SERVICE_WORKER_URL, { scope: "/" });
+      } catch (error) {
+        this.show("error", `could not load ${SERVICE_WORKER_URL}: ${messageOf(error)}`);
+        return;
+      }
+      try {
+        const registration = await navigator.serviceWorker.ready;
+        const { created } = await subscribeToPush(registration, { client: this.client });
+        this.show("on", created ? "notifications on" : "notifications on (already registered)");
+      } catch (error) {
+        if (error instanceof MixroomError && error.code === "push_denied") {
+          this.show("denied", "blocked: allow notifications for this site in the browser");
+        } else if (error instanceof MixroomError && error.code === "push_disabled") {
+          this.show("disabled", "the server has push turned off");
+        } else if (error instanceof MixroomError && error.code === "too_many") {
+          this.show("error", "too many browsers registered for you: turn one off");
+        } else if (error instanceof MixroomError && error.code === "push_unsupported") {
+          this.show("unsupported", "no Web Push in this browser");
+        } else {
+          this.show("error", `the browser could not subscribe: ${messageOf(error)}`);
+        }
+      }
+    }
+    async disable() {
+      try {
+        const registration = await navigator.serviceWorker.getRegistration("/");
+        if (registration) await unsubscribeFromPush(registration, { client: this.client });
+        this.show("off", "notifications off");
+      } catch (error) {
+        this.show("on", `could not turn off: ${messageOf(error)}`);
+      }
+    }
+    show(state, text) {
+      this.state = state;
+      this.box.dataset.state = state;
+      this.button.textContent = state === "on" ? "Turn off notifications" : "Enable notifications";
+      this.status.textContent = text;
+    }
+  };
+  function messageOf(error) {
+    return error instanceof Error ? error.message : String(error);
+  }
   async function start(userKey) {
     const first = await fetchSession(userKey);
     let fresh = first.token;
@@ -2693,6 +2870,7 @@
     window.addEventListener("online", () => client.reconnectNow());
     const chat = new BookingChat(client, first);
     new Bell(client).start();
+    new PushToggle(client).start();
     new SupportWidget(client).start();
     element("status-form").addEventListener("submit", (event) => {
       event.preventDefault();

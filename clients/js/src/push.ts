@@ -79,7 +79,9 @@ export async function subscribeToPush(
     try {
       subscription = await pushManager.subscribe({ userVisibleOnly: true, applicationServerKey });
     } catch (error) {
-      if (isDomError(error, "NotAllowedError")) {
+      // Browsers say no with NotAllowedError; some with another error
+      // once the user has blocked notifications at the prompt.
+      if (isDomError(error, "NotAllowedError") || notificationPermission() === "denied") {
         throw new MixroomError("push_denied", "the user did not allow notifications");
       }
       throw error;

@@ -349,6 +349,26 @@ describe("subscribeToPush", () => {
     expect(calls.map((c) => c.method)).toEqual(["GET"]);
   });
 
+  test("blocked at the prompt, whatever error the browser throws: push_denied", async () => {
+    const notification = { permission: "default" };
+    vi.stubGlobal("Notification", notification);
+    const key = p256PublicKey();
+    const { fetch } = scriptedFetch({
+      "GET /v1/push/vapid-public-key": () => json(200, { public_key: key.toString("base64url") }),
+    });
+    const pushManager = new FakePushManager();
+    const subscribe = pushManager.subscribe.bind(pushManager);
+    pushManager.subscribe = async (options) => {
+      notification.permission = "denied"; // the user clicked "Block"
+      pushManager.refuseWith = new DOMException("Registration failed", "AbortError");
+      return subscribe(options);
+    };
+
+    const error = await rejection(subscribeToPush(registrationOf(pushManager), { client: clientWith(fetch) }));
+
+    expect(error.code).toBe("push_denied");
+  });
+
   test("notifications already blocked: push_denied without asking the browser to subscribe", async () => {
     vi.stubGlobal("Notification", { permission: "denied" });
     const key = p256PublicKey();
