@@ -68,11 +68,15 @@
       super(message);
       __publicField(this, "code");
       __publicField(this, "retryAfterMs");
+      /** The HTTP status, for errors of the HTTP helpers. */
       __publicField(this, "status");
+      /** The `error.code` of an HTTP error's JSON body (`{"error":{"code","message"}}`), when it had one. */
+      __publicField(this, "serverCode");
       this.name = "MixroomError";
       this.code = code;
       this.retryAfterMs = options.retryAfterMs;
       this.status = options.status;
+      this.serverCode = options.serverCode;
     }
     static fromFrame(frame) {
       return new _MixroomError(frame.code, frame.message, { retryAfterMs: frame.retry_after_ms });
@@ -749,12 +753,28 @@
     return keys.length === Object.keys(b).length && keys.every((key) => a[key] === b[key]);
   }
 
+  // src/base64url.ts
+  function base64UrlToBytes(text) {
+    const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+    const padded = base64 + "=".repeat((4 - base64.length % 4) % 4);
+    const binary = atob(padded);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes;
+  }
+  function bytesToBase64Url(bytes) {
+    const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+    let binary = "";
+    for (const byte of view) binary += String.fromCharCode(byte);
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
   // src/token.ts
   function tokenExpiresAt(token) {
     const payload = token.split(".")[1];
     if (!payload) return void 0;
     try {
-      const json = decodeBase64Url(payload);
+      const json = new TextDecoder().decode(base64UrlToBytes(payload));
       const claims = JSON.parse(json);
       if (typeof claims === "object" && claims !== null && "exp" in claims) {
         const exp = claims.exp;
@@ -763,13 +783,6 @@
     } catch {
     }
     return void 0;
-  }
-  function decodeBase64Url(segment) {
-    const base64 = segment.replace(/-/g, "+").replace(/_/g, "/");
-    const padded = base64 + "=".repeat((4 - base64.length % 4) % 4);
-    const binary = atob(padded);
-    const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
-    return new TextDecoder().decode(bytes);
   }
 
   // src/client.ts
@@ -1843,13 +1856,14 @@
       if (options.limit !== void 0) query.set("limit", String(options.limit));
       return this.http("GET", `/v1/notifications${querySuffix(query)}`);
     }
-    /** `GET /v1/me/preferences`: email on/off per kind and the chat email delay. */
+    /** `GET /v1/me/preferences`: email and push on/off per kind, and the chat email delay. */
     preferences() {
       return this.http("GET", "/v1/me/preferences");
     }
     /**
      * `PUT /v1/me/preferences`: changes only what `change` names (e.g.
-     * `{ email: { marketing: true } }`); resolves with the stored preferences.
+     * `{ email: { marketing: true } }`, `{ push: { chat: false } }`); resolves
+     * with the stored preferences.
      * An unknown kind or a delay out of range rejects (HTTP 422).
      */
     updatePreferences(change) {
@@ -1872,7 +1886,59 @@
       if (options.limit !== void 0) query.set("limit", String(options.limit));
       return this.http("GET", `/v1/rooms/${encodeURIComponent(roomName)}/messages${querySuffix(query)}`);
     }
+    // -------------------------------------------------------------------------
+    // Web Push (see push.ts for `subscribeToPush()`, which uses these)
+    // -------------------------------------------------------------------------
+    /**
+     * `GET /v1/push/vapid-public-key`: the server's VAPID public key (base64url,
+     * an uncompressed P-256 point). Rejects with `push_disabled` when the
+     * server has push turned off.
+     */
+    async pushPublicKey() {
+      try {
+        const body = await this.http("GET", "/v1/push/vapid-public-key");
+        if (typeof body.public_key !== "string" || body.public_key === "") {
+          throw new MixroomError("invalid", "the server sent no VAPID public key");
+        }
+        return body.public_key;
+      } catch (error) {
+        throw pushError(error);
+      }
+    }
+    /**
+     * `POST /v1/me/push-subscriptions`: stores a browser's subscription for
+     * the signed-in user. `created` is false when the server had it already
+     * (200 rather than 201). Rejects with `too_many` (409) when the user has
+     * as many as the server allows, `push_disabled` when push is off.
+     */
+    async addPushSubscription(subscription) {
+      try {
+        const { status } = await this.httpRequest("POST", "/v1/me/push-subscriptions", subscription);
+        return { created: status === 201 };
+      } catch (error) {
+        throw pushError(error);
+      }
+    }
+    /**
+     * `DELETE /v1/me/push-subscriptions?endpoint=…`: forgets a subscription.
+     * Resolves true when it was removed, false when the server did not have
+     * it (404): either way the server will not push to it.
+     */
+    async removePushSubscription(endpoint) {
+      try {
+        await this.httpRequest("DELETE", `/v1/me/push-subscriptions?endpoint=${encodeURIComponent(endpoint)}`);
+        return true;
+      } catch (error) {
+        if (error instanceof MixroomError && error.code === "http" && error.status === 404) return false;
+        throw pushError(error);
+      }
+    }
     async http(method, path, body) {
+      const { text } = await this.httpRequest(method, path, body);
+      return JSON.parse(text);
+    }
+    /** One authenticated request; rejects with a `MixroomError` (`http`) for any status but 2xx. */
+    async httpRequest(method, path, body) {
       const fetchImpl = this.fetchOption ?? globalThis.fetch;
       if (!fetchImpl) throw new Error("no fetch implementation: pass `fetch`");
       const token = await this.usableToken();
@@ -1889,11 +1955,13 @@
         });
         const text = await response.text();
         if (!response.ok) {
+          const serverCode = errorCodeOf(text);
           throw new MixroomError("http", `${method} ${path}: ${response.status} ${text}`, {
-            status: response.status
+            status: response.status,
+            ...serverCode !== void 0 ? { serverCode } : {}
           });
         }
-        return JSON.parse(text);
+        return { status: response.status, text };
       } finally {
         clearTimeout(timer);
       }
@@ -1911,6 +1979,30 @@
       return token;
     }
   };
+  function errorCodeOf(text) {
+    try {
+      const parsed = JSON.parse(text);
+      const error = typeof parsed === "object" && parsed !== null ? parsed.error : void 0;
+      const code = typeof error === "object" && error !== null ? error.code : void 0;
+      return typeof code === "string" ? code : void 0;
+    } catch {
+      return void 0;
+    }
+  }
+  function pushError(error) {
+    if (!(error instanceof MixroomError) || error.code !== "http") return error;
+    const options = {
+      ...error.status !== void 0 ? { status: error.status } : {},
+      ...error.serverCode !== void 0 ? { serverCode: error.serverCode } : {}
+    };
+    if (error.serverCode === "push_disabled") {
+      return new MixroomError("push_disabled", "the server has Web Push turned off", options);
+    }
+    if (error.status === 409 || error.serverCode === "too_many") {
+      return new MixroomError("too_many", "too many push subscriptions for this user: remove one first", options);
+    }
+    return error;
+  }
   function querySuffix(query) {
     const text = query.toString();
     return text ? `?${text}` : "";
@@ -1930,6 +2022,87 @@
     url.search = "";
     url.hash = "";
     return url.toString().replace(/\/$/, "");
+  }
+
+  // src/push.ts
+  async function subscribeToPush(registration, options) {
+    const { client } = options;
+    const pushManager = pushManagerOf(registration);
+    const applicationServerKey = vapidKeyBytes(await client.pushPublicKey());
+    if (notificationPermission() === "denied") {
+      throw new MixroomError("push_denied", "notifications are blocked for this site");
+    }
+    let subscription = await pushManager.getSubscription();
+    const reused = subscription !== null && sameKey(subscription, applicationServerKey);
+    let replaced;
+    if (subscription && !reused) {
+      replaced = subscription.endpoint;
+      await subscription.unsubscribe();
+      subscription = null;
+    }
+    if (!subscription) {
+      try {
+        subscription = await pushManager.subscribe({ userVisibleOnly: true, applicationServerKey });
+      } catch (error) {
+        if (isDomError(error, "NotAllowedError") || notificationPermission() === "denied") {
+          throw new MixroomError("push_denied", "the user did not allow notifications");
+        }
+        throw error;
+      }
+    }
+    if (replaced !== void 0 && replaced !== subscription.endpoint) {
+      await client.removePushSubscription(replaced).catch(() => void 0);
+    }
+    const { created } = await client.addPushSubscription(subscriptionBody(subscription));
+    return { subscription, created, reused };
+  }
+  async function unsubscribeFromPush(registration, options) {
+    const subscription = await pushManagerOf(registration).getSubscription();
+    if (!subscription) return false;
+    await options.client.removePushSubscription(subscription.endpoint);
+    await subscription.unsubscribe();
+    return true;
+  }
+  function vapidKeyBytes(publicKey) {
+    let bytes;
+    try {
+      bytes = base64UrlToBytes(publicKey);
+    } catch {
+      throw new MixroomError("invalid", "the server's VAPID public key is not base64url");
+    }
+    if (bytes.length !== 65 || bytes[0] !== 4) {
+      throw new MixroomError("invalid", "the server's VAPID public key is not an uncompressed P-256 point");
+    }
+    return bytes;
+  }
+  function subscriptionBody(subscription) {
+    const p256dh = subscription.getKey("p256dh");
+    const auth = subscription.getKey("auth");
+    if (!p256dh || !auth) {
+      throw new MixroomError("push_unsupported", "the browser's push subscription has no encryption keys");
+    }
+    return {
+      endpoint: subscription.endpoint,
+      keys: { p256dh: bytesToBase64Url(p256dh), auth: bytesToBase64Url(auth) }
+    };
+  }
+  function pushManagerOf(registration) {
+    const pushManager = registration.pushManager;
+    if (!pushManager) throw new MixroomError("push_unsupported", "this browser has no Web Push");
+    return pushManager;
+  }
+  function sameKey(subscription, key) {
+    const current = subscription.options?.applicationServerKey;
+    if (!current) return false;
+    const bytes = new Uint8Array(current);
+    return bytes.length === key.length && bytes.every((byte, i) => byte === key[i]);
+  }
+  function notificationPermission() {
+    const notification = globalThis.Notification;
+    return notification?.permission;
+  }
+  function isDomError(error, name) {
+    return typeof error === "object" && error !== null && error.name === name;
   }
 
   // demo-src/main.ts
@@ -2578,6 +2751,96 @@
       this.list.scrollTop = this.list.scrollHeight;
     }
   };
+  var SERVICE_WORKER_URL = "/demo-sw.js";
+  var PUSH_STYLE = `
+.push { display: flex; align-items: center; gap: 6px; font-size: 12px; color: var(--muted); }
+.push button { padding: 4px 10px; font-size: 12px; }
+.push[data-state="on"] button { background: rgba(47,191,113,.15); color: var(--ok); }
+.push[data-state="denied"] span, .push[data-state="disabled"] span, .push[data-state="error"] span { color: var(--warn); }
+`;
+  var PushToggle = class {
+    constructor(client) {
+      __publicField(this, "client", client);
+      __publicField(this, "box", document.createElement("span"));
+      __publicField(this, "button", document.createElement("button"));
+      __publicField(this, "status", document.createElement("span"));
+      __publicField(this, "state", "off");
+    }
+    start() {
+      const style = document.createElement("style");
+      style.textContent = PUSH_STYLE;
+      document.head.append(style);
+      this.box.className = "push";
+      this.box.dataset.testid = "push";
+      this.button.type = "button";
+      this.button.dataset.testid = "push-toggle";
+      this.status.dataset.testid = "push-status";
+      this.status.setAttribute("aria-live", "polite");
+      this.box.append(this.button, this.status);
+      element("bell").before(this.box);
+      if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
+        this.show("unsupported", window.isSecureContext ? "no Web Push in this browser" : "needs https (or localhost)");
+        this.button.disabled = true;
+        return;
+      }
+      if (Notification.permission === "denied") this.show("denied", "blocked in this browser's site settings");
+      else this.show("off", "");
+      this.button.addEventListener("click", () => void this.toggle());
+    }
+    async toggle() {
+      this.button.disabled = true;
+      try {
+        if (this.state === "on") await this.disable();
+        else await this.enable();
+      } finally {
+        this.button.disabled = false;
+      }
+    }
+    async enable() {
+      this.show(this.state, "asking…");
+      try {
+        await navigator.serviceWorker.register(SERVICE_WORKER_URL, { scope: "/" });
+      } catch (error) {
+        this.show("error", `could not load ${SERVICE_WORKER_URL}: ${messageOf(error)}`);
+        return;
+      }
+      try {
+        const registration = await navigator.serviceWorker.ready;
+        const { created } = await subscribeToPush(registration, { client: this.client });
+        this.show("on", created ? "notifications on" : "notifications on (already registered)");
+      } catch (error) {
+        if (error instanceof MixroomError && error.code === "push_denied") {
+          this.show("denied", "blocked: allow notifications for this site in the browser");
+        } else if (error instanceof MixroomError && error.code === "push_disabled") {
+          this.show("disabled", "the server has push turned off");
+        } else if (error instanceof MixroomError && error.code === "too_many") {
+          this.show("error", "too many browsers registered for you: turn one off");
+        } else if (error instanceof MixroomError && error.code === "push_unsupported") {
+          this.show("unsupported", "no Web Push in this browser");
+        } else {
+          this.show("error", `the browser could not subscribe: ${messageOf(error)}`);
+        }
+      }
+    }
+    async disable() {
+      try {
+        const registration = await navigator.serviceWorker.getRegistration("/");
+        if (registration) await unsubscribeFromPush(registration, { client: this.client });
+        this.show("off", "notifications off");
+      } catch (error) {
+        this.show("on", `could not turn off: ${messageOf(error)}`);
+      }
+    }
+    show(state, text) {
+      this.state = state;
+      this.box.dataset.state = state;
+      this.button.textContent = state === "on" ? "Turn off notifications" : "Enable notifications";
+      this.status.textContent = text;
+    }
+  };
+  function messageOf(error) {
+    return error instanceof Error ? error.message : String(error);
+  }
   async function start(userKey) {
     const first = await fetchSession(userKey);
     let fresh = first.token;
@@ -2607,6 +2870,7 @@
     window.addEventListener("online", () => client.reconnectNow());
     const chat = new BookingChat(client, first);
     new Bell(client).start();
+    new PushToggle(client).start();
     new SupportWidget(client).start();
     element("status-form").addEventListener("submit", (event) => {
       event.preventDefault();

@@ -2,7 +2,8 @@
  * The demo page served by the server at `/` (when `server.demo = true`):
  * a booking chat with typing and read receipts, replies, reactions, edits,
  * deletions and file links, a live booking status
- * badge, a notifications bell and the support widget — all through
+ * badge, a notifications bell, Web Push ("Enable notifications", with the
+ * service worker in sw.ts) and the support widget — all through
  * `MixroomClient`. Bundled into `demo/app.js` by `npm run build:demo`.
  */
 import {
@@ -10,6 +11,8 @@ import {
   applyChangeToQuote,
   MixroomClient,
   MixroomError,
+  subscribeToPush,
+  unsubscribeFromPush,
   type Attachment,
   type ChatMessage,
   type ConnectionState,
@@ -770,6 +773,130 @@ class SupportWidget {
 }
 
 // ---------------------------------------------------------------------------
+// Web Push
+// ---------------------------------------------------------------------------
+
+/**
+ * Where the server serves `demo/sw.js` (built from demo-src/sw.ts). At the
+ * root: a worker's scope can be no wider than its script's folder, and
+ * this one's must cover the page at `/`.
+ */
+const SERVICE_WORKER_URL = "/demo-sw.js";
+
+/** Styles of the push toggle (the bundle brings its own, like CHAT_STYLE). */
+const PUSH_STYLE = `
+.push { display: flex; align-items: center; gap: 6px; font-size: 12px; color: var(--muted); }
+.push button { padding: 4px 10px; font-size: 12px; }
+.push[data-state="on"] button { background: rgba(47,191,113,.15); color: var(--ok); }
+.push[data-state="denied"] span, .push[data-state="disabled"] span, .push[data-state="error"] span { color: var(--warn); }
+`;
+
+/** What the toggle shows: on, off, or why it is off. */
+type PushState = "on" | "off" | "denied" | "disabled" | "unsupported" | "error";
+
+/**
+ * "Enable notifications": registers the service worker and subscribes this
+ * browser for the signed-in user with `subscribeToPush()`; once on, the
+ * same button turns it off with `unsubscribeFromPush()`. The server then
+ * pushes what arrives while the user has no page open.
+ */
+class PushToggle {
+  private readonly box = document.createElement("span");
+  private readonly button = document.createElement("button");
+  private readonly status = document.createElement("span");
+  private state: PushState = "off";
+
+  constructor(private readonly client: MixroomClient) {}
+
+  start(): void {
+    const style = document.createElement("style");
+    style.textContent = PUSH_STYLE;
+    document.head.append(style);
+    this.box.className = "push";
+    this.box.dataset.testid = "push";
+    this.button.type = "button";
+    this.button.dataset.testid = "push-toggle";
+    this.status.dataset.testid = "push-status";
+    this.status.setAttribute("aria-live", "polite");
+    this.box.append(this.button, this.status);
+    element("bell").before(this.box);
+
+    // Service workers (and so push) exist only on https pages and localhost.
+    if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
+      this.show("unsupported", window.isSecureContext ? "no Web Push in this browser" : "needs https (or localhost)");
+      this.button.disabled = true;
+      return;
+    }
+    if (Notification.permission === "denied") this.show("denied", "blocked in this browser's site settings");
+    else this.show("off", "");
+    this.button.addEventListener("click", () => void this.toggle());
+  }
+
+  private async toggle(): Promise<void> {
+    this.button.disabled = true;
+    try {
+      if (this.state === "on") await this.disable();
+      else await this.enable();
+    } finally {
+      this.button.disabled = false;
+    }
+  }
+
+  private async enable(): Promise<void> {
+    this.show(this.state, "asking…");
+    try {
+      await navigator.serviceWorker.register(SERVICE_WORKER_URL, { scope: "/" });
+    } catch (error) {
+      // A 404 here: the server does not serve the worker (an older binary).
+      this.show("error", `could not load ${SERVICE_WORKER_URL}: ${messageOf(error)}`);
+      return;
+    }
+    try {
+      // subscribe() needs an active worker; on the first visit it is still
+      // installing, and `ready` waits for it.
+      const registration = await navigator.serviceWorker.ready;
+      const { created } = await subscribeToPush(registration, { client: this.client });
+      this.show("on", created ? "notifications on" : "notifications on (already registered)");
+    } catch (error) {
+      if (error instanceof MixroomError && error.code === "push_denied") {
+        this.show("denied", "blocked: allow notifications for this site in the browser");
+      } else if (error instanceof MixroomError && error.code === "push_disabled") {
+        this.show("disabled", "the server has push turned off");
+      } else if (error instanceof MixroomError && error.code === "too_many") {
+        this.show("error", "too many browsers registered for you: turn one off");
+      } else if (error instanceof MixroomError && error.code === "push_unsupported") {
+        this.show("unsupported", "no Web Push in this browser");
+      } else {
+        // E.g. no push service reachable (headless browsers have none).
+        this.show("error", `the browser could not subscribe: ${messageOf(error)}`);
+      }
+    }
+  }
+
+  private async disable(): Promise<void> {
+    try {
+      const registration = await navigator.serviceWorker.getRegistration("/");
+      if (registration) await unsubscribeFromPush(registration, { client: this.client });
+      this.show("off", "notifications off");
+    } catch (error) {
+      // Still subscribed: the button stays "Turn off" for another try.
+      this.show("on", `could not turn off: ${messageOf(error)}`);
+    }
+  }
+
+  private show(state: PushState, text: string): void {
+    this.state = state;
+    this.box.dataset.state = state;
+    this.button.textContent = state === "on" ? "Turn off notifications" : "Enable notifications";
+    this.status.textContent = text;
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+// ---------------------------------------------------------------------------
 // Start
 // ---------------------------------------------------------------------------
 
@@ -805,6 +932,7 @@ async function start(userKey: string): Promise<void> {
 
   const chat = new BookingChat(client, first);
   new Bell(client).start();
+  new PushToggle(client).start();
   new SupportWidget(client).start();
   element<HTMLFormElement>("status-form").addEventListener("submit", (event) => {
     event.preventDefault();

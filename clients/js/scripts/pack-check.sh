@@ -79,7 +79,7 @@ try {
 }
 if (!refused) throw new Error("connect() without a WebSocket did not fail clearly");
 const cjs = require("@mixroom/realtime-client");
-for (const name of ["MixroomClient", "RoomView", "MixroomError", "backoffDelay", "bookingRoom"]) {
+for (const name of ["MixroomClient", "RoomView", "MixroomError", "backoffDelay", "bookingRoom", "subscribeToPush", "unsubscribeFromPush"]) {
   if (typeof esm[name] !== "function") throw new Error(`import: ${name} is missing`);
   if (typeof cjs[name] !== "function") throw new Error(`require: ${name} is missing`);
 }

@@ -52,6 +52,7 @@ import {
   type MessageFrame,
   type MessageReactedFrame,
   type NotificationFrame,
+  type NotificationKind,
   type PongFrame,
   type PresenceFrame,
   type ReactFrame,
@@ -60,6 +61,7 @@ import {
   type SendAck,
   type SendFrame,
   type ServerFrame,
+  type SwitchableKind,
   type TokenRefreshedFrame,
   type TypingFrame,
   type UnknownFrame,
@@ -281,7 +283,8 @@ export interface PendingChange {
 
 export interface NotificationItem {
   id: string;
-  kind: string;
+  // `string & {}` keeps editors suggesting the known kinds while allowing new ones.
+  kind: NotificationKind | (string & {});
   title: string;
   body: string;
   link: string | null;
@@ -305,15 +308,14 @@ export interface NotificationQuery {
 }
 
 /** Email on/off per kind (`GET /v1/me/preferences`). */
-export interface EmailSwitches {
-  chat: boolean;
-  booking: boolean;
-  support: boolean;
-  marketing: boolean;
-}
+export type EmailSwitches = Record<SwitchableKind, boolean>;
+
+/** Web Push on/off per kind (`GET /v1/me/preferences`), for the browsers `subscribeToPush()` registered. */
+export type PushSwitches = Record<SwitchableKind, boolean>;
 
 export interface Preferences {
   email: EmailSwitches;
+  push: PushSwitches;
   /** The user's delay before an unread chat message is emailed; `null`: the server's. */
   chat_delay_secs: number | null;
   /** The server's delays, for showing what `null` means. */
@@ -323,8 +325,17 @@ export interface Preferences {
 /** A change for `PUT /v1/me/preferences`: only what is given changes. */
 export interface PreferencesUpdate {
   email?: Partial<EmailSwitches>;
+  push?: Partial<PushSwitches>;
   /** 0 to 604800 seconds, or `null` for the server's delays. */
   chat_delay_secs?: number | null;
+}
+
+/** A browser's push subscription as the server stores it (`POST /v1/me/push-subscriptions`). */
+export interface PushSubscriptionBody {
+  /** The push service's URL for this browser. */
+  endpoint: string;
+  /** base64url: the browser's P-256 public key (`p256dh`) and its 16-byte auth secret (`auth`). */
+  keys: { p256dh: string; auth: string };
 }
 
 export interface UnreadCounts {
@@ -1614,14 +1625,15 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     return this.http<NotificationList>("GET", `/v1/notifications${querySuffix(query)}`);
   }
 
-  /** `GET /v1/me/preferences`: email on/off per kind and the chat email delay. */
+  /** `GET /v1/me/preferences`: email and push on/off per kind, and the chat email delay. */
   preferences(): Promise<Preferences> {
     return this.http<Preferences>("GET", "/v1/me/preferences");
   }
 
   /**
    * `PUT /v1/me/preferences`: changes only what `change` names (e.g.
-   * `{ email: { marketing: true } }`); resolves with the stored preferences.
+   * `{ email: { marketing: true } }`, `{ push: { chat: false } }`); resolves
+   * with the stored preferences.
    * An unknown kind or a delay out of range rejects (HTTP 422).
    */
   updatePreferences(change: PreferencesUpdate): Promise<Preferences> {
@@ -1652,7 +1664,64 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     return this.http("GET", `/v1/rooms/${encodeURIComponent(roomName)}/messages${querySuffix(query)}`);
   }
 
+  // -------------------------------------------------------------------------
+  // Web Push (see push.ts for `subscribeToPush()`, which uses these)
+  // -------------------------------------------------------------------------
+
+  /**
+   * `GET /v1/push/vapid-public-key`: the server's VAPID public key (base64url,
+   * an uncompressed P-256 point). Rejects with `push_disabled` when the
+   * server has push turned off.
+   */
+  async pushPublicKey(): Promise<string> {
+    try {
+      const body = await this.http<{ public_key?: unknown }>("GET", "/v1/push/vapid-public-key");
+      if (typeof body.public_key !== "string" || body.public_key === "") {
+        throw new MixroomError("invalid", "the server sent no VAPID public key");
+      }
+      return body.public_key;
+    } catch (error) {
+      throw pushError(error);
+    }
+  }
+
+  /**
+   * `POST /v1/me/push-subscriptions`: stores a browser's subscription for
+   * the signed-in user. `created` is false when the server had it already
+   * (200 rather than 201). Rejects with `too_many` (409) when the user has
+   * as many as the server allows, `push_disabled` when push is off.
+   */
+  async addPushSubscription(subscription: PushSubscriptionBody): Promise<{ created: boolean }> {
+    try {
+      const { status } = await this.httpRequest("POST", "/v1/me/push-subscriptions", subscription);
+      return { created: status === 201 };
+    } catch (error) {
+      throw pushError(error);
+    }
+  }
+
+  /**
+   * `DELETE /v1/me/push-subscriptions?endpoint=…`: forgets a subscription.
+   * Resolves true when it was removed, false when the server did not have
+   * it (404): either way the server will not push to it.
+   */
+  async removePushSubscription(endpoint: string): Promise<boolean> {
+    try {
+      await this.httpRequest("DELETE", `/v1/me/push-subscriptions?endpoint=${encodeURIComponent(endpoint)}`);
+      return true;
+    } catch (error) {
+      if (error instanceof MixroomError && error.code === "http" && error.status === 404) return false;
+      throw pushError(error);
+    }
+  }
+
   private async http<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const { text } = await this.httpRequest(method, path, body);
+    return JSON.parse(text) as T;
+  }
+
+  /** One authenticated request; rejects with a `MixroomError` (`http`) for any status but 2xx. */
+  private async httpRequest(method: string, path: string, body?: unknown): Promise<{ status: number; text: string }> {
     const fetchImpl = this.fetchOption ?? (globalThis as { fetch?: typeof fetch }).fetch;
     if (!fetchImpl) throw new Error("no fetch implementation: pass `fetch`");
     const token = await this.usableToken();
@@ -1670,11 +1739,13 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
       });
       const text = await response.text();
       if (!response.ok) {
+        const serverCode = errorCodeOf(text);
         throw new MixroomError("http", `${method} ${path}: ${response.status} ${text}`, {
           status: response.status,
+          ...(serverCode !== undefined ? { serverCode } : {}),
         });
       }
-      return JSON.parse(text) as T;
+      return { status: response.status, text };
     } finally {
       clearTimeout(timer);
     }
@@ -1692,6 +1763,39 @@ export class MixroomClient extends TypedEmitter<ClientEvents> {
     }
     return token;
   }
+}
+
+/** The `code` of the server's error body `{"error":{"code","message"}}`, if the text is one. */
+function errorCodeOf(text: string): string | undefined {
+  try {
+    const parsed: unknown = JSON.parse(text);
+    const error = typeof parsed === "object" && parsed !== null ? (parsed as { error?: unknown }).error : undefined;
+    const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+    return typeof code === "string" ? code : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The push routes' refusals as codes an app can tell apart: push turned
+ * off on the server (503 `push_disabled`), and too many subscriptions
+ * (409). Any other error is passed on as it is (a 503 `internal` is an
+ * outage, not push being off).
+ */
+function pushError(error: unknown): unknown {
+  if (!(error instanceof MixroomError) || error.code !== "http") return error;
+  const options = {
+    ...(error.status !== undefined ? { status: error.status } : {}),
+    ...(error.serverCode !== undefined ? { serverCode: error.serverCode } : {}),
+  };
+  if (error.serverCode === "push_disabled") {
+    return new MixroomError("push_disabled", "the server has Web Push turned off", options);
+  }
+  if (error.status === 409 || error.serverCode === "too_many") {
+    return new MixroomError("too_many", "too many push subscriptions for this user: remove one first", options);
+  }
+  return error;
 }
 
 function querySuffix(query: URLSearchParams): string {

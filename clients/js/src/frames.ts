@@ -411,10 +411,22 @@ export interface BookingUpdatedFrame {
   at: string;
 }
 
+/**
+ * What a notification is about. `reminder`: a booking starts soon;
+ * `policy`: an announcement everyone gets (a change to the terms or the
+ * privacy policy), which no preference turns off. Servers may add kinds,
+ * so a notification's `kind` can also be a string not listed here.
+ */
+export type NotificationKind = "chat" | "booking" | "support" | "marketing" | "reminder" | "policy";
+
+/** The kinds a user can switch email and push on or off for: all but `policy`. */
+export type SwitchableKind = Exclude<NotificationKind, "policy">;
+
 export interface NotificationFrame {
   type: "notification";
   id: string;
-  kind: string;
+  // `string & {}` keeps editors suggesting the known kinds while allowing new ones.
+  kind: NotificationKind | (string & {});
   title: string;
   body: string;
   link: string | null;

@@ -15,6 +15,8 @@ export {
   type PendingMessage,
   type Preferences,
   type PreferencesUpdate,
+  type PushSubscriptionBody,
+  type PushSwitches,
   type SendOptions,
   type SupportConversation,
   type UnauthorizedReason,
@@ -33,7 +35,16 @@ export {
 } from "./room.js";
 export { applyChange, applyChangeToQuote, excerptOf, QUOTE_CHARS } from "./changes.js";
 export { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
-export { MixroomError } from "./errors.js";
+export { MixroomError, type MixroomErrorCode } from "./errors.js";
+export {
+  subscribeToPush,
+  subscriptionBody,
+  unsubscribeFromPush,
+  vapidKeyBytes,
+  type PushOptions,
+  type PushSubscribed,
+} from "./push.js";
+export { base64UrlToBytes, bytesToBase64Url } from "./base64url.js";
 export { TypedEmitter, type Listener } from "./emitter.js";
 export { tokenExpiresAt } from "./token.js";
 export * from "./frames.js";

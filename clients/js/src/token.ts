@@ -1,3 +1,5 @@
+import { base64UrlToBytes } from "./base64url.js";
+
 /**
  * Reads a JWT's `exp` without verifying it: the client only needs to know
  * when to ask for a fresh token. The server verifies every token.
@@ -6,7 +8,7 @@ export function tokenExpiresAt(token: string): number | undefined {
   const payload = token.split(".")[1];
   if (!payload) return undefined;
   try {
-    const json = decodeBase64Url(payload);
+    const json = new TextDecoder().decode(base64UrlToBytes(payload));
     const claims: unknown = JSON.parse(json);
     if (typeof claims === "object" && claims !== null && "exp" in claims) {
       const exp = (claims as { exp: unknown }).exp;
@@ -17,12 +19,4 @@ export function tokenExpiresAt(token: string): number | undefined {
     // and a reconnect with a fresh token still keep the client working.
   }
   return undefined;
-}
-
-function decodeBase64Url(segment: string): string {
-  const base64 = segment.replace(/-/g, "+").replace(/_/g, "/");
-  const padded = base64 + "=".repeat((4 - (base64.length % 4)) % 4);
-  const binary = atob(padded);
-  const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
-  return new TextDecoder().decode(bytes);
 }
