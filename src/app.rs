@@ -25,6 +25,8 @@ use crate::http::AppState;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::notifications::Inbox;
+use crate::notify::announcer::{Announcements, Announcer, AnnouncerWork};
+use crate::notify::digest::Composer;
 use crate::notify::reminders::Reminders;
 use crate::rooms::hub::{CloseAllSessions, Hub, UseCluster};
 use crate::rooms::sequencer::Sequencer;
@@ -71,10 +73,22 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let limiters = Arc::new(Limiters::new(&settings.limits));
-    let notifier =
-        crate::notify::start(settings.clone(), db.clone(), hub.clone(), metrics.clone())?;
+    let email = crate::notify::start(settings.clone(), db.clone(), hub.clone(), metrics.clone())?;
     let support_runtime = crate::support::SupportRuntime::load(&settings.ai)?;
-    let inbox = Inbox::new(hub.clone(), notifier);
+    let inbox = Inbox::new(hub.clone(), email.notifier);
+    let announcer = Announcer::new(
+        AnnouncerWork {
+            db: db.clone(),
+            inbox: inbox.clone(),
+            mailer: email.mailer,
+            composer: Arc::new(Composer::from_settings(&settings)),
+            metrics: metrics.clone(),
+            page_size: settings.notify.announcement_page_size,
+            node: uuid::Uuid::new_v4().to_string(),
+        },
+        Duration::from_millis(settings.email.sweep_interval_ms),
+    )
+    .start();
     let support = crate::support::start(
         SupportServices {
             ai: settings.ai.clone(),
@@ -115,6 +129,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 .start(),
             },
         ),
+        announcements: Announcements::new(db.clone(), announcer),
         inbox,
         sockets: TaskTracker::new(),
         probes: crate::http::health::ProbeCache::new(),

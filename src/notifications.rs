@@ -82,6 +82,12 @@ impl Inbox {
             self.notifier
                 .do_send(crate::notify::NotificationsCreated(rows.to_vec()));
         }
+        self.show(rows);
+    }
+
+    /// Shows stored notifications to their users' live sessions only (an
+    /// announcement's, which the announcer emails itself).
+    pub fn show(&self, rows: &[NotificationRow]) {
         for row in rows {
             let frame = serde_json::to_string(&NotificationFrame {
                 kind: "notification",

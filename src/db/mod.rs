@@ -6,6 +6,7 @@
 //! (the approach vaultwarden takes): Diesel's query types are tied to a
 //! backend, and a macro is far lighter than generic bounds over both.
 
+pub mod announcements;
 pub mod bookings;
 pub mod client_reads;
 pub mod email;

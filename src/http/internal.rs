@@ -15,7 +15,7 @@ use crate::http::AppState;
 use crate::rooms::hub::CloseUserSessions;
 use crate::rooms::{RoomKind, RoomName};
 
-fn validate_id(what: &str, id: &str) -> Result<(), AppError> {
+pub(crate) fn validate_id(what: &str, id: &str) -> Result<(), AppError> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id

@@ -1,6 +1,7 @@
 //! HTTP routes. Handlers extract, call the capability, and return JSON;
 //! errors become responses in `crate::error`.
 
+pub mod announcements;
 pub mod demo;
 pub mod extract;
 pub mod health;
@@ -110,7 +111,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
                 "/rooms/{room}/messages",
                 web::post().to(internal::post_room_message),
             )
-            .route("/notifications", web::post().to(notifications::create)),
+            .route("/notifications", web::post().to(notifications::create))
+            .route("/announcements", web::post().to(announcements::create))
+            .route(
+                "/announcements/{id}",
+                web::get().to(announcements::progress),
+            ),
     );
     if settings.server.metrics_listen.is_none() {
         cfg.route("/metrics", web::get().to(health::metrics));

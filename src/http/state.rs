@@ -15,6 +15,7 @@ use crate::db::Db;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::notifications::Inbox;
+use crate::notify::announcer::Announcements;
 use crate::rooms::hub::Hub;
 use crate::rooms::sequencer::Sequencer;
 use crate::support::director::SupportDirector;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub inbox: Inbox,
     /// Booking changes and what follows them.
     pub bookings: Bookings,
+    /// Announcements to every user: stored, then worked through.
+    pub announcements: Announcements,
     /// The upgraded WebSockets, each a task of its own: shutdown waits for
     /// them to write their close frames.
     pub sockets: TaskTracker,

@@ -5,8 +5,8 @@ use super::templates::{self, DigestEntry, UnsubscribeLink};
 use super::unsubscribe::UnsubscribeSigner;
 use crate::config::Settings;
 use crate::db::email::{ItemSource, OutboxRow, PendingItem};
-use crate::db::models::MessageRow;
-use crate::domain::email::{ChatRoom, OutboxState};
+use crate::db::models::{MessageRow, NotificationRow};
+use crate::domain::email::{ChatRoom, EmailKind, OutboxState};
 
 /// What rendering needs besides the items.
 pub struct Composer {
@@ -32,24 +32,58 @@ impl Composer {
         now: i64,
     ) -> OutboxRow {
         let entries: Vec<DigestEntry> = items.iter().flat_map(|item| self.entries(item)).collect();
+        let kinds: Vec<EmailKind> = items.iter().map(|i| i.row.kind).collect();
+        let mut row = self.outbox_row(user_id, name, address, &entries, kinds, now);
+        row.item_count = items.len() as i64;
+        row
+    }
+
+    /// An announcement's email to one user: a bulk email (sent after every
+    /// other) that counts towards `announcement_id`'s progress.
+    pub fn compose_announcement(
+        &self,
+        notification: &NotificationRow,
+        name: Option<&str>,
+        address: &str,
+        announcement_id: &str,
+        now: i64,
+    ) -> OutboxRow {
+        let entries = [self.notification_entry(notification)];
+        let mut row = self.outbox_row(
+            &notification.user_id,
+            name,
+            address,
+            &entries,
+            vec![notification.kind],
+            now,
+        );
+        row.announcement_id = Some(announcement_id.to_owned());
+        row
+    }
+
+    fn outbox_row(
+        &self,
+        user_id: &str,
+        name: Option<&str>,
+        address: &str,
+        entries: &[DigestEntry],
+        mut kinds: Vec<EmailKind>,
+        now: i64,
+    ) -> OutboxRow {
         // Policy emails carry no unsubscribe link: they cannot be turned off.
-        let mut kinds: Vec<&str> = items
-            .iter()
-            .filter(|i| i.row.kind.is_optional())
-            .map(|i| i.row.kind.as_str())
-            .collect();
-        kinds.sort_unstable();
+        kinds.retain(|kind| kind.is_optional());
+        kinds.sort_unstable_by_key(|kind| kind.as_str());
         kinds.dedup();
         let unsubscribe: Vec<UnsubscribeLink> = kinds
             .iter()
             .map(|kind| UnsubscribeLink {
-                kind: (*kind).to_owned(),
-                url: self.signer.url(user_id, kind),
+                kind: kind.as_str().to_owned(),
+                url: self.signer.url(user_id, kind.as_str()),
             })
             .collect();
         let rendered = templates::render_digest(
             name,
-            &entries,
+            entries,
             &unsubscribe,
             &format!("{}/settings/notifications", self.app_base_url),
         );
@@ -65,7 +99,7 @@ impl Composer {
                 [only] => Some(only.url.clone()),
                 _ => None,
             },
-            item_count: items.len() as i64,
+            item_count: 1,
             state: OutboxState::Queued,
             solo: false,
             batch_id: None,
@@ -74,6 +108,20 @@ impl Composer {
             created_at: now,
             sent_at: None,
             announcement_id: None,
+        }
+    }
+
+    fn notification_entry(&self, row: &NotificationRow) -> DigestEntry {
+        DigestEntry {
+            kind: row.kind.as_str().to_owned(),
+            is_message: false,
+            heading: row.title.clone(),
+            body: row.body.clone(),
+            link: row
+                .link
+                .as_deref()
+                .and_then(|l| templates::absolute_link(&self.app_base_url, l)),
+            at_ms: row.created_at,
         }
     }
 
@@ -132,17 +180,7 @@ impl Composer {
                 }));
                 entries
             }
-            ItemSource::Notification(row) => vec![DigestEntry {
-                kind: row.kind.as_str().to_owned(),
-                is_message: false,
-                heading: row.title.clone(),
-                body: row.body.clone(),
-                link: row
-                    .link
-                    .as_deref()
-                    .and_then(|l| templates::absolute_link(&self.app_base_url, l)),
-                at_ms: row.created_at,
-            }],
+            ItemSource::Notification(row) => vec![self.notification_entry(row)],
             ItemSource::Gone => Vec::new(),
         }
     }

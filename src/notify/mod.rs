@@ -34,6 +34,7 @@
 //! Each job's storage is the module of the same name under
 //! [`crate::db::email`]; kinds and states are [`crate::domain::email`]'s.
 
+pub mod announcer;
 pub mod digest;
 pub mod intake;
 pub mod mailer;
@@ -64,14 +65,22 @@ pub enum NotifyError {
     Transport(String),
 }
 
+/// The running email actors.
+pub struct Started {
+    /// Takes notifications.
+    pub notifier: Addr<Notifier>,
+    /// Takes kicks when emails are queued elsewhere (announcements).
+    pub mailer: Addr<mailer::Mailer>,
+}
+
 /// Starts the mailer and the notifier and lets the notifier watch
-/// committed messages. The notifier's address takes notifications.
+/// committed messages.
 pub fn start(
     settings: Arc<Settings>,
     db: Db,
     hub: Addr<Hub>,
     metrics: Arc<Metrics>,
-) -> Result<Addr<Notifier>, NotifyError> {
+) -> Result<Started, NotifyError> {
     let transport = transport::Transport::from_settings(&settings.email)?;
     if !transport.is_remote() {
         tracing::info!(
@@ -86,7 +95,7 @@ pub fn start(
         metrics.clone(),
     )
     .start();
-    let notifier = Notifier::new(settings, db, hub.clone(), mailer, metrics).start();
+    let notifier = Notifier::new(settings, db, hub.clone(), mailer.clone(), metrics).start();
     hub.do_send(WatchCommitted(notifier.clone().recipient()));
-    Ok(notifier)
+    Ok(Started { notifier, mailer })
 }

@@ -11,6 +11,7 @@ mod helpers;
 
 mod abuse;
 mod access_matrix;
+mod announcements;
 mod backend_api;
 mod bad_input;
 mod booking_updates;

@@ -181,7 +181,10 @@ async fn three_nodes_remind_each_participant_once(backend: Backend) {
     );
     for user in [&ava, &sam] {
         let reminders = wait_for_reminders(&nodes[1], user, BOOKINGS).await;
-        assert!(reminders[0]["link"].as_str().unwrap().contains("/bookings/rem-"));
+        assert!(reminders[0]["link"]
+            .as_str()
+            .unwrap()
+            .contains("/bookings/rem-"));
         let emails = fake
             .wait_for_emails_to(&user.email(), BOOKINGS, EMAIL_WAIT)
             .await;
