@@ -66,6 +66,9 @@ pub struct Addressee {
     pub email: Option<String>,
 }
 
+/// A user of a page as read: id, name, address, marketing opt-in.
+type PageRow = (String, Option<String>, Option<String>, Option<bool>);
+
 /// A page to store: its users' notifications and the emails of those to
 /// email, the cursor it started from and the one it ends at.
 pub struct Page {
@@ -195,30 +198,27 @@ impl Db {
         limit: i64,
     ) -> Result<Vec<Addressee>, DbError> {
         let after = announcement.cursor.clone().unwrap_or_default();
-        let rows: Vec<(String, Option<String>, Option<String>, Option<bool>)> =
-            db_run!(self, |conn| {
-                let mut query = users::table
-                    .left_join(
-                        email_preferences::table.on(email_preferences::user_id.eq(users::id)),
-                    )
-                    .filter(users::erased_at.is_null())
-                    .filter(users::id.gt(&after))
-                    .into_boxed();
-                if let Some(role) = &announcement.audience_role {
-                    query = query.filter(users::role.eq(role));
-                }
-                query
-                    .order(users::id.asc())
-                    .limit(limit)
-                    .select((
-                        users::id,
-                        users::name,
-                        users::email,
-                        email_preferences::marketing.nullable(),
-                    ))
-                    .load(conn)
-                    .await?
-            });
+        let rows: Vec<PageRow> = db_run!(self, |conn| {
+            let mut query = users::table
+                .left_join(email_preferences::table.on(email_preferences::user_id.eq(users::id)))
+                .filter(users::erased_at.is_null())
+                .filter(users::id.gt(&after))
+                .into_boxed();
+            if let Some(role) = &announcement.audience_role {
+                query = query.filter(users::role.eq(role));
+            }
+            query
+                .order(users::id.asc())
+                .limit(limit)
+                .select((
+                    users::id,
+                    users::name,
+                    users::email,
+                    email_preferences::marketing.nullable(),
+                ))
+                .load(conn)
+                .await?
+        });
         Ok(rows
             .into_iter()
             .map(|(user_id, name, email, marketing)| {
