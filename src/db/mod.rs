@@ -83,10 +83,24 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 const MIGRATION_LOCK_ID: i64 = 0x006d_6978_726f_6f6d;
 
 /// Per-connection SQLite settings: WAL so readers never block the writer,
-/// `synchronous=FULL` because an ack promises the message is durable.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000; \
+/// `synchronous=FULL` because an ack promises the message is durable. The
+/// busy timeout comes first: setting the journal mode takes a lock, and
+/// without a timeout a connection opened while another writes failed at
+/// once ("database is locked", a 503 for the request that opened it).
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 10000; \
      PRAGMA cache_size = -8000; PRAGMA mmap_size = 268435456;";
+
+/// Tries at opening a pooled SQLite connection (see `Db::connect`).
+const SQLITE_OPEN_ATTEMPTS: u64 = 5;
+
+async fn open_sqlite(path: &str) -> Result<SqliteConn, diesel::ConnectionError> {
+    let mut conn = SqliteConn::establish(path).await?;
+    conn.batch_execute(SQLITE_PRAGMAS)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    Ok(conn)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -232,11 +246,22 @@ impl Db {
                 config.recycling_method = RecyclingMethod::Fast;
                 config.custom_setup = Box::new(|path| {
                     async move {
-                        let mut conn = SqliteConn::establish(path).await?;
-                        conn.batch_execute(SQLITE_PRAGMAS)
-                            .await
-                            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-                        Ok(conn)
+                        // Opening a WAL database races with other
+                        // connections setting up its shared memory: SQLite
+                        // can answer "unable to open database file" (or
+                        // "locked") for a moment. Tried a few times.
+                        let mut attempt = 0;
+                        loop {
+                            attempt += 1;
+                            match open_sqlite(path).await {
+                                Ok(conn) => return Ok(conn),
+                                Err(error) if attempt < SQLITE_OPEN_ATTEMPTS => {
+                                    tracing::debug!(%error, attempt, "opening SQLite again");
+                                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                                }
+                                Err(error) => return Err(error),
+                            }
+                        }
                     }
                     .boxed()
                 });

@@ -240,6 +240,21 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
         ),
         (
             "POST",
+            "/v1/internal/announcements".into(),
+            Some(json!({
+                "id": "matrix-1", "title": "Terms", "body": "Changed.", "kind": "policy",
+                "audience": "all",
+            })),
+            [401, 401, 401, 401, 401, 401, 202],
+        ),
+        (
+            "GET",
+            "/v1/internal/announcements/matrix-1".into(),
+            None,
+            [401, 401, 401, 401, 401, 401, 200],
+        ),
+        (
+            "POST",
             format!("/v1/internal/rooms/{}/messages", world.booking_room),
             Some(json!({"body": "notice"})),
             [401, 401, 401, 401, 401, 401, 201],

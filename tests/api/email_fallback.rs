@@ -837,9 +837,20 @@ async fn preferences_are_respected(backend: Backend) {
     let defaults = preferences(&server, &sam).await;
     assert_eq!(
         defaults["email"],
-        json!({"chat": true, "booking": true, "support": true, "marketing": false})
+        json!({"chat": true, "booking": true, "support": true, "marketing": false, "reminder": true})
     );
     assert_eq!(defaults["chat_delay_secs"], Value::Null);
+    // A material change is told to everyone: not a switch.
+    let policy = put_preferences(&server, &sam, json!({"email": {"policy": false}})).await;
+    assert_eq!(policy.status(), 422);
+    let refusal: Value = policy.json().await.unwrap();
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be turned off"),
+        "{refusal}"
+    );
     assert_eq!(defaults["defaults"]["offline_delay_secs"], 1);
     assert_eq!(defaults["defaults"]["unread_delay_secs"], 30);
 

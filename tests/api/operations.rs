@@ -55,6 +55,16 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/v1/admin/support/conversations/x/takeover",
     ),
     ("put", "/v1/internal/users", "/v1/internal/users"),
+    (
+        "post",
+        "/v1/internal/announcements",
+        "/v1/internal/announcements",
+    ),
+    (
+        "get",
+        "/v1/internal/announcements/{id}",
+        "/v1/internal/announcements/x",
+    ),
     ("put", "/v1/internal/users/{id}", "/v1/internal/users/x"),
     (
         "post",
