@@ -16,6 +16,7 @@
 //! place and only the fields a workload needs are read.
 
 mod abuse;
+mod announce;
 mod fanout;
 mod idle;
 mod measure;
@@ -55,6 +56,8 @@ enum Workload {
     Connect(idle::ConnectArgs),
     /// The durable write path alone (no server): CPU per stored message.
     Store(store::StoreArgs),
+    /// Transactional emails while an announcement reaches N users.
+    Announce(announce::AnnounceArgs),
 }
 
 impl Workload {
@@ -65,7 +68,8 @@ impl Workload {
             Workload::Pairs(a) => Some(&a.target),
             Workload::Idle(a) => Some(&a.target),
             Workload::Connect(a) => Some(&a.target),
-            Workload::Store(_) => None,
+            // Its server is started with its fake Resend (`announce::run`).
+            Workload::Store(_) | Workload::Announce(_) => None,
         }
     }
 }
@@ -111,6 +115,7 @@ async fn run(workload: Workload) -> anyhow::Result<String> {
     let Some(target_args) = workload.target() else {
         return match &workload {
             Workload::Store(args) => store::run(args).await,
+            Workload::Announce(args) => announce::run(args).await,
             _ => unreachable!("every other workload has a target"),
         };
     };
@@ -120,7 +125,7 @@ async fn run(workload: Workload) -> anyhow::Result<String> {
         Workload::Pairs(args) => pairs::run(&target, args).await,
         Workload::Idle(args) => idle::idle(&target, args).await,
         Workload::Connect(args) => idle::connect(&target, args).await,
-        Workload::Store(_) => unreachable!("handled above"),
+        Workload::Store(_) | Workload::Announce(_) => unreachable!("handled above"),
     };
     target.shutdown().await;
     result

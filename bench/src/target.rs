@@ -272,6 +272,13 @@ impl Target {
         Ok(target)
     }
 
+    /// A request to the internal API (`path` from `/v1/internal/`).
+    pub fn internal(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("http://{}/v1/internal/{path}", self.addr))
+            .bearer_auth(&self.internal_key)
+    }
+
     /// A Supabase-shaped access token for a user, valid for two hours.
     pub fn token(&self, user_id: &str, role: &str, name: &str) -> String {
         let claims = mixroom_testkit::claims(user_id, role, name, now_secs() + 7200);
