@@ -283,9 +283,8 @@ async fn measure(
     let mut during_posts = Samples::with_capacity(1024);
     let mut during_sent = Vec::new();
     let mut notified_ns = None;
-    let mut last_progress: Option<Value> = None;
     let mut n = 0;
-    loop {
+    let last_progress = loop {
         tick.tick().await;
         n += 1;
         during_sent.push(
@@ -308,12 +307,11 @@ async fn measure(
                 notified_ns = Some(now_ns());
             }
             let all_sent = progress["emailed"] == progress["email_queued"];
-            last_progress = Some(progress);
             if notified_ns.is_some() && all_sent {
-                break;
+                break progress;
             }
         }
-    }
+    };
     let emailed_ns = inbox.borrow().last_bulk_ns;
     let mut during = probe_latencies(inbox, &during_sent).await;
     let (alone_s, during_s) = (alone.summary(), during.summary());
