@@ -34,6 +34,7 @@ use crate::payments::{EventKind, PaymentEvent};
 const INDEX_HTML: &str = include_str!("../../demo/index.html");
 const APP_JS: &str = include_str!("../../demo/app.js");
 const STYLE_CSS: &str = include_str!("../../demo/style.css");
+const SERVICE_WORKER_JS: &str = include_str!("../../demo/sw.js");
 
 /// Demo tokens live ten minutes, so the page shows the client refreshing
 /// its token on the live socket.
@@ -79,6 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index))
         .route("/demo/app.js", web::get().to(app_js))
         .route("/demo/style.css", web::get().to(style_css))
+        .route("/demo-sw.js", web::get().to(service_worker_js))
         .route("/demo/session", web::post().to(session))
         .route("/demo/booking", web::post().to(set_booking_status))
         .route("/demo/payment", web::post().to(play_payment));
@@ -98,6 +100,12 @@ async fn index() -> HttpResponse {
 
 async fn app_js() -> HttpResponse {
     asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+/// The demo's service worker (Web Push): at the root, so its scope (`/`)
+/// covers the page at `/`.
+async fn service_worker_js() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", SERVICE_WORKER_JS)
 }
 
 async fn style_css() -> HttpResponse {

@@ -37,6 +37,13 @@ async fn demo_page_and_sessions_when_on() {
     let bundle = http.get(server.http("/demo/app.js")).send().await.unwrap();
     assert_eq!(bundle.status(), 200);
     assert!(bundle.text().await.unwrap().contains("MixroomClient"));
+    let worker = http.get(server.http("/demo-sw.js")).send().await.unwrap();
+    assert_eq!(worker.status(), 200);
+    assert!(worker.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(worker.text().await.unwrap().contains("notificationclick"));
 
     let (status, ava) = post_json(&server, "/demo/session", json!({"user": "ava"})).await;
     assert_eq!(status, 200, "{ava}");

@@ -89,7 +89,7 @@ async fn production_with_real_secrets_serves_without_the_demo() {
     let backend = Backend::sqlite();
     let server = TestServer::spawn(&backend, &[PRODUCTION]);
     let http = server.http_client();
-    for path in ["/", "/demo/app.js"] {
+    for path in ["/", "/demo/app.js", "/demo-sw.js"] {
         let status = http.get(server.http(path)).send().await.unwrap().status();
         assert_eq!(status, 404, "GET {path}");
     }
