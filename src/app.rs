@@ -75,7 +75,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let limiters = Arc::new(Limiters::new(&settings.limits));
     let email = crate::notify::start(settings.clone(), db.clone(), hub.clone(), metrics.clone())?;
     let support_runtime = crate::support::SupportRuntime::load(&settings.ai)?;
-    let inbox = Inbox::new(hub.clone(), email.notifier);
+    let web_push =
+        crate::notify::push::start(settings.clone(), db.clone(), hub.clone(), metrics.clone())
+            .await?;
+    let inbox = Inbox::new(hub.clone(), email.notifier, web_push.clone());
     let announcer = Announcer::new(
         AnnouncerWork {
             db: db.clone(),
@@ -131,6 +134,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
         announcements: Announcements::new(db.clone(), announcer),
         inbox,
+        web_push,
         sockets: TaskTracker::new(),
         probes: crate::http::health::ProbeCache::new(),
         draining: Arc::new(AtomicBool::new(false)),

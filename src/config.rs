@@ -22,6 +22,7 @@ pub struct Settings {
     pub stripe: StripeSettings,
     pub email: EmailSettings,
     pub notify: NotifySettings,
+    pub push: PushSettings,
     pub ai: AiSettings,
     pub limits: LimitSettings,
     pub retention: RetentionSettings,
@@ -306,6 +307,67 @@ impl NotifySettings {
             return Err(ConfigError::Invalid(
                 "notify.announcement_page_size must be 1 to 10000".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+/// Web Push (`src/notify/push/`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSettings {
+    /// The VAPID private key: the P-256 scalar, 32 bytes in base64url (what
+    /// VAPID key generators print), or a PEM (PKCS#8 or SEC1). Empty: in
+    /// development a key is generated once and stored in the database; in
+    /// production push is off.
+    #[serde(serialize_with = "redacted")]
+    pub vapid_private_key: SecretString,
+    /// Who runs this server, for push services: `mailto:` or an https URL.
+    pub vapid_subject: String,
+    /// Browsers (subscriptions) one user may register.
+    pub max_subscriptions_per_user: usize,
+    /// How long a push service keeps a push for an offline browser (`TTL`).
+    pub ttl_secs: u64,
+    /// Attempts (429, 5xx, network) after which a push is given up.
+    pub max_attempts: u32,
+    /// Backoff between attempts doubles from `retry_base_ms` up to
+    /// `retry_max_ms`; a longer `Retry-After` wins.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// A push service call that takes longer is abandoned and retried.
+    pub request_timeout_secs: u64,
+    /// Pushes sent at once by one node.
+    pub concurrency: usize,
+    /// How often stored pushes of other nodes (or a restart) are looked for.
+    pub sweep_interval_ms: u64,
+}
+
+impl PushSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |what: &str| Err(ConfigError::Invalid(format!("push.{what}")));
+        if self.max_subscriptions_per_user == 0
+            || self.max_attempts == 0
+            || self.retry_base_ms == 0
+            || self.request_timeout_secs == 0
+            || self.concurrency == 0
+            || self.sweep_interval_ms == 0
+            || self.ttl_secs == 0
+        {
+            return invalid(
+                "max_subscriptions_per_user, ttl_secs, max_attempts, retry_base_ms, \
+                 request_timeout_secs, concurrency and sweep_interval_ms must be positive",
+            );
+        }
+        if self.retry_max_ms < self.retry_base_ms {
+            return invalid("retry_max_ms must not be below retry_base_ms");
+        }
+        let subject = self.vapid_subject.as_str();
+        let https = reqwest::Url::parse(subject).is_ok_and(|url| url.scheme() == "https");
+        let mailto = subject
+            .strip_prefix("mailto:")
+            .is_some_and(|address| address.contains('@'));
+        if !(https || mailto) {
+            return invalid("vapid_subject must be a mailto: address or an https:// URL");
         }
         Ok(())
     }
@@ -667,6 +729,7 @@ impl Settings {
         }
         self.email.validate(&self.auth)?;
         self.notify.validate()?;
+        self.push.validate()?;
         if self.server.max_message_bytes >= self.server.max_frame_bytes {
             return Err(ConfigError::Invalid(
                 "server.max_message_bytes must be below server.max_frame_bytes".into(),

@@ -14,6 +14,7 @@ use crate::db::DbError;
 use crate::domain::chat::ChatRefusal;
 pub use crate::domain::wire::ErrorCode;
 use crate::domain::{room::RoomNameError, wire::FrameError};
+use crate::notify::push::PushError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -35,6 +36,9 @@ pub enum AppError {
     Timeout(String),
     #[error("{0}")]
     Conflict(String),
+    /// A capability turned off on this server (503 with its own code).
+    #[error("{message}")]
+    Unavailable { code: ErrorCode, message: String },
     #[error("rate limited, retry in {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
     /// Logged where it is converted; the caller sees a generic message.
@@ -54,6 +58,7 @@ impl AppError {
             AppError::Timeout(_) => ErrorCode::Timeout,
             AppError::Conflict(_) => ErrorCode::Conflict,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
+            AppError::Unavailable { code, .. } => *code,
             AppError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -75,6 +80,21 @@ impl AppError {
 impl From<DbError> for AppError {
     fn from(error: DbError) -> Self {
         AppError::Internal(error.into())
+    }
+}
+
+impl From<PushError> for AppError {
+    fn from(error: PushError) -> Self {
+        match error {
+            PushError::Disabled => AppError::Unavailable {
+                code: ErrorCode::PushDisabled,
+                message: error.to_string(),
+            },
+            PushError::InvalidSubscription(message) => AppError::Unprocessable(message),
+            PushError::TooManySubscriptions { .. } => AppError::Conflict(error.to_string()),
+            PushError::Db(error) => error.into(),
+            PushError::Key(_) | PushError::Client(_) => AppError::internal(error),
+        }
     }
 }
 
@@ -132,7 +152,7 @@ impl ResponseError for AppError {
             AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable { .. } | AppError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

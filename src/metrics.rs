@@ -86,6 +86,16 @@ pub struct Metrics {
     /// Users an announcement notified, and emails it queued.
     pub announcement_users: IntCounter,
     pub announcement_emails_queued: IntCounter,
+    /// Pushes stored in the push queue (one per subscription).
+    pub pushes_queued: IntCounter,
+    /// Pushes a push service accepted.
+    pub pushes_sent: IntCounter,
+    /// Pushes given up (refused, or out of attempts).
+    pub pushes_failed: IntCounter,
+    /// Pushes to be tried again, by reason (rate_limited, transient).
+    pub push_retries: IntCounterVec,
+    /// Subscriptions removed because their push service answered 404/410.
+    pub push_subscriptions_removed: IntCounter,
     /// Every family registered, children or not (`render` leaves out a
     /// labelled family until its first child).
     families: Vec<Family>,
@@ -285,6 +295,21 @@ impl Metrics {
                 "announcement_emails_queued_total",
                 "Announcement emails stored in the outbox",
             ),
+            pushes_queued: counter("pushes_queued_total", "Web pushes queued, one per browser"),
+            pushes_sent: counter("pushes_sent_total", "Web pushes accepted by a push service"),
+            pushes_failed: counter(
+                "pushes_failed_total",
+                "Web pushes given up (refused, or out of attempts)",
+            ),
+            push_retries: counter_vec(
+                "push_retries_total",
+                "Web pushes to be tried again, by reason",
+                "reason",
+            ),
+            push_subscriptions_removed: counter(
+                "push_subscriptions_removed_total",
+                "Push subscriptions removed after a 404 or 410 from their push service",
+            ),
             registry,
             families: Vec::new(),
         };
@@ -293,6 +318,9 @@ impl Metrics {
         // before the first event.
         for limit in ["http", "connects", "frames", "internal", "agent", "support"] {
             metrics.rate_limited.with_label_values(&[limit]);
+        }
+        for reason in ["rate_limited", "transient"] {
+            metrics.push_retries.with_label_values(&[reason]);
         }
         for reason in [
             "per_user",

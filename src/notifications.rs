@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::db::models::NotificationRow;
 use crate::db::Db;
 use crate::error::AppError;
+use crate::notify::push::Push;
 use crate::notify::Notifier;
 use crate::rooms::hub::{Hub, ToUser};
 
@@ -62,25 +63,33 @@ struct NotificationFrame<'a> {
     view: NotificationView<'a>,
 }
 
-/// Where a user's news goes: their live sessions (through the hub) and
-/// the email fallback (the notifier). Cheap to clone.
+/// Where a user's news goes: their live sessions (through the hub), Web
+/// Push for users who have none, and the email fallback (the notifier).
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Inbox {
     hub: Addr<Hub>,
     notifier: Addr<Notifier>,
+    web_push: Push,
 }
 
 impl Inbox {
-    pub fn new(hub: Addr<Hub>, notifier: Addr<Notifier>) -> Self {
-        Inbox { hub, notifier }
+    pub fn new(hub: Addr<Hub>, notifier: Addr<Notifier>, web_push: Push) -> Self {
+        Inbox {
+            hub,
+            notifier,
+            web_push,
+        }
     }
 
-    /// Pushes stored notifications to their users' live sessions, and
-    /// hands them to the email fallback (emailed if not read in time).
+    /// Pushes stored notifications to their users' live sessions, hands
+    /// them to Web Push (pushed to those with no live session) and to the
+    /// email fallback (emailed if not read in time).
     pub fn push(&self, rows: &[NotificationRow]) {
         if !rows.is_empty() {
             self.notifier
                 .do_send(crate::notify::NotificationsCreated(rows.to_vec()));
+            self.web_push.notifications_created(rows);
         }
         self.show(rows);
     }

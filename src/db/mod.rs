@@ -16,6 +16,7 @@ pub mod models;
 pub mod notifications;
 pub mod payments;
 pub mod privacy;
+pub mod push;
 pub mod reminders;
 pub mod schema;
 pub mod support;

@@ -9,8 +9,8 @@ use super::models::{
 };
 use super::schema::{
     booking_participants, booking_status_history, bookings, email_items, email_outbox,
-    email_preferences, message_reactions, messages, notifications, read_cursors,
-    support_conversations, support_token_usage, users,
+    email_preferences, message_reactions, messages, notifications, push_preferences, push_queue,
+    push_subscriptions, read_cursors, support_conversations, support_token_usage, users,
 };
 use super::{Db, DbError};
 use crate::db_run;
@@ -157,6 +157,7 @@ pub struct Erasure {
     pub read_cursors_deleted: usize,
     pub support_turns_blanked: usize,
     pub emails_cancelled: usize,
+    pub push_subscriptions_deleted: usize,
     /// Booking rooms whose members lists named the user.
     #[serde(skip)]
     pub booking_rooms: Vec<String>,
@@ -589,8 +590,24 @@ impl Db {
                 diesel::delete(email_preferences::table.find(user_id))
                     .execute(conn)
                     .await?;
+                // Their browsers get nothing more: subscriptions, queued
+                // pushes and push switches go.
+                diesel::delete(push_queue::table.filter(push_queue::user_id.eq(user_id)))
+                    .execute(conn)
+                    .await?;
+                let push_subscriptions_deleted = diesel::delete(
+                    push_subscriptions::table.filter(push_subscriptions::user_id.eq(user_id)),
+                )
+                .execute(conn)
+                .await?;
+                diesel::delete(
+                    push_preferences::table.filter(push_preferences::user_id.eq(user_id)),
+                )
+                .execute(conn)
+                .await?;
                 Ok(Erasure {
                     emails_cancelled,
+                    push_subscriptions_deleted,
                     booking_rooms,
                     support_turns_blanked,
                     messages_blanked,

@@ -284,6 +284,53 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    push_subscriptions (endpoint) {
+        endpoint -> Text,
+        user_id -> Text,
+        p256dh -> Text,
+        auth -> Text,
+        created_at -> BigInt,
+        last_success_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    push_preferences (user_id, kind) {
+        user_id -> Text,
+        kind -> Text,
+        enabled -> Bool,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    push_queue (id) {
+        id -> Text,
+        endpoint -> Text,
+        user_id -> Text,
+        kind -> Text,
+        source -> Text,
+        payload -> Text,
+        state -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> BigInt,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    push_vapid_keys (id) {
+        id -> Text,
+        private_key -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(booking_participants -> bookings (booking_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -308,4 +355,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     booking_reminders,
     announcements,
+    push_subscriptions,
+    push_preferences,
+    push_queue,
+    push_vapid_keys,
 );

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Conflict,
     RateLimited,
     Internal,
+    /// HTTP only (503): Web Push is off on this server (no VAPID key).
+    PushDisabled,
 }
 
 impl ErrorCode {
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::PushDisabled => "push_disabled",
         }
     }
 }

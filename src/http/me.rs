@@ -17,6 +17,8 @@ pub async fn export(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let data = state.db.user_data(&who.user_id).await?;
+    let push_subscriptions = state.db.push_subscriptions_of(&who.user_id).await?;
+    let push_switches = state.db.push_switches_of(&[who.user_id.clone()]).await?;
     let at = crate::time::rfc3339_ms;
     let document = json!({
         "exported_at": at(crate::time::now_ms()),
@@ -54,6 +56,14 @@ pub async fn export(
             "marketing": p.marketing,
             "chat_delay_secs": p.chat_delay_secs,
         })),
+        // The browsers' keys are theirs and say nothing about the user.
+        "push_subscriptions": push_subscriptions.iter().map(|s| json!({
+            "endpoint": s.endpoint,
+            "created_at": at(s.created_at),
+            "last_success_at": s.last_success_at.map(at),
+        })).collect::<Vec<_>>(),
+        "push_preferences": push_switches.iter().map(|(_, kind, on)| (kind.as_str().to_owned(), json!(on)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "emails": data.emails.iter().map(|e| json!({
             "to": e.to_address,
             "subject": e.subject,

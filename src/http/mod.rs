@@ -11,6 +11,7 @@ pub mod me;
 pub mod middleware;
 pub mod notifications;
 pub mod preferences;
+pub mod push;
 pub mod request_log;
 pub mod rooms;
 mod state;
@@ -74,6 +75,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .route("/v1/me", web::delete().to(me::erase))
     .route("/v1/me/preferences", web::get().to(preferences::get))
     .route("/v1/me/preferences", web::put().to(preferences::put))
+    .route(
+        "/v1/push/vapid-public-key",
+        web::get().to(push::vapid_public_key),
+    )
+    .route("/v1/me/push-subscriptions", web::get().to(push::list))
+    .route("/v1/me/push-subscriptions", web::post().to(push::subscribe))
+    .route(
+        "/v1/me/push-subscriptions",
+        web::delete().to(push::unsubscribe),
+    )
     .route(
         "/v1/unsubscribe",
         web::get().to(preferences::confirm_unsubscribe),

@@ -1,6 +1,8 @@
 //! Email preferences (`GET/PUT /v1/me/preferences`) and the signed
 //! unsubscribe link of every email (`GET/POST /v1/unsubscribe?token=`).
 
+use std::collections::BTreeMap;
+
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -10,6 +12,7 @@ use crate::domain::email::EmailKind;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::notifications::kind_names;
+use crate::notify::push;
 use crate::notify::templates::kind_label;
 use crate::notify::unsubscribe::{UnsubscribeError, UnsubscribeSigner};
 
@@ -34,14 +37,23 @@ struct ServerDelays {
 #[derive(Serialize)]
 struct PreferencesView {
     email: EmailSwitches,
+    /// Web Push on/off per kind (`crate::notify::push::switch_kinds`).
+    push: BTreeMap<&'static str, bool>,
     /// The user's delay before an unread chat message is emailed; `null`
     /// means the server's delays (`defaults`) apply.
     chat_delay_secs: Option<i64>,
     defaults: ServerDelays,
 }
 
-fn view(state: &AppState, row: &PreferencesRow) -> PreferencesView {
+fn view(
+    state: &AppState,
+    row: &PreferencesRow,
+    push_changed: &[(EmailKind, bool)],
+) -> PreferencesView {
     PreferencesView {
+        push: push::switch_kinds()
+            .map(|(kind, _)| (kind.as_str(), push::push_allowed(kind, push_changed)))
+            .collect(),
         email: EmailSwitches {
             chat: row.chat,
             booking: row.booking,
@@ -67,7 +79,22 @@ pub async fn get(
         .email_preferences(&who.user_id)
         .await?
         .unwrap_or_else(|| PreferencesRow::defaults(&who.user_id));
-    Ok(HttpResponse::Ok().json(view(&state, &row)))
+    let push_changed = push_switches(&state, &who.user_id).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &row, &push_changed)))
+}
+
+/// The push switches the user changed.
+async fn push_switches(
+    state: &AppState,
+    user_id: &str,
+) -> Result<Vec<(EmailKind, bool)>, AppError> {
+    Ok(state
+        .db
+        .push_switches_of(&[user_id.to_owned()])
+        .await?
+        .into_iter()
+        .map(|(_, kind, on)| (kind, on))
+        .collect())
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -84,7 +111,10 @@ where
 pub struct PreferencesUpdate {
     /// Kinds to turn on or off; kinds not named keep their setting.
     #[serde(default)]
-    email: std::collections::BTreeMap<String, bool>,
+    email: BTreeMap<String, bool>,
+    /// Web Push kinds to turn on or off, the same way.
+    #[serde(default)]
+    push: BTreeMap<String, bool>,
     /// A number of seconds, or `null` for the server's delays.
     #[serde(default, deserialize_with = "explicit")]
     chat_delay_secs: Option<Option<i64>>,
@@ -125,9 +155,34 @@ pub async fn put(
         }
         row.chat_delay_secs = delay;
     }
+    let mut push_changes = Vec::with_capacity(update.push.len());
+    for (name, enabled) in &update.push {
+        match push::switch_kinds().find(|(kind, _)| kind.as_str() == name) {
+            Some((kind, _)) => push_changes.push((kind, *enabled)),
+            None if EmailKind::parse(name).is_some() => {
+                return Err(AppError::Unprocessable(format!(
+                    "`{name}` pushes cannot be turned off: they tell everyone of a material change"
+                )))
+            }
+            None => {
+                return Err(AppError::Unprocessable(format!(
+                    "unknown push kind `{name}`; expected one of {}",
+                    push::switch_kinds()
+                        .map(|(kind, _)| kind.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
+    }
     row.updated_at = crate::time::now_ms();
     state.db.save_email_preferences(&row).await?;
-    Ok(HttpResponse::Ok().json(view(&state, &row)))
+    state
+        .db
+        .set_push_switches(&who.user_id, &push_changes)
+        .await?;
+    let push_changed = push_switches(&state, &who.user_id).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &row, &push_changed)))
 }
 
 #[derive(Deserialize)]

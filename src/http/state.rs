@@ -40,6 +40,8 @@ pub struct AppState {
     pub support: Addr<SupportDirector>,
     /// Users' news: their live sessions and the email fallback.
     pub inbox: Inbox,
+    /// Web Push: the VAPID key and whether push is on.
+    pub web_push: crate::notify::push::Push,
     /// Booking changes and what follows them.
     pub bookings: Bookings,
     /// Announcements to every user: stored, then worked through.

@@ -40,6 +40,7 @@ pub mod intake;
 pub mod mailer;
 pub mod notifier;
 pub mod policy;
+pub mod push;
 pub mod reminders;
 pub mod templates;
 pub mod transport;

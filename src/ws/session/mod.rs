@@ -430,6 +430,10 @@ fn clone_error(error: &AppError) -> AppError {
         AppError::RateLimited { retry_after_ms } => AppError::RateLimited {
             retry_after_ms: *retry_after_ms,
         },
+        AppError::Unavailable { code, message } => AppError::Unavailable {
+            code: *code,
+            message: message.clone(),
+        },
         AppError::Internal(source) => AppError::internal(anyhow::anyhow!("{source:#}")),
     }
 }
