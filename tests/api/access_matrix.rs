@@ -142,6 +142,14 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
         "title": "Session",
     });
     let notification_body = json!({"user_id": world.ava.id, "kind": "booking", "title": "Hi"});
+    // A browser's subscription; nothing listens there (pushes to it fail
+    // in the background). Each caller takes it over in turn, the last
+    // being the admin.
+    let browser = crate::fake_push::Browser::detached("http://127.0.0.1:9/push/matrix");
+    let unsubscribe = format!(
+        "/v1/me/push-subscriptions?endpoint={}",
+        url_encode(&browser.endpoint)
+    );
 
     //        anonymous, wrong user, client, studio owner, engineer, admin, internal key
     let routes: Vec<(&str, String, Option<Value>, Expected)> = vec![
@@ -198,6 +206,30 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
             "/v1/me/preferences".into(),
             None,
             [401, 200, 200, 200, 200, 200, 401],
+        ),
+        (
+            "GET",
+            "/v1/push/vapid-public-key".into(),
+            None,
+            [200, 200, 200, 200, 200, 200, 200],
+        ),
+        (
+            "POST",
+            "/v1/me/push-subscriptions".into(),
+            Some(browser.subscription()),
+            [401, 201, 201, 201, 201, 201, 401],
+        ),
+        (
+            "GET",
+            "/v1/me/push-subscriptions".into(),
+            None,
+            [401, 200, 200, 200, 200, 200, 401],
+        ),
+        (
+            "DELETE",
+            unsubscribe,
+            None,
+            [401, 404, 404, 404, 404, 204, 401],
         ),
         (
             "POST",
@@ -421,4 +453,16 @@ async fn every_route_and_frame_for_every_caller(backend: Backend) {
         "access matrix violations:\n{}",
         wrong.join("\n")
     );
+}
+
+/// A query value, percent-encoded.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

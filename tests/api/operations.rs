@@ -30,6 +30,26 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/v1/me/unread", "/v1/me/unread"),
     ("get", "/v1/me/preferences", "/v1/me/preferences"),
     ("put", "/v1/me/preferences", "/v1/me/preferences"),
+    (
+        "get",
+        "/v1/push/vapid-public-key",
+        "/v1/push/vapid-public-key",
+    ),
+    (
+        "get",
+        "/v1/me/push-subscriptions",
+        "/v1/me/push-subscriptions",
+    ),
+    (
+        "post",
+        "/v1/me/push-subscriptions",
+        "/v1/me/push-subscriptions",
+    ),
+    (
+        "delete",
+        "/v1/me/push-subscriptions",
+        "/v1/me/push-subscriptions?endpoint=x",
+    ),
     ("get", "/v1/me/export", "/v1/me/export"),
     ("delete", "/v1/me", "/v1/me"),
     ("get", "/v1/unsubscribe", "/v1/unsubscribe?token=x"),

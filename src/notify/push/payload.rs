@@ -56,16 +56,20 @@ pub fn for_notification(row: &NotificationRow, app_base_url: &str) -> PushPayloa
     }
 }
 
-/// What a chat message says in one line: its text, or what it shares
-/// when it has no text.
+/// What a chat message says in one line: its text and the files it
+/// shares by name (`📎 take3.wav`), or only what it shares when it has no
+/// text.
 fn message_text(message: &MessageRow) -> String {
-    if !message.body.trim().is_empty() {
-        return message.body.clone();
-    }
-    match message.attachment_list().as_slice() {
-        [] => "sent a message".to_owned(),
-        [one] => format!("shared a file: {}", one.name),
-        many => format!("shared {} files", many.len()),
+    let files = match message.attachment_list().as_slice() {
+        [] => None,
+        [one] => Some(format!("📎 {}", one.name)),
+        many => Some(format!("📎 {} files", many.len())),
+    };
+    match (message.body.trim(), files) {
+        ("", Some(files)) => format!("shared {files}"),
+        ("", None) => "sent a message".to_owned(),
+        (text, Some(files)) => format!("{text} {files}"),
+        (text, None) => text.to_owned(),
     }
 }
 
@@ -173,10 +177,18 @@ mod tests {
     }
 
     #[test]
-    fn an_attachment_only_message_says_what_it_shares() {
+    fn shared_files_are_named() {
         let one = r#"[{"url":"https://x.supabase.co/a.wav","name":"take3.wav","size":1,"content_type":"audio/wav"}]"#;
         let payload = for_chat("booking:b1", &message("", Some(one)), 1, None, "https://a");
-        assert_eq!(payload.body, "Sam: shared a file: take3.wav");
+        assert_eq!(payload.body, "Sam: shared 📎 take3.wav");
         assert_eq!(payload.title, "Your booking");
+        let with_text = for_chat(
+            "booking:b1",
+            &message("Stems", Some(one)),
+            1,
+            None,
+            "https://a",
+        );
+        assert_eq!(with_text.body, "Sam: Stems 📎 take3.wav");
     }
 }
