@@ -18,7 +18,10 @@ pub async fn export(
 ) -> Result<HttpResponse, AppError> {
     let data = state.db.user_data(&who.user_id).await?;
     let push_subscriptions = state.db.push_subscriptions_of(&who.user_id).await?;
-    let push_switches = state.db.push_switches_of(&[who.user_id.clone()]).await?;
+    let push_switches = state
+        .db
+        .push_switches_of(std::slice::from_ref(&who.user_id))
+        .await?;
     let at = crate::time::rfc3339_ms;
     let document = json!({
         "exported_at": at(crate::time::now_ms()),
