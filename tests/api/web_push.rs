@@ -242,7 +242,8 @@ async fn a_kind_turned_off_is_not_pushed(backend: Backend) {
     let before = server.get_as(&sam, "/v1/me/preferences").await;
     assert_eq!(
         before["push"],
-        json!({"chat": true, "booking": true, "support": true, "marketing": false})
+        json!({"chat": true, "booking": true, "support": true, "marketing": false,
+               "reminder": true})
     );
     let response = server
         .http_client()
@@ -256,7 +257,8 @@ async fn a_kind_turned_off_is_not_pushed(backend: Backend) {
     let after: Value = response.json().await.unwrap();
     assert_eq!(
         after["push"],
-        json!({"chat": false, "booking": false, "support": true, "marketing": false})
+        json!({"chat": false, "booking": false, "support": true, "marketing": false,
+               "reminder": true})
     );
     assert_eq!(after["email"]["booking"], true, "email switches unchanged");
     let unknown = server
@@ -268,6 +270,15 @@ async fn a_kind_turned_off_is_not_pushed(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 422);
+    let policy = server
+        .http_client()
+        .put(server.http("/v1/me/preferences"))
+        .bearer_auth(&sam.token)
+        .json(&json!({"push": {"policy": false}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(policy.status(), 422, "policy news is not a switch");
 
     notify(&server, &sam, "booking", "Booking news", "/bookings/b1").await;
     let mut ava_ws = WsClient::connect_as(&server, &ava).await;
