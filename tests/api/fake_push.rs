@@ -15,7 +15,7 @@
 //!
 //! A push that passes is recorded with its decrypted JSON. Scripted
 //! answers per browser: 410 for good, or 429 (`Retry-After: 1`) or 500
-//! the first N times.
+//! the first N times, or a 500 held for 5 s; and a delay for every answer.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,6 +73,9 @@ enum Script {
     RateLimited(usize),
     /// 500 for the next N requests, then accept.
     Failing(usize),
+    /// Held for 5 s, then 500, for the next N requests (a sender that dies
+    /// meanwhile never learns the outcome); then accept.
+    Stalling(usize),
 }
 
 struct BrowserKeys {
@@ -91,6 +94,8 @@ struct State {
     requests: HashMap<String, usize>,
     delivered: Vec<Delivered>,
     violations: Vec<String>,
+    /// Every answer is held this long (a slow push service).
+    answer_delay: Duration,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -177,6 +182,17 @@ impl FakePushService {
     /// The browser's endpoint answers 429 (`Retry-After: 1`) `times` times.
     pub fn rate_limit(&self, name: &str, times: usize) {
         self.script(name, Script::RateLimited(times));
+    }
+
+    /// The browser's endpoint holds the next `times` requests for 5 s,
+    /// then answers 500.
+    pub fn stall(&self, name: &str, times: usize) {
+        self.script(name, Script::Stalling(times));
+    }
+
+    /// Every answer is held `delay` (checks and records happen at arrival).
+    pub fn delay_answers(&self, delay: Duration) {
+        self.state.lock().unwrap().answer_delay = delay;
     }
 
     /// The browser's endpoint answers 500 `times` times.
@@ -288,37 +304,67 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// How long a stalled request is held before its 500.
+const STALL: Duration = Duration::from_secs(5);
+
 async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<Shared>) -> HttpResponse {
-    let Some(name) = req.path().strip_prefix("/push/").map(str::to_owned) else {
-        return HttpResponse::NotFound().finish();
-    };
+    let (delay, response) = answer(&req, &body, &state);
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
+    response
+}
+
+/// The answer to one request, and how long to hold it first.
+fn answer(req: &HttpRequest, body: &[u8], state: &Shared) -> (Duration, HttpResponse) {
     let mut state = state.lock().unwrap();
+    let delay = state.answer_delay;
+    let response = answer_now(req, body, &mut state);
+    match response {
+        Ok(response) => (delay, response),
+        Err(stalled) => (STALL, stalled),
+    }
+}
+
+/// `Err` for a stalled request (answered after [`STALL`]).
+fn answer_now(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &mut State,
+) -> Result<HttpResponse, HttpResponse> {
+    let Some(name) = req.path().strip_prefix("/push/").map(str::to_owned) else {
+        return Ok(HttpResponse::NotFound().finish());
+    };
     *state.requests.entry(name.clone()).or_default() += 1;
     let Some(browser) = state.browsers.get_mut(&name) else {
         state
             .violations
             .push(format!("push to unknown endpoint {name}"));
-        return HttpResponse::NotFound().finish();
+        return Ok(HttpResponse::NotFound().finish());
     };
     // Scripted answers come before any checks, as a real service's would.
     match &mut browser.script {
-        Script::Gone => return HttpResponse::Gone().finish(),
+        Script::Gone => return Ok(HttpResponse::Gone().finish()),
         Script::RateLimited(left) if *left > 0 => {
             *left -= 1;
-            return HttpResponse::TooManyRequests()
+            return Ok(HttpResponse::TooManyRequests()
                 .insert_header(("Retry-After", "1"))
-                .finish();
+                .finish());
         }
         Script::Failing(left) if *left > 0 => {
             *left -= 1;
-            return HttpResponse::InternalServerError().finish();
+            return Ok(HttpResponse::InternalServerError().finish());
+        }
+        Script::Stalling(left) if *left > 0 => {
+            *left -= 1;
+            return Err(HttpResponse::InternalServerError().finish());
         }
         _ => {}
     }
     let secret = browser.secret.clone();
     let auth = browser.auth;
     let origin = format!("http://{}", req.connection_info().host().to_owned());
-    let checked = check(&req, &body, &secret, &auth, &origin, &state);
+    let checked = check(req, body, &secret, &auth, &origin, state);
     match checked {
         Ok((ttl, payload)) => {
             state.delivered.push(Delivered {
@@ -327,11 +373,11 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<Shared>) -
                 ttl,
                 payload,
             });
-            HttpResponse::Created().finish()
+            Ok(HttpResponse::Created().finish())
         }
         Err(violation) => {
             state.violations.push(format!("{name}: {violation}"));
-            HttpResponse::BadRequest().body(violation)
+            Ok(HttpResponse::BadRequest().body(violation))
         }
     }
 }

@@ -23,6 +23,8 @@ both_backends!(
     export_and_erasure_cover_subscriptions,
     production_without_a_key_turns_push_off,
     the_development_key_survives_a_restart,
+    two_nodes_push_each_once,
+    a_push_of_a_killed_node_is_sent_by_another,
 );
 
 const SUBJECT: &str = "mailto:push-test@mixroom.test";
@@ -34,7 +36,7 @@ const QUIET: Duration = Duration::from_millis(1500);
 const SUPABASE_FILE: &str =
     "https://abcd1234.supabase.co/storage/v1/object/sign/stems/take3.wav?token=xyz";
 
-fn push_env(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+fn push_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![
         ("MIXROOM__PUSH__VAPID_SUBJECT", SUBJECT),
         ("MIXROOM__PUSH__RETRY_BASE_MS", "200"),
@@ -556,6 +558,110 @@ async fn the_development_key_survives_a_restart(backend: Backend) {
     let first = vapid_key(&server).await;
     server.restart();
     assert_eq!(vapid_key(&server).await, first);
+}
+
+/// Two nodes on one database and Redis. Sam is connected to node B, so a
+/// notification posted on node A is not pushed (presence is the
+/// cluster's); once he has gone, notifications posted on both nodes reach
+/// his browser once each, both senders working the one queue.
+async fn two_nodes_push_each_once(backend: Backend) {
+    let Some(redis) = crate::cluster::shared_redis() else {
+        eprintln!("skipped: needs MIXROOM_TEST_REDIS_URL");
+        return;
+    };
+    let env = push_env(&[
+        ("MIXROOM__BROKER__REDIS_URL", redis.as_str()),
+        ("MIXROOM__BROKER__PRESENCE_LEASE_MS", "1500"),
+        ("MIXROOM__PUSH__SWEEP_INTERVAL_MS", "100"),
+        ("MIXROOM__PUSH__CONCURRENCY", "2"),
+    ]);
+    let node_a = TestServer::spawn(&backend, &env);
+    let node_b = TestServer::spawn(&backend, &env);
+    let key = vapid_key(&node_a).await;
+    assert_eq!(vapid_key(&node_b).await, key, "one development key");
+    let fake = FakePushService::start(SUBJECT);
+    fake.expect_vapid_key(&key);
+    let (_ava, sam, _room) = booking(&node_a).await;
+    subscribe(&node_a, &sam, &fake.browser("sam-laptop")).await;
+
+    let sam_ws = WsClient::connect_as(&node_b, &sam).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    notify(&node_a, &sam, "booking", "Seen on node B", "/bookings/b1").await;
+    fake.expect_none_to("sam-laptop", QUIET).await;
+    sam_ws.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    fake.delay_answers(Duration::from_millis(300));
+    let count = 12;
+    for i in 0..count {
+        let node = if i % 2 == 0 { &node_a } else { &node_b };
+        notify(node, &sam, "booking", &format!("News {i}"), "/bookings/b1").await;
+    }
+    let deadline = std::time::Instant::now() + PUSH_WAIT;
+    while fake.delivered_to("sam-laptop").len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} pushes arrived",
+            fake.delivered_to("sam-laptop").len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(QUIET).await;
+    let mut titles: Vec<String> = fake
+        .delivered_to("sam-laptop")
+        .iter()
+        .map(|d| d.payload["title"].as_str().unwrap().to_owned())
+        .collect();
+    titles.sort();
+    titles.dedup();
+    assert_eq!(titles.len(), count, "each once: {titles:?}");
+    assert_eq!(fake.requests_to("sam-laptop"), count);
+    let sent = node_a.metric("mixroom_pushes_sent_total").await
+        + node_b.metric("mixroom_pushes_sent_total").await;
+    assert_eq!(sent, count as f64);
+    fake.assert_no_violations();
+}
+
+/// Node A dies while its push is held by the push service: the push is not
+/// lost. Once A's lease runs out (request timeout + 5 s), node B sends it,
+/// and it is delivered once.
+async fn a_push_of_a_killed_node_is_sent_by_another(backend: Backend) {
+    let env = push_env(&[
+        ("MIXROOM__PUSH__REQUEST_TIMEOUT_SECS", "1"),
+        ("MIXROOM__PUSH__SWEEP_INTERVAL_MS", "200"),
+    ]);
+    let mut node_a = TestServer::spawn(&backend, &env);
+    let node_b = TestServer::spawn(&backend, &env);
+    let fake = FakePushService::start(SUBJECT);
+    fake.expect_vapid_key(&vapid_key(&node_a).await);
+    let (_ava, sam, _room) = booking(&node_a).await;
+    subscribe(&node_a, &sam, &fake.browser("sam-laptop")).await;
+    fake.stall("sam-laptop", 1);
+
+    notify(&node_a, &sam, "booking", "Survives a crash", "/bookings/b1").await;
+    let deadline = std::time::Instant::now() + PUSH_WAIT;
+    while fake.requests_to("sam-laptop") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node_a.kill_hard();
+    let killed = std::time::Instant::now();
+    fake.wait_for(
+        "sam-laptop",
+        Duration::from_secs(20),
+        titled("Survives a crash"),
+    )
+    .await;
+    let after = fake.delivered_to("sam-laptop")[0].at - killed;
+    assert!(
+        after >= Duration::from_secs(4),
+        "sent again before the lease ran out: {after:?}"
+    );
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(fake.delivered_to("sam-laptop").len(), 1);
+    assert_eq!(fake.requests_to("sam-laptop"), 2);
+    assert_eq!(node_b.metric("mixroom_pushes_sent_total").await, 1.0);
+    fake.assert_no_violations();
 }
 
 /// A VAPID key pair as an operator makes one: the private scalar and the
