@@ -319,45 +319,42 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<Shared>) -
 fn answer(req: &HttpRequest, body: &[u8], state: &Shared) -> (Duration, HttpResponse) {
     let mut state = state.lock().unwrap();
     let delay = state.answer_delay;
-    let response = answer_now(req, body, &mut state);
-    match response {
-        Ok(response) => (delay, response),
-        Err(stalled) => (STALL, stalled),
+    match answer_now(req, body, &mut state) {
+        Some(response) => (delay, response),
+        None => (STALL, HttpResponse::InternalServerError().finish()),
     }
 }
 
-/// `Err` for a stalled request (answered after [`STALL`]).
-fn answer_now(
-    req: &HttpRequest,
-    body: &[u8],
-    state: &mut State,
-) -> Result<HttpResponse, HttpResponse> {
+/// `None` for a stalled request (a 500 after [`STALL`]).
+fn answer_now(req: &HttpRequest, body: &[u8], state: &mut State) -> Option<HttpResponse> {
     let Some(name) = req.path().strip_prefix("/push/").map(str::to_owned) else {
-        return Ok(HttpResponse::NotFound().finish());
+        return Some(HttpResponse::NotFound().finish());
     };
     *state.requests.entry(name.clone()).or_default() += 1;
     let Some(browser) = state.browsers.get_mut(&name) else {
         state
             .violations
             .push(format!("push to unknown endpoint {name}"));
-        return Ok(HttpResponse::NotFound().finish());
+        return Some(HttpResponse::NotFound().finish());
     };
     // Scripted answers come before any checks, as a real service's would.
     match &mut browser.script {
-        Script::Gone => return Ok(HttpResponse::Gone().finish()),
+        Script::Gone => return Some(HttpResponse::Gone().finish()),
         Script::RateLimited(left) if *left > 0 => {
             *left -= 1;
-            return Ok(HttpResponse::TooManyRequests()
-                .insert_header(("Retry-After", "1"))
-                .finish());
+            return Some(
+                HttpResponse::TooManyRequests()
+                    .insert_header(("Retry-After", "1"))
+                    .finish(),
+            );
         }
         Script::Failing(left) if *left > 0 => {
             *left -= 1;
-            return Ok(HttpResponse::InternalServerError().finish());
+            return Some(HttpResponse::InternalServerError().finish());
         }
         Script::Stalling(left) if *left > 0 => {
             *left -= 1;
-            return Err(HttpResponse::InternalServerError().finish());
+            return None;
         }
         _ => {}
     }
@@ -373,11 +370,11 @@ fn answer_now(
                 ttl,
                 payload,
             });
-            Ok(HttpResponse::Created().finish())
+            Some(HttpResponse::Created().finish())
         }
         Err(violation) => {
             state.violations.push(format!("{name}: {violation}"));
-            Ok(HttpResponse::BadRequest().body(violation))
+            Some(HttpResponse::BadRequest().body(violation))
         }
     }
 }
