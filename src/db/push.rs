@@ -133,6 +133,9 @@ impl Db {
                     .count()
                     .get_result(conn)
                     .await?;
+                // Two browsers subscribing at the same instant may both pass
+                // on PostgreSQL (one over the limit): harmless, and cheaper
+                // than a lock per user.
                 if others as usize >= max {
                     return Ok(SubscriptionSaved::LimitReached { max });
                 }
@@ -517,18 +520,6 @@ impl Db {
             )
             .execute(conn)
             .await?)
-        })
-    }
-
-    /// Pushes waiting for a user (queued or failed), for tests of erasure
-    /// and for operators.
-    pub async fn queued_pushes_of(&self, user_id: &str) -> Result<Vec<QueuedPushRow>, DbError> {
-        db_run!(self, |conn| {
-            Ok(push_queue::table
-                .filter(push_queue::user_id.eq(user_id))
-                .select(QueuedPushRow::as_select())
-                .load(conn)
-                .await?)
         })
     }
 }
