@@ -203,6 +203,22 @@ async fn metrics_expose_connections_rooms_frames_and_latencies() {
     let mut ava_ws = WsClient::connect_as(&server, &ava).await;
     ava_ws.join(&room, None).await;
     ava_ws.send_msg(&room, "m1", "hello").await;
+    // The ack goes out before the store's counters move (and the fan-out
+    // is timed after it): wait for them rather than race them.
+    server
+        .wait_for_metric(
+            "mixroom_messages_stored_total",
+            1.0,
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+    server
+        .wait_for_metric(
+            "mixroom_fanout_seconds_count",
+            1.0,
+            std::time::Duration::from_secs(5),
+        )
+        .await;
     let text = server
         .http_client()
         .get(server.http("/metrics"))
