@@ -84,6 +84,13 @@ impl Db {
     pub async fn create_announcement(&self, row: AnnouncementRow) -> Result<Created, DbError> {
         db_write!(self, |conn| {
             conn.transaction::<_, DbError, _>(async |conn| {
+                // A write first (SQLite's write lock now, not at the insert
+                // after the reads, which fails if another commit came
+                // between); on PostgreSQL it matches nothing.
+                diesel::update(announcements::table.find(&row.id))
+                    .set(announcements::updated_at.eq(announcements::updated_at))
+                    .execute(conn)
+                    .await?;
                 let stored: Option<AnnouncementRow> = announcements::table
                     .find(&row.id)
                     .select(AnnouncementRow::as_select())

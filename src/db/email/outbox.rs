@@ -63,6 +63,15 @@ impl Db {
         let batch_id = uuid::Uuid::now_v7().to_string();
         db_run!(self, |conn| {
             conn.transaction::<_, DbError, _>(async |conn| {
+                // A write first: on SQLite the transaction takes the write
+                // lock now, waiting its turn, instead of reading and then
+                // failing at once ("database is locked") when another
+                // connection committed since its read (as an announcement's
+                // pages do, back to back).
+                diesel::update(email_batches::table.filter(email_batches::id.eq(&batch_id)))
+                    .set(email_batches::updated_at.eq(now))
+                    .execute(conn)
+                    .await?;
                 let mut assigned = 0;
                 let mut bulk = false;
                 for (solo, of_bulk) in [(true, false), (false, false), (true, true), (false, true)]
