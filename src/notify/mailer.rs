@@ -76,12 +76,16 @@ impl Mailer {
         metrics: Arc<Metrics>,
     ) -> Self {
         let limiter = transport.is_remote().then(|| {
-            let rate = NonZeroU32::new(settings.rate_per_sec).unwrap_or(NonZeroU32::MIN);
             // No burst: Resend counts requests in any one second, and a burst
-            // of `rate` followed by the steady rate would exceed that.
-            Arc::new(RateLimiter::direct(
-                Quota::per_second(rate).allow_burst(NonZeroU32::MIN),
-            ))
+            // of `rate` followed by the steady rate would exceed that. And a
+            // tenth slower than the rate, so a request held up on the way
+            // does not land in the same second as the next two.
+            let rate = settings.rate_per_sec.max(1);
+            let period = Duration::from_micros(1_100_000 / u64::from(rate));
+            let quota = Quota::with_period(period)
+                .expect("a positive period")
+                .allow_burst(NonZeroU32::MIN);
+            Arc::new(RateLimiter::direct(quota))
         });
         Mailer {
             db,

@@ -35,8 +35,31 @@ pub enum SendOutcome {
 }
 
 pub enum Transport {
-    Resend { client: Resend, from: String },
+    Resend { client: ResendClient, from: String },
     Folder { dir: PathBuf, from: String },
+}
+
+/// What a resend-rs client is made of. resend-rs 0.35 puts a limiter of its
+/// own in every client that lets one request through per 1.1 s once its
+/// burst of 9 is spent (about 0.9 a second, under Resend's 2 a second); the
+/// mailer's own limiter (`email.rate_per_sec`) is the one that counts, so
+/// each request gets a client of its own (its limiter unspent) over the
+/// shared HTTP client and its pool of connections.
+pub struct ResendClient {
+    key: String,
+    base_url: reqwest::Url,
+    http: reqwest::Client,
+}
+
+impl ResendClient {
+    fn for_one_request(&self) -> Resend {
+        Resend::with_config(
+            ConfigBuilder::new(self.key.as_str())
+                .base_url(self.base_url.clone())
+                .client(self.http.clone())
+                .build(),
+        )
+    }
 }
 
 /// The `Idempotency-Key` of a batch: the same on every retry of it.
@@ -67,12 +90,12 @@ impl Transport {
             .timeout(Duration::from_secs(email.request_timeout_secs))
             .build()
             .map_err(|e| NotifyError::Transport(format!("HTTP client: {e}")))?;
-        let config = ConfigBuilder::new(key)
-            .base_url(base_url)
-            .client(http)
-            .build();
         Ok(Transport::Resend {
-            client: Resend::with_config(config),
+            client: ResendClient {
+                key: key.to_owned(),
+                base_url,
+                http,
+            },
             from: email.from.clone(),
         })
     }
@@ -86,7 +109,9 @@ impl Transport {
     /// `/emails/batch` for several.
     pub async fn send(&self, batch_id: &str, emails: &[OutboxRow]) -> SendOutcome {
         match self {
-            Transport::Resend { client, from } => send_resend(client, from, batch_id, emails).await,
+            Transport::Resend { client, from } => {
+                send_resend(&client.for_one_request(), from, batch_id, emails).await
+            }
             Transport::Folder { dir, from } => {
                 let dir = dir.clone();
                 let from = from.clone();
