@@ -340,6 +340,10 @@ pub struct PushSettings {
     pub concurrency: usize,
     /// How often stored pushes of other nodes (or a restart) are looked for.
     pub sweep_interval_ms: u64,
+    /// Hosts of the browsers' push services a subscription may name (`host`
+    /// or `*.domain`); empty: any https host.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub endpoint_hosts: Vec<String>,
 }
 
 impl PushSettings {

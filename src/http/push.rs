@@ -64,6 +64,7 @@ pub async fn subscribe(
         &body.keys.p256dh,
         &body.keys.auth,
         push.environment(),
+        &state.settings.push.endpoint_hosts,
     )?;
     let row = PushSubscriptionRow {
         endpoint: checked.endpoint,

@@ -386,6 +386,15 @@ async fn subscriptions_are_checked_and_limited(backend: Backend) {
         (with("endpoint", json!("ftp://push.example/x")), "https://"),
         (with("endpoint", json!("http://push.example/x")), "https://"),
         (with("endpoint", json!("not a url")), "https://"),
+        // Not a push service: the server would POST into its own network.
+        (
+            with("endpoint", json!("https://10.0.0.5/admin")),
+            "push service",
+        ),
+        (
+            with("endpoint", json!("https://fcm.googleapis.com:8443/x")),
+            "default port",
+        ),
         (with("p256dh", json!(short_key)), "65 bytes"),
         (with("p256dh", json!("***")), "base64url"),
         (with("auth", json!("AAAA")), "16 bytes"),

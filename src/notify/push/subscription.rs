@@ -21,14 +21,32 @@ pub struct CheckedSubscription {
     pub auth: String,
 }
 
+/// Whether `host` is one of `patterns`: a host name, or `*.domain` for any
+/// host under it. An empty list allows every host.
+fn host_allowed(host: &str, patterns: &[String]) -> bool {
+    patterns.is_empty()
+        || patterns
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+                None => host.eq_ignore_ascii_case(pattern),
+            })
+}
+
 /// Checks a subscription as the browser hands it over. The endpoint must
-/// be https; outside production `http://` on the loopback (127.0.0.1,
-/// localhost, [::1]) is accepted too, for local push services in tests.
+/// be https on one of `push_hosts` (the browsers' push services: the
+/// server POSTs to whatever URL a user registers, so any other host would
+/// let a user aim it at hosts of the server's own network), on the default
+/// port; outside production the loopback (127.0.0.1, localhost, [::1]) is
+/// accepted too, over http as well, for local push services in tests.
 pub fn check(
     endpoint: &str,
     p256dh: &str,
     auth: &str,
     environment: Environment,
+    push_hosts: &[String],
 ) -> Result<CheckedSubscription, PushError> {
     let invalid = |message: String| Err(PushError::InvalidSubscription(message));
     if endpoint.chars().count() > MAX_ENDPOINT_CHARS {
@@ -57,6 +75,14 @@ pub fn check(
     }
     if !url.username().is_empty() || url.password().is_some() {
         return invalid("`endpoint` must not carry credentials".into());
+    }
+    let local = loopback && environment != Environment::Production;
+    let host = url.host_str().unwrap_or_default();
+    if !local && (url.port().is_some() || !host_allowed(host, push_hosts)) {
+        return invalid(format!(
+            "`endpoint` must be on a browser push service ({}), on its default port",
+            push_hosts.join(", ")
+        ));
     }
     let Some(p256dh_raw) = decode_base64url(p256dh.trim()) else {
         return invalid("`keys.p256dh` must be base64url".into());
@@ -103,6 +129,33 @@ mod tests {
         )
     }
 
+    fn hosts() -> Vec<String> {
+        vec!["fcm.googleapis.com".into(), "*.notify.windows.com".into()]
+    }
+
+    #[test]
+    fn only_push_services_on_their_default_port_are_pushed_to() {
+        let (p256dh, auth) = keys();
+        let prod = |url: &str| check(url, &p256dh, &auth, Environment::Production, &hosts());
+        assert!(prod("https://fcm.googleapis.com/fcm/send/x").is_ok());
+        assert!(prod("https://wns2-par02p.notify.windows.com/w/?token=x").is_ok());
+        for refused in [
+            "https://10.0.0.5/x",
+            "https://internal-admin/x",
+            "https://fcm.googleapis.com:8443/x",
+            "https://notify.windows.com.evil.test/x",
+            "https://evilnotify.windows.com/x",
+            "https://127.0.0.1/x",
+        ] {
+            let error = prod(refused).unwrap_err();
+            assert!(
+                error.to_string().contains("push service"),
+                "{refused}: {error}"
+            );
+        }
+        assert!(host_allowed("anything.test", &[]));
+    }
+
     #[test]
     fn https_endpoints_with_real_keys_pass() {
         let (p256dh, auth) = keys();
@@ -111,6 +164,7 @@ mod tests {
             &p256dh,
             &auth,
             Environment::Production,
+            &hosts(),
         )
         .unwrap();
         assert_eq!(ok.p256dh, p256dh);
@@ -118,28 +172,32 @@ mod tests {
             "http://127.0.0.1:9/x",
             &p256dh,
             &auth,
-            Environment::Development
+            Environment::Development,
+            &hosts()
         )
         .is_ok());
         assert!(check(
             "http://127.0.0.1:9/x",
             &p256dh,
             &auth,
-            Environment::Production
+            Environment::Production,
+            &hosts()
         )
         .is_err());
         assert!(check(
             "http://push.example/x",
             &p256dh,
             &auth,
-            Environment::Development
+            Environment::Development,
+            &hosts()
         )
         .is_err());
         assert!(check(
             "ftp://push.example/x",
             &p256dh,
             &auth,
-            Environment::Development
+            Environment::Development,
+            &hosts()
         )
         .is_err());
     }
@@ -149,11 +207,11 @@ mod tests {
         let (p256dh, auth) = keys();
         let url = "https://push.example/x";
         let short = Base64UrlUnpadded::encode_string(&[4u8; 33]);
-        let error = check(url, &short, &auth, Environment::Development).unwrap_err();
+        let error = check(url, &short, &auth, Environment::Development, &[]).unwrap_err();
         assert!(error.to_string().contains("65 bytes"), "{error}");
-        let error = check(url, &p256dh, "AAAA", Environment::Development).unwrap_err();
+        let error = check(url, &p256dh, "AAAA", Environment::Development, &[]).unwrap_err();
         assert!(error.to_string().contains("16 bytes"), "{error}");
         let not_a_point = Base64UrlUnpadded::encode_string(&[4u8; 65]);
-        assert!(check(url, &not_a_point, &auth, Environment::Development).is_err());
+        assert!(check(url, &not_a_point, &auth, Environment::Development, &[]).is_err());
     }
 }
