@@ -296,11 +296,10 @@ describe("HTTP helpers against the real server", () => {
       expect(titles).toEqual(["update 5", "update 4", "update 3", "update 2", "update 1"]);
 
       const preferences = await client.preferences();
-      // The four kinds every server has; one with Web Push adds `reminder` and a `push` object too.
-      expect(preferences.email).toMatchObject({ chat: true, booking: true, support: true, marketing: false });
+      expect(preferences.email).toEqual({ chat: true, booking: true, support: true, marketing: false, reminder: true });
       expect(preferences.chat_delay_secs).toBeNull();
       const changed = await client.updatePreferences({ email: { marketing: true }, chat_delay_secs: 600 });
-      expect(changed.email).toMatchObject({ chat: true, booking: true, support: true, marketing: true });
+      expect(changed.email).toEqual({ chat: true, booking: true, support: true, marketing: true, reminder: true });
       expect(changed.chat_delay_secs).toBe(600);
       expect((await client.preferences()).chat_delay_secs).toBe(600);
       await expect(client.updatePreferences({ chat_delay_secs: -1 })).rejects.toMatchObject({ code: "http", status: 422 });
